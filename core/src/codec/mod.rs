@@ -1,0 +1,1 @@
+//! Codecs for data the device stores: entropy coding and the model-weight codecs.

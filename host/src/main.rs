@@ -1,0 +1,45 @@
+//! `nandbox`: an emulated flash SSD served over NBD, and the tools around it.
+
+mod check;
+mod serve;
+mod zipnn_cli;
+
+use clap::{Parser, Subcommand};
+
+/// An emulated flash SSD that runs real FTL firmware, served over NBD.
+#[derive(Parser)]
+#[command(name = "nandbox", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve an emulated SSD over NBD (a 1 GiB TLC device in RAM on 127.0.0.1:10809 by default).
+    Serve(serve::ServeArgs),
+    /// Print the live counters of a running device.
+    Stats(serve::StatsArgs),
+    /// Check an image file offline for consistency.
+    Check(check::CheckArgs),
+    /// Compress or decompress model weights with the ZipNN codec.
+    #[command(subcommand)]
+    Zipnn(zipnn_cli::ZipnnCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Stats(args) => serve::stats(args),
+        Command::Check(args) => check::run(args),
+        Command::Zipnn(cmd) => zipnn_cli::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nandbox: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

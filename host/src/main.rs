@@ -1,6 +1,7 @@
 //! `nandbox`: an emulated flash SSD served over NBD, and the tools around it.
 
 mod check;
+mod qstore_cli;
 mod serve;
 mod zipnn_cli;
 
@@ -25,6 +26,9 @@ enum Command {
     /// Compress or decompress model weights with the ZipNN codec.
     #[command(subcommand)]
     Zipnn(zipnn_cli::ZipnnCommand),
+    /// Store a model once for high precision and INT8 (QStore).
+    #[command(subcommand)]
+    Qstore(qstore_cli::QstoreCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Stats(args) => serve::stats(args),
         Command::Check(args) => check::run(args),
         Command::Zipnn(cmd) => zipnn_cli::run(cmd),
+        Command::Qstore(cmd) => qstore_cli::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,1 @@
+//! QStore: one file serving a model at high precision and at INT8. (Being written.)

@@ -1,6 +1,7 @@
 //! `nandbox`: an emulated flash SSD served over NBD, and the tools around it.
 
 mod check;
+mod device;
 mod qstore_cli;
 mod serve;
 mod zipnn_cli;

@@ -1,2 +1,14 @@
 //! nandbox-sim: the simulated NAND array and the firmware runner around nandbox-core.
+//!
+//! - [`nand`]: `SimNand`, RAM or image-file backed, contract-enforcing, fault-injecting.
+//! - [`image`]: the sparse image file format behind a persistent `SimNand`.
+//! - [`profile`]: named geometries and timings (`tlc`, `femu`, `slc`).
 #![forbid(unsafe_code)]
+
+pub mod image;
+pub mod nand;
+pub mod profile;
+mod rng;
+
+pub use nand::{FaultConfig, NandCounters, SimError, SimNand};
+pub use rng::SplitMix64;

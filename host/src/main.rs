@@ -3,6 +3,7 @@
 mod check;
 mod device;
 mod qstore_cli;
+mod safetensors;
 mod serve;
 mod zipnn_cli;
 

@@ -2,10 +2,12 @@
 //!
 //! - [`nand`]: `SimNand`, RAM or image-file backed, contract-enforcing, fault-injecting.
 //! - [`image`]: the sparse image file format behind a persistent `SimNand`.
+//! - [`latency`]: NAND time on a virtual clock, channels and dies in parallel.
 //! - [`profile`]: named geometries and timings (`tlc`, `femu`, `slc`).
 #![forbid(unsafe_code)]
 
 pub mod image;
+pub mod latency;
 pub mod nand;
 pub mod profile;
 mod rng;

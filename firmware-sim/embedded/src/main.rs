@@ -1,0 +1,85 @@
+//! nandbox-core as firmware: a self-test image for the Cortex-M4F of QEMU's `mps2-an386`.
+//!
+//! The image links nandbox-core with a NAND array held in the board's RAM ([`ram_nand`]), runs
+//! the self-test through it, prints each verdict and the footprint through semihosting, and
+//! exits through semihosting with status 0 only if every check passed. A panic or a fault exits
+//! with a failure status. `run-qemu.sh` builds and boots it.
+#![no_std]
+#![no_main]
+
+mod board;
+mod ram_nand;
+mod report;
+mod selftest_nand;
+mod stack;
+
+use core::mem::size_of;
+
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::{debug, hprintln};
+
+use crate::report::Report;
+
+/// One page of data, the unit the self-test moves.
+pub type Page = [u8; 4096];
+/// One page's spare area.
+pub type Spare = [u8; board::GEOMETRY.spare_bytes as usize];
+
+// Page-sized scratch buffers live in .bss rather than on the stack, as firmware would keep them:
+// the stack figure then shows the core's call depth, not the test harness's buffers.
+static mut SCRATCH_PAGE: Page = [0; 4096];
+static mut SCRATCH_SPARE: Spare = [0; board::GEOMETRY.spare_bytes as usize];
+
+#[entry]
+fn main() -> ! {
+    hprintln!(
+        "nandbox-embedded: nandbox-core {} on a Cortex-M4F (QEMU mps2-an386)",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut report = Report::new();
+    let Some((data, spare)) = board::take_nand_memory() else {
+        report.check("board: NAND memory handed out once", false);
+        report.finish();
+    };
+    // SAFETY: main runs once and never returns, no interrupt handler touches these statics, so
+    // these are the only references to them.
+    let (page, oob) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(SCRATCH_PAGE),
+            &mut *core::ptr::addr_of_mut!(SCRATCH_SPARE),
+        )
+    };
+
+    selftest_nand::run(&mut report, data, spare, page, oob);
+
+    let (stack_used, stack_reserved) = stack::peak_use();
+    hprintln!(
+        "footprint: stack peak {} bytes (painted region {} bytes)",
+        stack_used,
+        stack_reserved
+    );
+    hprintln!(
+        "footprint: size_of RamNand<{}> = {} bytes",
+        board::BLOCKS,
+        size_of::<ram_nand::RamNand<'static, { board::BLOCKS }>>()
+    );
+    report.finish()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("PANIC {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::udf();
+    }
+}
+
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    hprintln!("HARDFAULT at pc {:#010x}", frame.pc());
+    debug::exit(debug::EXIT_FAILURE);
+    loop {
+        cortex_m::asm::udf();
+    }
+}

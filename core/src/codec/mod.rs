@@ -1,3 +1,42 @@
 //! Codecs for data the device stores: entropy coding and the model-weight codecs.
+//!
+//! - [`entropy`]: an order-0 rANS coder over bytes with a compact, self-describing block format
+//!   (raw / constant / coded chosen per block), working only in caller-lent buffers.
+//! - [`zipnn`]: ZipNN byte grouping of BF16/FP16/FP32 weights into planes, each plane coded by
+//!   [`entropy`], in a chunked, CRC-checked container.
+//! - `qstore`: one file serving a model at high precision and at INT8.
 
+use core::fmt;
+
+pub mod entropy;
 pub mod qstore;
+
+
+/// Errors of the codecs in this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The output buffer is too small; at least this many bytes are needed.
+    BufferTooSmall(usize),
+    /// The encoded bytes are inconsistent (bad table, stream overrun, wrong final state, ...).
+    Corrupted,
+    /// The input is longer than the format can describe.
+    TooLarge,
+    /// Encoding with a caller-supplied histogram met a symbol whose count in it is zero.
+    SymbolNotInModel(u8),
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::BufferTooSmall(n) => write!(f, "output buffer too small: {n} bytes needed"),
+            CodecError::Corrupted => write!(f, "corrupted coded data"),
+            CodecError::TooLarge => write!(f, "input too large for the format"),
+            CodecError::SymbolNotInModel(s) => {
+                write!(f, "symbol {s:#04x} has no probability in the supplied histogram")
+            }
+        }
+    }
+}
+
+impl core::error::Error for CodecError {}

@@ -10,7 +10,7 @@ use core::fmt;
 
 pub mod entropy;
 pub mod qstore;
-
+pub mod zipnn;
 
 /// Errors of the codecs in this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

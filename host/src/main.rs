@@ -1,8 +1,11 @@
 //! `nandbox`: an emulated flash SSD served over NBD, and the tools around it.
 
 mod check;
+mod control;
 mod device;
+mod nbd;
 mod qstore_cli;
+mod ramdisk;
 mod safetensors;
 mod serve;
 mod zipnn_cli;

@@ -1,19 +1,327 @@
-//! `nandbox serve` and `nandbox stats`. (Being written: the NBD server.)
+//! `nandbox serve` (the NBD server with its control endpoint) and `nandbox stats`.
+//!
+//! `serve` opens the device, binds the NBD listener (TCP and/or unix socket) and the control
+//! endpoint, and serves until SIGINT or SIGTERM; then it stops accepting, lets in-flight requests
+//! finish, shuts the device down (which flushes), writes the final stats JSON if asked, and exits 0.
 
-use clap::Args;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Options of `nandbox serve`.
-#[derive(Args)]
-pub struct ServeArgs {}
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
 
-/// Options of `nandbox stats`.
-#[derive(Args)]
-pub struct StatsArgs {}
+use crate::control;
+use crate::device::{BlockDevice, DeviceOptions};
+use crate::nbd::{self, transmission::Limits};
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not built yet")
+/// Geometry profile of the simulated NAND.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Profile {
+    /// 16 KiB pages (four 4 KiB slots), 256 pages per block, 3,000 P/E cycles.
+    Tlc,
+    /// 4 KiB pages, 256 per block (the FEMU default geometry).
+    Femu,
+    /// 4 KiB pages, 64 per block, 100,000 P/E cycles.
+    Slc,
 }
 
-pub fn stats(_args: StatsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("stats is not built yet")
+/// How NAND latency is modelled.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Latency {
+    /// As fast as the host allows.
+    Off,
+    /// Time is accounted on a virtual clock, not slept.
+    Virtual,
+    /// Replies wait for the modelled time.
+    Real,
+}
+
+/// Options of `nandbox serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TCP address for NBD [default: 127.0.0.1:10809, unless --unix is given alone]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Also (or, without --listen, only) serve NBD on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Export size: bytes or with a binary suffix (4096, 512MiB, 1GiB); a multiple of 4096.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// Keep the NAND in this sparse image file (created if missing, reopened if present).
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// NAND geometry profile.
+    #[arg(long, value_enum, default_value_t = Profile::Tlc)]
+    profile: Profile,
+    /// NAND latency model.
+    #[arg(long, value_enum, default_value_t = Latency::Off)]
+    latency: Latency,
+    /// Loopback address of the HTTP control endpoint (GET /stats, GET /metrics), or `none`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
+    control: String,
+    /// Refuse writes; clients see a read-only export.
+    #[arg(long)]
+    read_only: bool,
+    /// Export name (clients asking for the empty name get this export too).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    export: String,
+    /// At clean shutdown (SIGINT/SIGTERM), write the final stats JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    stats_out: Option<PathBuf>,
+    /// Most NBD connections served at once; more are closed on accept.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
+}
+
+/// Options of `nandbox stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Address of the running device's control endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
+    control: String,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses a size such as `4096`, `512MiB`, `1GiB`, `2G` (suffixes are binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 4096, 512MiB, 1GiB)"))?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown size suffix `{other}` (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let size = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
+    if size == 0 || !size.is_multiple_of(4096) {
+        return Err(format!("size {size} must be a non-zero multiple of 4096"));
+    }
+    Ok(size)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let options = DeviceOptions {
+        size: args.size,
+        image: args.image.clone(),
+        profile: format!("{:?}", args.profile).to_lowercase(),
+        latency: format!("{:?}", args.latency).to_lowercase(),
+        read_only: args.read_only,
+    };
+    let device = crate::ramdisk::open(&options).context("opening the device")?;
+
+    let listen = match (args.listen, &args.unix) {
+        (Some(addr), _) => Some(addr),
+        (None, None) => Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
+        (None, Some(_)) => None,
+    };
+    let tcp = match listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).with_context(|| format!("binding NBD listener {addr}"))?)
+        }
+        None => None,
+    };
+    let unix = match &args.unix {
+        Some(path) => {
+            if path.exists() {
+                // A socket left by an earlier run would make bind fail; anything else is not ours.
+                let meta = std::fs::symlink_metadata(path)?;
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    bail!("{} exists and is not a socket", path.display());
+                }
+                std::fs::remove_file(path)?;
+            }
+            Some(
+                UnixListener::bind(path)
+                    .with_context(|| format!("binding unix socket {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let control_listener = match args.control.as_str() {
+        "none" | "off" => None,
+        addr => Some(control::bind(addr)?),
+    };
+
+    let server = nbd::Server::new(
+        Arc::clone(&device),
+        nbd::Config {
+            export_name: args.export.clone(),
+            max_connections: args.max_connections.max(1),
+            limits: Limits::default(),
+        },
+    );
+    install_signal_handler(
+        Arc::clone(&server),
+        Arc::clone(&device),
+        args.stats_out.clone(),
+    )?;
+
+    let mut line =
+        format!("nandbox: serving {} bytes ({:?}", args.size, args.profile).to_lowercase();
+    line.push_str(if args.read_only { ", read-only)" } else { ")" });
+    if let Some(l) = &tcp {
+        line.push_str(&format!(" on nbd://{}/{}", l.local_addr()?, args.export));
+    }
+    if let Some(path) = &args.unix {
+        line.push_str(&format!(
+            " on nbd+unix:///{}?socket={}",
+            args.export,
+            path.display()
+        ));
+    }
+    if let Some(c) = &control_listener {
+        line.push_str(&format!(", control http://{}", c.local_addr()?));
+    }
+    println!("{line}");
+
+    if let Some(c) = control_listener {
+        let device = Arc::clone(&device);
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::serve(c, device))?;
+    }
+    match (tcp, unix) {
+        (Some(t), Some(u)) => {
+            let s = Arc::clone(&server);
+            std::thread::Builder::new()
+                .name("accept-unix".into())
+                .spawn(move || s.serve_unix(u))?;
+            server.serve_tcp(t);
+        }
+        (Some(t), None) => server.serve_tcp(t),
+        (None, Some(u)) => server.serve_unix(u),
+        (None, None) => unreachable!("at least one listener is always configured"),
+    }
+    // Accept loops return only once stopping; the signal thread exits the process.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// On SIGINT or SIGTERM: stop serving, flush and stop the device, write the stats, exit 0.
+fn install_signal_handler(
+    server: Arc<nbd::Server>,
+    device: Arc<dyn BlockDevice>,
+    stats_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Some(sig) = signals.forever().next() else {
+                return;
+            };
+            eprintln!("nandbox: signal {sig}: shutting down");
+            let left = server.stop(Duration::from_secs(10));
+            if left > 0 {
+                eprintln!(
+                    "nandbox: {left} connection(s) still busy after 10 s; shutting down anyway"
+                );
+            }
+            let mut code = 0;
+            if let Err(e) = device.shutdown() {
+                eprintln!("nandbox: device shutdown failed: {e}");
+                code = 1;
+            }
+            if let Some(path) = stats_out {
+                let json =
+                    serde_json::to_string_pretty(&device.stats_json()).unwrap_or_default() + "\n";
+                if let Err(e) = std::fs::write(&path, json) {
+                    eprintln!("nandbox: writing {}: {e}", path.display());
+                    code = 1;
+                }
+            }
+            std::process::exit(code);
+        })?;
+    Ok(())
+}
+
+pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let body = control::get(&args.control, "/stats")?;
+    if args.json {
+        print!("{body}");
+        return Ok(());
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&body).context("the control endpoint sent invalid JSON")?;
+    let mut rows = Vec::new();
+    flatten("", &stats, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in rows {
+        println!("{key:<width$}  {value}");
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, rows);
+            }
+        }
+        serde_json::Value::Number(n) if prefix.contains("bytes") => {
+            let shown = match n.as_u64() {
+                Some(b) if b >= 1024 => format!("{b} ({})", human_bytes(b)),
+                _ => n.to_string(),
+            };
+            rows.push((prefix.to_string(), shown));
+        }
+        serde_json::Value::String(s) => rows.push((prefix.to_string(), s.clone())),
+        other => rows.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2} {}", units[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes_and_must_be_4k_multiples() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1000").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1PiB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
 }

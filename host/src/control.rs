@@ -1,0 +1,301 @@
+//! The control endpoint: a tiny HTTP/1.1 server on loopback that serves the device's counters,
+//! `GET /stats` as JSON (`BlockDevice::stats_json` as-is) and `GET /metrics` in the Prometheus
+//! text format; plus the matching client used by `nandbox stats`.
+//!
+//! One request per connection, answered on the listener's thread with short socket timeouts, so
+//! a stuck client delays the next scrape by at most a few seconds and costs no memory.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::device::BlockDevice;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_REQUEST_HEAD: usize = 8 << 10;
+
+/// Binds the control endpoint; refuses addresses that are not loopback, since it has no auth.
+pub fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("control address {addr}"))?
+        .collect();
+    if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
+        bail!(
+            "control address {addr} is not a loopback address; the endpoint has no authentication"
+        );
+    }
+    TcpListener::bind(&addrs[..]).with_context(|| format!("binding control endpoint {addr}"))
+}
+
+/// Serves requests forever.
+pub fn serve(listener: TcpListener, device: Arc<dyn BlockDevice>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+        let response = match read_request_line(&mut conn) {
+            Some((method, path)) => route(&method, &path, &*device),
+            None => response(400, "text/plain", "bad request\n"),
+        };
+        let _ = conn.write_all(&response);
+    }
+}
+
+fn read_request_line(conn: &mut TcpStream) -> Option<(String, String)> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 || head.len() + n > MAX_REQUEST_HEAD {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let method = parts.next()?.to_string();
+    let target = parts.next()?;
+    let path = target.split('?').next()?.to_string();
+    Some((method, path))
+}
+
+fn route(method: &str, path: &str, device: &dyn BlockDevice) -> Vec<u8> {
+    if method != "GET" {
+        return response(405, "text/plain", "only GET is served\n");
+    }
+    match path {
+        "/stats" => {
+            let body = device.stats_json().to_string() + "\n";
+            response(200, "application/json", &body)
+        }
+        "/metrics" => response(
+            200,
+            "text/plain; version=0.0.4",
+            &render_metrics(&device.stats_json()),
+        ),
+        _ => response(404, "text/plain", "not found: try /stats or /metrics\n"),
+    }
+}
+
+fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        _ => "Method Not Allowed",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Counters with conventional Prometheus names: (stats key, metric name, help).
+const COUNTERS: &[(&str, &str, &str)] = &[
+    (
+        "host_read_bytes",
+        "nandbox_host_read_bytes_total",
+        "Bytes read by NBD clients.",
+    ),
+    (
+        "host_write_bytes",
+        "nandbox_host_write_bytes_total",
+        "Bytes written by NBD clients.",
+    ),
+    (
+        "nand_read_pages",
+        "nandbox_nand_read_pages_total",
+        "NAND page reads.",
+    ),
+    (
+        "nand_program_pages",
+        "nandbox_nand_program_pages_total",
+        "NAND page programs.",
+    ),
+    (
+        "nand_erase_blocks",
+        "nandbox_nand_erase_blocks_total",
+        "NAND block erases.",
+    ),
+];
+
+/// Renders the stats JSON in the Prometheus text exposition format.
+///
+/// Known keys get conventional names and types; `nand_program_bytes` becomes one counter with a
+/// `cause` label (its `total` entry is left out, as `sum()` gives it and a label value that
+/// double-counts would break that). Any other numeric key, nested keys joined by `_`, is
+/// exported as a gauge named after it, so new counters show up without a change here.
+pub fn render_metrics(stats: &Value) -> String {
+    let mut out = String::new();
+    let mut known: Vec<&str> = Vec::new();
+    for (key, name, help) in COUNTERS {
+        if let Some(v) = stats.get(key).and_then(number) {
+            metric_head(&mut out, name, help, "counter");
+            let _ = writeln!(out, "{name} {v}");
+            known.push(key);
+        }
+    }
+    if let Some(Value::Object(causes)) = stats.get("nand_program_bytes") {
+        let name = "nandbox_nand_program_bytes_total";
+        metric_head(
+            &mut out,
+            name,
+            "Bytes programmed to NAND, by cause.",
+            "counter",
+        );
+        for (cause, v) in causes {
+            if let (false, Some(v)) = (cause == "total", number(v)) {
+                let _ = writeln!(out, "{name}{{cause=\"{}\"}} {v}", escape_label(cause));
+            }
+        }
+        known.push("nand_program_bytes");
+    }
+    if let Some(v) = stats.get("waf").and_then(number) {
+        metric_head(
+            &mut out,
+            "nandbox_waf",
+            "Write amplification: NAND bytes programmed per host byte written.",
+            "gauge",
+        );
+        let _ = writeln!(out, "nandbox_waf {v}");
+        known.push("waf");
+    }
+    if let Some(Value::Object(ec)) = stats.get("erase_count") {
+        for (stat, v) in ec {
+            if let Some(v) = number(v) {
+                let name = format!("nandbox_erase_count_{}", sanitize(stat));
+                metric_head(
+                    &mut out,
+                    &name,
+                    &format!("Per-block erase count, {stat} over all blocks."),
+                    "gauge",
+                );
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+        known.push("erase_count");
+    }
+    if let Value::Object(map) = stats {
+        for (key, v) in map {
+            if !known.contains(&key.as_str()) {
+                generic(&mut out, &format!("nandbox_{}", sanitize(key)), v);
+            }
+        }
+    }
+    out
+}
+
+fn generic(out: &mut String, name: &str, v: &Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                generic(out, &format!("{name}_{}", sanitize(k)), v);
+            }
+        }
+        _ => {
+            if let Some(n) = number(v) {
+                metric_head(out, name, "nandbox device statistic.", "gauge");
+                let _ = writeln!(out, "{name} {n}");
+            }
+        }
+    }
+}
+
+fn metric_head(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn number(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(u8::from(*b).to_string()),
+        _ => None,
+    }
+}
+
+fn sanitize(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// GETs `path` from the control endpoint at `addr`; returns the body of a 200 response.
+pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("control address {addr}"))?
+        .collect();
+    let first = addrs
+        .first()
+        .with_context(|| format!("control address {addr} resolves to nothing"))?;
+    let mut conn = TcpStream::connect_timeout(first, IO_TIMEOUT).with_context(|| {
+        format!("connecting to the control endpoint at {addr} (is `nandbox serve` running?)")
+    })?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    conn.take(64 << 20).read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).context("control endpoint sent non-UTF-8")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split(' ').nth(1) != Some("200") {
+        bail!("control endpoint answered `{status}`");
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_use_conventional_names_and_export_unknown_keys() {
+        let stats = serde_json::json!({
+            "host_write_bytes": 8192,
+            "nand_program_bytes": {"data": 4096, "gc": 16384, "total": 20480},
+            "waf": 2.5,
+            "erase_count": {"min": 1, "max": 9, "mean": 4.5},
+            "delta": {"inline_hits": 7, "name": "x"},
+        });
+        let m = render_metrics(&stats);
+        assert!(m.contains(
+            "# TYPE nandbox_host_write_bytes_total counter\nnandbox_host_write_bytes_total 8192\n"
+        ));
+        assert!(m.contains("nandbox_nand_program_bytes_total{cause=\"gc\"} 16384\n"));
+        assert!(!m.contains("cause=\"total\""));
+        assert!(m.contains("nandbox_waf 2.5\n"));
+        assert!(m.contains("nandbox_erase_count_max 9\n"));
+        assert!(m.contains("nandbox_delta_inline_hits 7\n"));
+        assert!(!m.contains("delta_name"));
+    }
+}

@@ -1,1 +1,0 @@
-//! QStore: one file serving a model at high precision and at INT8. (Being written.)

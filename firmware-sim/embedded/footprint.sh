@@ -40,9 +40,10 @@ rows = [
     (".text", "flash", "code"),
     (".rodata", "flash", "constants, tables, strings"),
     (".data", "flash+RAM", "initialised statics (copied to RAM at boot)"),
-    (".bss", "RAM", "zeroed statics: firmware state and scratch pages"),
+    (".bss", "RAM", "zeroed statics: firmware state, memory lent to the FTL"),
     (".uninit", "RAM", "uninitialised statics"),
     (".nand_array", "PSRAM", "the simulated NAND medium (not firmware state)"),
+    (".testbench", "PSRAM", "the self-test's sample and read-back buffers (not firmware state)"),
 ]
 print("footprint of %s" % sys.argv[1])
 print("  %-14s %10s  %-9s  %s" % ("section", "bytes", "memory", "what"))

@@ -1,8 +1,11 @@
-//! The board: the simulated NAND array's geometry and the RAM that holds it.
+//! The board: the simulated NAND array's geometry, the RAM that holds it, and the test bench's
+//! buffers.
 //!
-//! The array's bytes are statics in the `.nand_array` linker section, which `memory.x` places in
-//! the mps2-an386's 16 MiB PSRAM, apart from the firmware's own `.bss`: the footprint report must
-//! count what the firmware needs, not the medium it manages.
+//! The array's bytes and the self-test's own buffers (sample data, read-back pages) are statics
+//! in the `.nand_array` and `.testbench` linker sections, which `memory.x` places in the
+//! mps2-an386's 16 MiB PSRAM, apart from `.bss`: the footprint report must count what the
+//! firmware needs (FTL state, the memory lent to it), not the medium it manages nor the harness
+//! that checks it.
 
 use core::{
     mem::MaybeUninit,
@@ -10,7 +13,10 @@ use core::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use nandbox_core::nand::Geometry;
+use nandbox_core::{
+    codec::zipnn::{self, Dtype},
+    nand::Geometry,
+};
 
 /// Erase blocks in the array.
 pub const BLOCKS: usize = 24;
@@ -54,4 +60,64 @@ pub fn take_nand_memory() -> Option<(&'static mut [u8], &'static mut [u8])> {
         spare.cast::<u8>().write_bytes(0xFF, SPARE_BYTES);
         Some(((*data).assume_init_mut(), (*spare).assume_init_mut()))
     }
+}
+
+/// Bytes in the BF16 codec sample: an odd count, so a trailing half element is carried too.
+pub const SAMPLE_BYTES: usize = 12 * 1024 + 1;
+/// ZipNN chunk size in the image: one 4 KiB logical block, the unit the device would code.
+pub const CODEC_CHUNK: u32 = 4096;
+/// Room for the coded sample: the codec's own worst-case bound.
+pub const CODED_BYTES: usize = zipnn::max_compressed_len(Dtype::Bf16, CODEC_CHUNK, SAMPLE_BYTES);
+
+/// The self-test's working buffers. None of this is firmware state.
+pub struct Testbench {
+    /// One page of data to write or compare.
+    pub page: [u8; 4096],
+    /// A second page, for reading back.
+    pub readback: [u8; 4096],
+    /// One page's spare area.
+    pub spare: [u8; GEOMETRY.spare_bytes as usize],
+    /// The BF16 sample.
+    pub sample: [u8; SAMPLE_BYTES],
+    /// The coded sample.
+    pub coded: [u8; CODED_BYTES],
+    /// The sample decoded again.
+    pub decoded: [u8; SAMPLE_BYTES],
+}
+
+#[link_section = ".testbench"]
+static mut TESTBENCH: MaybeUninit<Testbench> = MaybeUninit::uninit();
+static BENCH_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Hands out the test bench, zeroed, once; `None` on any later call.
+pub fn take_testbench() -> Option<&'static mut Testbench> {
+    if BENCH_TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the swap lets exactly one caller past, so this is the only reference ever made to
+    // TESTBENCH. It is zeroed through a raw pointer first; all-zero bytes are a valid
+    // `Testbench` (it holds only byte arrays).
+    unsafe {
+        let bench = addr_of_mut!(TESTBENCH);
+        bench.write_bytes(0, 1);
+        Some((*bench).assume_init_mut())
+    }
+}
+
+/// Hands out a `&'static mut` to a static initialised at build time, once; `None` on any later
+/// call. Unlike `cortex_m::singleton!`, the value is never built on the stack (the codec's tables
+/// are 24 KiB), so the stack figure stays the firmware's own.
+#[macro_export]
+macro_rules! static_once {
+    ($ty:ty = $init:expr) => {{
+        static mut VALUE: $ty = $init;
+        static TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if TAKEN.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            None
+        } else {
+            // SAFETY: the swap lets exactly one caller past, so this is the only reference
+            // ever made to VALUE, which is private to this expansion.
+            Some(unsafe { &mut *core::ptr::addr_of_mut!(VALUE) })
+        }
+    }};
 }

@@ -7,9 +7,11 @@
 #![no_std]
 #![no_main]
 
+mod bf16;
 mod board;
 mod ram_nand;
 mod report;
+mod selftest_codec;
 mod selftest_nand;
 mod stack;
 
@@ -20,16 +22,6 @@ use cortex_m_semihosting::{debug, hprintln};
 
 use crate::report::Report;
 
-/// One page of data, the unit the self-test moves.
-pub type Page = [u8; 4096];
-/// One page's spare area.
-pub type Spare = [u8; board::GEOMETRY.spare_bytes as usize];
-
-// Page-sized scratch buffers live in .bss rather than on the stack, as firmware would keep them:
-// the stack figure then shows the core's call depth, not the test harness's buffers.
-static mut SCRATCH_PAGE: Page = [0; 4096];
-static mut SCRATCH_SPARE: Spare = [0; board::GEOMETRY.spare_bytes as usize];
-
 #[entry]
 fn main() -> ! {
     hprintln!(
@@ -37,20 +29,14 @@ fn main() -> ! {
         env!("CARGO_PKG_VERSION")
     );
     let mut report = Report::new();
-    let Some((data, spare)) = board::take_nand_memory() else {
-        report.check("board: NAND memory handed out once", false);
+    let (Some((data, spare)), Some(bench)) = (board::take_nand_memory(), board::take_testbench())
+    else {
+        report.check("board: NAND memory and test bench handed out once", false);
         report.finish();
     };
-    // SAFETY: main runs once and never returns, no interrupt handler touches these statics, so
-    // these are the only references to them.
-    let (page, oob) = unsafe {
-        (
-            &mut *core::ptr::addr_of_mut!(SCRATCH_PAGE),
-            &mut *core::ptr::addr_of_mut!(SCRATCH_SPARE),
-        )
-    };
 
-    selftest_nand::run(&mut report, data, spare, page, oob);
+    selftest_nand::run(&mut report, data, spare, bench);
+    selftest_codec::run(&mut report, bench);
 
     let (stack_used, stack_reserved) = stack::peak_use();
     hprintln!(

@@ -4,10 +4,9 @@
 use nandbox_core::nand::{BlockId, FaultKind, Nand, NandFault};
 
 use crate::{
-    board::{BLOCKS, GEOMETRY},
+    board::{Testbench, BLOCKS, GEOMETRY},
     ram_nand::RamNand,
     report::Report,
-    Page, Spare,
 };
 
 fn kind<T, E: NandFault>(r: Result<T, E>) -> Option<FaultKind> {
@@ -15,7 +14,10 @@ fn kind<T, E: NandFault>(r: Result<T, E>) -> Option<FaultKind> {
 }
 
 /// Runs the contract checks over the lent array; leaves it in an arbitrary state.
-pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], page: &mut Page, oob: &mut Spare) {
+pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut Testbench) {
+    let Testbench {
+        page, spare: oob, ..
+    } = bench;
     let Some(mut nand) = RamNand::<BLOCKS>::new(GEOMETRY, data, spare, 0x5eed) else {
         report.check("nand: array matches its geometry", false);
         return;

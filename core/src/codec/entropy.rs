@@ -627,13 +627,23 @@ fn try_rans(
             return Ok(None);
         }
     }
+    let syms = &scratch.syms;
+    // Hot loop: branch-free renormalisation. Emission is data-dependent and close to random, so
+    // a branch would mispredict often; instead the word is always stored at `w − 2` and `w` moves
+    // only when it counts (a stale store is overwritten by the next real one).
     for quad in symbols[..full].chunks_exact(LANES).rev() {
-        let ok = step(3, quad[3], &mut w)
-            && step(2, quad[2], &mut w)
-            && step(1, quad[1], &mut w)
-            && step(0, quad[0], &mut w);
-        if !ok {
+        if w < words_floor + 2 * LANES {
             return Ok(None);
+        }
+        for lane in (0..LANES).rev() {
+            let e = syms[quad[lane] as usize];
+            let xi = x[lane];
+            let emit = (xi >= e.x_max) as usize;
+            out[w - 2..w].copy_from_slice(&(xi as u16).to_le_bytes());
+            w -= 2 * emit;
+            let xi = xi >> (16 * emit);
+            let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
+            x[lane] = xi + e.bias + q * e.cmpl;
         }
     }
     for (lane, xi) in x.iter().enumerate() {
@@ -727,19 +737,21 @@ fn decode_rans(body: &[u8], out: &mut [u8], tables: &mut DecoderTables) -> Resul
             }
             continue;
         };
-        let w8: &[u8; 8] = w8.try_into().map_err(|_| CodecError::Corrupted)?;
-        let mut off = 0usize;
+        // Branch-free refill (the refill pattern is close to random): the next 8 bytes hold
+        // every word the four lanes can take; each lane takes the one at `off` or none.
+        let ahead = u64::from_le_bytes(w8.try_into().map_err(|_| CodecError::Corrupted)?);
+        let mut off = 0u32;
         for lane in 0..LANES {
-            quad[lane] = step(&mut x[lane], slots);
-            let word = u32::from(u16::from_le_bytes([w8[off], w8[off + 1]]));
-            let refill = x[lane] < RANS_L;
-            x[lane] = if refill {
-                (x[lane] << 16) | word
-            } else {
-                x[lane]
-            };
-            off += 2 * refill as usize;
+            let xi = x[lane];
+            let e = slots[(xi & SCALE_MASK) as usize];
+            quad[lane] = (e >> 24) as u8;
+            let xi = (e & SCALE_MASK) * (xi >> SCALE_BITS) + ((e >> 12) & SCALE_MASK);
+            let refill = (xi < RANS_L) as u32;
+            let word = (ahead >> (8 * off)) as u32 & 0xffff;
+            x[lane] = (xi << (16 * refill)) | (word & refill.wrapping_neg());
+            off += 2 * refill;
         }
+        let off = off as usize;
         pos += off;
     }
     for (lane, o) in quads.into_remainder().iter_mut().enumerate() {

@@ -1,0 +1,187 @@
+//! The control endpoint and the process life cycle: GET /stats and /metrics while serving,
+//! `nandbox stats`, and a clean SIGTERM/SIGINT that flushes, writes `--stats-out` and exits 0.
+
+use std::process::Command;
+use std::time::Duration;
+
+use nandbox_tests::{nandbox_bin, run_ok, Server};
+
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect control endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+fn write_some(server: &Server, bytes: usize) {
+    let out = run_ok(
+        Command::new("/usr/bin/python3").args([
+            "-c",
+            "import sys, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             h.pwrite(b'x' * int(sys.argv[2]), 0)\nh.pread(4096, 0)\nh.flush()\nprint('ok')",
+            &server.uri(),
+            &bytes.to_string(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("ok"));
+}
+
+#[test]
+fn stats_json_and_prometheus_metrics_count_host_io() {
+    let server = Server::start(&["--size", "16MiB"]);
+    write_some(&server, 1 << 20);
+    let (status, body) = http_get(&server.control, "/stats");
+    assert!(status.contains("200"), "{status}");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    for key in [
+        "host_read_bytes",
+        "host_write_bytes",
+        "nand_read_pages",
+        "nand_program_pages",
+        "nand_erase_blocks",
+        "waf",
+    ] {
+        assert!(stats[key].is_number(), "{key} missing in {stats}");
+    }
+    for cause in [
+        "data",
+        "delta",
+        "node",
+        "compact",
+        "gc",
+        "checkpoint",
+        "padding",
+        "total",
+    ] {
+        assert!(
+            stats["nand_program_bytes"][cause].is_number(),
+            "nand_program_bytes.{cause} missing"
+        );
+    }
+    for k in ["min", "max", "mean"] {
+        assert!(
+            stats["erase_count"][k].is_number(),
+            "erase_count.{k} missing"
+        );
+    }
+    assert!(
+        stats["host_write_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{stats}"
+    );
+    assert!(
+        stats["host_read_bytes"].as_u64().unwrap() >= 4096,
+        "{stats}"
+    );
+
+    let (status, metrics) = http_get(&server.control, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let written = stats["host_write_bytes"].as_u64().unwrap();
+    assert!(
+        metrics.contains(&format!("nandbox_host_write_bytes_total {written}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE nandbox_host_write_bytes_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nandbox_nand_program_bytes_total{cause=\"gc\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nandbox_waf "), "{metrics}");
+    assert!(metrics.contains("nandbox_erase_count_max "), "{metrics}");
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').expect("name value");
+        assert!(name.starts_with("nandbox_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    let (status, _) = http_get(&server.control, "/nope");
+    assert!(status.contains("404"), "{status}");
+
+    let table = run_ok(
+        Command::new(nandbox_bin()).args(["stats", "--control", &server.control]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("host_write_bytes ") && l.contains(&written.to_string())),
+        "{table}"
+    );
+    assert!(table.contains("nand_program_bytes.gc"), "{table}");
+    let json = run_ok(
+        Command::new(nandbox_bin()).args(["stats", "--json", "--control", &server.control]),
+        Duration::from_secs(30),
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("stats --json is JSON");
+    assert_eq!(parsed["host_write_bytes"], stats["host_write_bytes"]);
+}
+
+#[test]
+fn sigterm_and_sigint_flush_write_stats_out_and_exit_zero() {
+    for signal in ["TERM", "INT"] {
+        let dir = nandbox_tests::scratch_dir();
+        let out = dir.path().join("final.json");
+        let out_s = out.to_str().unwrap().to_string();
+        let mut server = Server::start(&["--size", "16MiB", "--stats-out", &out_s]);
+        write_some(&server, 65536);
+        let status = server.signal_and_wait(signal, Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "exit after SIG{signal}: {status}\n{}",
+            server.log_text()
+        );
+        let text = std::fs::read_to_string(&out).expect("--stats-out written");
+        let stats: serde_json::Value = serde_json::from_str(&text).expect("final stats JSON");
+        assert!(
+            stats["host_write_bytes"].as_u64().unwrap() >= 65536,
+            "{stats}"
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_bad_sizes_and_non_loopback_control() {
+    for (args, why) in [
+        (vec!["--size", "1000"], "multiple of 4096"),
+        (vec!["--size", "1PB"], "suffix"),
+        (vec!["--control", "0.0.0.0:0"], "loopback"),
+    ] {
+        let out = nandbox_tests::run(
+            Command::new(nandbox_bin())
+                .arg("serve")
+                .args(["--listen", "127.0.0.1:0"])
+                .args(&args),
+            Duration::from_secs(30),
+        );
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    let help = run_ok(
+        Command::new(nandbox_bin()).args(["serve", "--help"]),
+        Duration::from_secs(30),
+    );
+    for flag in [
+        "--listen",
+        "--unix",
+        "--size",
+        "--image",
+        "--profile",
+        "--latency",
+        "--control",
+        "--read-only",
+        "--export",
+        "--stats-out",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

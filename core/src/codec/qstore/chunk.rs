@@ -226,22 +226,7 @@ pub fn encode_chunk(
     }
     let radix_len = radix.finish()?;
 
-    // INT8 record: header, scales, coded INT8 values.
-    let mut at = INT8_HEADER_LEN;
-    for &s in scales {
-        int8_out[at..at + 4].copy_from_slice(&s.to_le_bytes());
-        at += 4;
-    }
-    let q_len =
-        entropy::encode(&ws.q[..n], &mut int8_out[at..], &mut ws.enc).map_err(encode_err)?;
-    let int8_len = at + q_len;
-    let rec = &mut int8_out[..int8_len];
-    rec[i8f::MAGIC].copy_from_slice(&INT8_MAGIC);
-    put_u32(rec, i8f::COUNT, n as u32);
-    put_u32(rec, i8f::ROWS, rows as u32);
-    put_u32(rec, i8f::Q_LEN, q_len as u32);
-    let crc = crc_without(rec, i8f::CRC);
-    put_u32(rec, i8f::CRC, crc);
+    let int8_len = write_int8(n, scales, int8_out, ws)?;
 
     // High-precision record: header, offsets, q = 0 bytes, escapes.
     let mut at = HP_HEADER_LEN + radix_len;
@@ -266,6 +251,58 @@ pub fn encode_chunk(
     let crc = crc_without(rec, hpf::CRC);
     put_u32(rec, hpf::CRC, crc);
     Ok((int8_len, at))
+}
+
+/// Writes the INT8 record of `ws.q[..n]` and `scales`.
+fn write_int8(
+    n: usize,
+    scales: &[f32],
+    int8_out: &mut [u8],
+    ws: &mut Workspace,
+) -> Result<usize, QstoreError> {
+    let mut at = INT8_HEADER_LEN;
+    for &s in scales {
+        int8_out[at..at + 4].copy_from_slice(&s.to_le_bytes());
+        at += 4;
+    }
+    let q_len =
+        entropy::encode(&ws.q[..n], &mut int8_out[at..], &mut ws.enc).map_err(encode_err)?;
+    let int8_len = at + q_len;
+    let rec = &mut int8_out[..int8_len];
+    rec[i8f::MAGIC].copy_from_slice(&INT8_MAGIC);
+    put_u32(rec, i8f::COUNT, n as u32);
+    put_u32(rec, i8f::ROWS, scales.len() as u32);
+    put_u32(rec, i8f::Q_LEN, q_len as u32);
+    let crc = crc_without(rec, i8f::CRC);
+    put_u32(rec, i8f::CRC, crc);
+    Ok(int8_len)
+}
+
+/// Encodes only the INT8 record of a chunk from given INT8 values and scales, stored as they
+/// are (no containment check): for tensors whose high precision is stored another way.
+pub fn encode_int8(
+    cols: u32,
+    col0: u32,
+    q: &[i8],
+    scales: &[f32],
+    ws: &mut Workspace,
+    int8_out: &mut [u8],
+) -> Result<usize, QstoreError> {
+    let n = q.len();
+    if n == 0 || n > CHUNK_WEIGHTS || cols == 0 || col0 >= cols {
+        return Err(QstoreError::InvalidInput("chunk shape"));
+    }
+    if scales.len() != rows_touched(cols, col0, n) {
+        return Err(QstoreError::InvalidInput("scale count does not match the chunk"));
+    }
+    let need = max_int8_len(n, scales.len());
+    if int8_out.len() < need {
+        return Err(QstoreError::BufferTooSmall(need));
+    }
+    for (d, &v) in ws.q.iter_mut().zip(q) {
+        *d = v as u8;
+    }
+    write_int8(n, scales, int8_out, ws)
 }
 
 /// The total length of the INT8 record that starts with `header` (at least

@@ -27,7 +27,7 @@ pub mod format;
 pub mod quant;
 pub mod radix;
 
-pub use chunk::{decode_hp, decode_int8, encode_chunk, Workspace};
+pub use chunk::{decode_hp, decode_int8, encode_chunk, encode_int8, Workspace};
 pub use quant::{quantize, quantize_pattern, quantize_row, row_scale, HalfKind, RowRanges};
 
 /// Most weights in one chunk. 64 Ki keeps a chunk's workspace a few hundred KiB and gives a

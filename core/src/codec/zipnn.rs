@@ -728,4 +728,63 @@ mod tests {
             "{err:?}"
         );
     }
+
+    /// Seeded mutations (bit flips, truncations, insertions, byte overwrites) of a container:
+    /// the decoder must return an error or exactly the original, never other data and never
+    /// panic. The chunk CRCs (which cover the chunk index) are what rule out silent damage.
+    #[test]
+    fn mutated_containers_error_or_return_the_original() {
+        let mut rng = Rng(0x5eed);
+        let mut src = [0u8; 10_001];
+        for e in src.chunks_exact_mut(2) {
+            // BF16-like: exponents clustered around 2^-4, random sign and mantissa.
+            let r = rng.next();
+            let exp = 123 - (r.trailing_zeros().min(6) as u16);
+            let v = ((r >> 32) as u16 & 0x807f) | (exp << 7);
+            e.copy_from_slice(&v.to_le_bytes());
+        }
+        let mut container = [0u8; 11_000];
+        let mut planes = [0u8; 4096];
+        let mut scratch = EncoderScratch::new();
+        let len = compress(Dtype::Bf16, 4096, &src, &mut planes, &mut container, &mut scratch)
+            .unwrap();
+        assert!(len < src.len() * 8 / 10, "test data should compress: {len}");
+        let mut tables = DecoderTables::new();
+        let mut segs = [Segment { dtype: Dtype::Raw, len: 0 }; 2];
+        let mut back = [0u8; 12_000];
+        let (mut ok_same, mut errors) = (0, 0);
+        for round in 0..4000 {
+            let mut m = [0u8; 11_100];
+            m[..len].copy_from_slice(&container[..len]);
+            let mut l = len;
+            for _ in 0..1 + rng.next() % 3 {
+                match rng.next() % 4 {
+                    0 => {
+                        let i = (rng.next() as usize) % l;
+                        m[i] ^= 1 << (rng.next() % 8);
+                    }
+                    1 => l = (rng.next() as usize) % l.max(1),
+                    2 if l < m.len() => {
+                        let i = (rng.next() as usize) % (l + 1);
+                        m.copy_within(i..l, i + 1);
+                        m[i] = rng.next() as u8;
+                        l += 1;
+                    }
+                    _ => {
+                        let i = (rng.next() as usize) % l.max(1);
+                        m[i] = rng.next() as u8;
+                    }
+                }
+            }
+            match decompress(&m[..l], &mut planes, &mut segs, &mut back, &mut tables) {
+                Ok(n) => {
+                    assert_eq!(&back[..n], &src[..], "round {round}: wrong data returned");
+                    ok_same += 1;
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        // Most mutations must be detected (only no-op mutations may decode).
+        assert!(errors > 3900, "errors {errors}, identical {ok_same}");
+    }
 }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# bench/zipnn.sh — ratio and single-thread speed of `nandbox zipnn` against `zstd -3` (and the
+# zipnn Python package when it is importable) on the fixtures' tensor payloads, in the same run.
+#
+#   bench/zipnn.sh                 # 7 rounds, best time of each
+#   ROUNDS=15 bench/zipnn.sh
+#   FIXTURES=/path/to/fixtures bench/zipnn.sh
+#
+# Each payload (the bytes after a safetensors header) is written to a temporary file and coded
+# file-to-file by each tool with one thread: `nandbox zipnn compress --dtype D --threads 1`,
+# `zstd -3 -T1`. Times are wall clock of the whole command (process start and page-cache I/O
+# included, the same for both); the best of ROUNDS is kept. Printed: ratio (compressed /
+# original, lower is better), MB/s (original bytes), and nandbox's speed over zstd's.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-7}
+here=$(cd "$(dirname "$0")/.." && pwd)
+FIXTURES=${FIXTURES:-$here/../shared/fixtures}
+for tool in zstd python3 cargo; do
+    command -v "$tool" >/dev/null || { echo "bench/zipnn.sh: $tool is not installed" >&2; exit 1; }
+done
+[ -d "$FIXTURES" ] || { echo "bench/zipnn.sh: no fixtures at $FIXTURES" >&2; exit 1; }
+
+echo "building nandbox (release)..." >&2
+cargo build --release -q -p nandbox --manifest-path "$here/Cargo.toml"
+target=${CARGO_TARGET_DIR:-$here/target}
+
+NANDBOX=$target/release/nandbox FIXTURES=$FIXTURES ROUNDS=$ROUNDS python3 - <<'EOF'
+import json, os, shutil, struct, subprocess, sys, tempfile, time
+
+nandbox, fixtures, rounds = os.environ["NANDBOX"], os.environ["FIXTURES"], int(os.environ["ROUNDS"])
+work = tempfile.mkdtemp(prefix="nandbox-zipnn-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+
+try:
+    import zipnn  # optional: pulls torch, so it is often absent
+except Exception:
+    zipnn = None
+
+def best(cmd):
+    t = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        t = min(t, time.perf_counter() - t0)
+    return t
+
+def same(a, b):
+    with open(a, "rb") as x, open(b, "rb") as y:
+        return x.read() == y.read()
+
+rows = []
+try:
+    for name, dtype, zdtype in [("minilm-l0l5-bf16.safetensors", "bf16", "bfloat16"),
+                                ("minilm-l0l5-f16.safetensors", "fp16", "float16"),
+                                ("minilm-l0l5-f32.safetensors", "fp32", "float32")]:
+        raw = open(os.path.join(fixtures, name), "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        payload = raw[8 + n:]
+        src = os.path.join(work, dtype + ".bin")
+        open(src, "wb").write(payload)
+        size = len(payload)
+
+        z, back = src + ".nbzn", src + ".back"
+        tc = best([nandbox, "zipnn", "compress", src, z, "--dtype", dtype, "--threads", "1"])
+        td = best([nandbox, "zipnn", "decompress", z, back, "--threads", "1"])
+        assert same(src, back), "nandbox round trip differs"
+        nb = (os.path.getsize(z) / size, size / tc / 1e6, size / td / 1e6)
+
+        z, back = src + ".zst", src + ".zback"
+        tc = best(["zstd", "-3", "-T1", "-q", "-f", src, "-o", z])
+        td = best(["zstd", "-d", "-T1", "-q", "-f", z, "-o", back])
+        assert same(src, back), "zstd round trip differs"
+        zs = (os.path.getsize(z) / size, size / tc / 1e6, size / td / 1e6)
+
+        zp = None
+        if zipnn is not None:
+            try:
+                coder = zipnn.ZipNN(input_format="byte", bytearray_dtype=zdtype, threads=1)
+                t0 = min_c = float("inf")
+                for _ in range(rounds):
+                    t0 = time.perf_counter(); c = coder.compress(payload); min_c = min(min_c, time.perf_counter() - t0)
+                min_d = float("inf")
+                for _ in range(rounds):
+                    t0 = time.perf_counter(); d = coder.decompress(c); min_d = min(min_d, time.perf_counter() - t0)
+                assert bytes(d) == payload
+                zp = (len(c) / size, size / min_c / 1e6, size / min_d / 1e6)
+            except Exception as e:  # report, do not hide
+                print(f"zipnn package failed on {dtype}: {e}", file=sys.stderr)
+        rows.append((dtype, size, nb, zs, zp))
+finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+print(f"{'dtype':5} {'bytes':>9} | {'codec':8} {'ratio':>7} {'comp MB/s':>10} {'decomp MB/s':>12}")
+for dtype, size, nb, zs, zp in rows:
+    for label, r in [("nandbox", nb), ("zstd -3", zs), ("zipnn", zp)]:
+        if r is None:
+            continue
+        print(f"{dtype:5} {size:9d} | {label:8} {r[0]:7.4f} {r[1]:10.0f} {r[2]:12.0f}")
+    print(f"{dtype:5} {'':9} | nandbox/zstd speed: compress {nb[1]/zs[1]:.2f}x, decompress {nb[2]/zs[2]:.2f}x;"
+          f" ratio {nb[0]/zs[0]:.3f}x" + (f"; nandbox/zipnn speed {nb[1]/zp[1]:.2f}x / {nb[2]/zp[2]:.2f}x" if zp else ""))
+if zipnn is None:
+    print("(zipnn package not importable: `pip install zipnn` to compare; it pulls torch)")
+EOF

@@ -1,0 +1,91 @@
+//! Criterion benches of the ZipNN codec and its entropy coder on the BF16 fixture.
+//!
+//! `cargo bench -p nandbox-bench --bench codec`. Throughput is in original bytes. The reference
+//! peers (zstd -3, the zipnn package) run in `bench/zipnn.sh`, which prints the ratios.
+
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use nandbox_core::codec::entropy::{self, DecoderTables, EncoderScratch};
+use nandbox_core::codec::zipnn::{self, Dtype, Segment};
+
+fn payload(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
+    let file = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    file[8 + n..].to_vec()
+}
+
+fn bench_entropy(c: &mut Criterion) {
+    let p = payload("minilm-l0l5-bf16.safetensors");
+    let chunk = &p[..zipnn::DEFAULT_CHUNK_SIZE as usize];
+    // The two BF16 planes of one 256 KiB chunk: exponents, and sign+mantissa.
+    let exps: Vec<u8> = chunk
+        .chunks_exact(2)
+        .map(|e| (u16::from_le_bytes([e[0], e[1]]) >> 7) as u8)
+        .collect();
+    let mants: Vec<u8> = chunk
+        .chunks_exact(2)
+        .map(|e| (e[1] & 0x80) | (e[0] & 0x7f))
+        .collect();
+    let mut g = c.benchmark_group("entropy");
+    for (name, plane) in [("exponent", &exps), ("mantissa", &mants)] {
+        let mut out = vec![0u8; entropy::max_encoded_len(plane.len())];
+        let mut scratch = EncoderScratch::new();
+        let len = entropy::encode(plane, &mut out, &mut scratch).unwrap();
+        g.throughput(Throughput::Bytes(plane.len() as u64));
+        g.bench_function(format!("encode/{name}"), |b| {
+            b.iter(|| entropy::encode(plane, &mut out, &mut scratch).unwrap())
+        });
+        let coded = out[..len].to_vec();
+        let mut back = vec![0u8; plane.len()];
+        let mut tables = DecoderTables::new();
+        g.bench_function(format!("decode/{name}"), |b| {
+            b.iter(|| entropy::decode(&coded, &mut back, &mut tables).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn bench_zipnn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("zipnn");
+    g.sample_size(20);
+    for (name, dtype) in [
+        ("minilm-l0l5-bf16.safetensors", Dtype::Bf16),
+        ("minilm-l0l5-f16.safetensors", Dtype::Fp16),
+        ("minilm-l0l5-f32.safetensors", Dtype::Fp32),
+    ] {
+        let p = payload(name);
+        let chunk = zipnn::DEFAULT_CHUNK_SIZE;
+        let mut out = vec![0u8; zipnn::max_compressed_len(dtype, chunk, p.len())];
+        let mut planes = vec![0u8; chunk as usize];
+        let mut scratch = EncoderScratch::new();
+        g.throughput(Throughput::Bytes(p.len() as u64));
+        let len = zipnn::compress(dtype, chunk, &p, &mut planes, &mut out, &mut scratch).unwrap();
+        g.bench_function(format!("compress/{dtype:?}"), |b| {
+            b.iter(|| {
+                zipnn::compress(dtype, chunk, &p, &mut planes, &mut out, &mut scratch).unwrap()
+            })
+        });
+        let container = out[..len].to_vec();
+        let mut back = vec![0u8; p.len()];
+        let mut segs = [Segment {
+            dtype: Dtype::Raw,
+            len: 0,
+        }];
+        let mut tables = DecoderTables::new();
+        g.bench_function(format!("decompress/{dtype:?}"), |b| {
+            b.iter(|| {
+                zipnn::decompress(&container, &mut planes, &mut segs, &mut back, &mut tables)
+                    .unwrap()
+            })
+        });
+        println!("zipnn {dtype:?}: ratio {:.4}", len as f64 / p.len() as f64);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_entropy, bench_zipnn);
+criterion_main!(benches);

@@ -157,9 +157,18 @@ impl ImageFile {
         })
     }
 
-    /// Opens an existing image, checking its header, length and block states.
+    /// Opens an existing image for reading and writing, checking its header, length and block
+    /// states.
     pub fn open(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Self::open_with(OpenOptions::new().read(true).write(true).open(path)?)
+    }
+
+    /// Opens an existing image for reading only (writes to it fail).
+    pub fn open_read_only(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
+        Self::open_with(OpenOptions::new().read(true).open(path)?)
+    }
+
+    fn open_with(file: File) -> Result<(ImageFile, BlockStates), ImageError> {
         let actual = file.metadata()?.len();
         let mut head = vec![0u8; header::LEN];
         if actual < header::CRC.end as u64 {

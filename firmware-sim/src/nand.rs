@@ -92,6 +92,9 @@ enum Store {
     Ram(Vec<Option<Box<[u8]>>>),
     /// A sparse image file.
     Image(ImageFile),
+    /// An image file opened read-only: pages written or erased since opening live in RAM
+    /// (`Some(None)` = erased), the file is never written.
+    Overlay(ImageFile, std::collections::HashMap<u32, Option<Box<[u8]>>>),
 }
 
 /// A simulated NAND array.
@@ -141,6 +144,19 @@ impl SimNand {
         let (image, state) = ImageFile::open(path)?;
         let geometry = image.geometry();
         let mut sim = SimNand::assemble(geometry, Store::Image(image), FaultConfig::default());
+        sim.write_point = state.write_point;
+        sim.erase_counts = state.erase_counts;
+        sim.bad = state.bad;
+        Ok(sim)
+    }
+
+    /// Opens an existing image without ever writing to it: programs and erases are kept in RAM
+    /// and lost on drop. For offline checks and reports that must not change what they inspect.
+    pub fn open_image_read_only(path: &Path) -> Result<SimNand, crate::image::ImageError> {
+        let (image, state) = ImageFile::open_read_only(path)?;
+        let geometry = image.geometry();
+        let store = Store::Overlay(image, Default::default());
+        let mut sim = SimNand::assemble(geometry, store, FaultConfig::default());
         sim.write_point = state.write_point;
         sim.erase_counts = state.erase_counts;
         sim.bad = state.bad;
@@ -243,7 +259,7 @@ impl SimNand {
     /// Flushes an image file's writes to stable storage (no-op in RAM).
     pub fn sync(&mut self) -> Result<(), SimError> {
         match &mut self.store {
-            Store::Ram(_) => Ok(()),
+            Store::Ram(_) | Store::Overlay(..) => Ok(()),
             Store::Image(img) => img.sync().map_err(SimError::Io),
         }
     }
@@ -319,6 +335,18 @@ impl SimNand {
                 }
             },
             Store::Image(img) => img.read_page(page, data, spare).map_err(SimError::Io)?,
+            Store::Overlay(img, ram) => match ram.get(&page.0) {
+                Some(Some(bytes)) => {
+                    let (d, s) = bytes.split_at(data.len());
+                    data.copy_from_slice(d);
+                    spare.copy_from_slice(s);
+                }
+                Some(None) => {
+                    data.fill(0xFF);
+                    spare.fill(0xFF);
+                }
+                None => img.read_page(page, data, spare).map_err(SimError::Io)?,
+            },
         }
         Ok(())
     }
@@ -327,6 +355,9 @@ impl SimNand {
         match &mut self.store {
             Store::Ram(pages) => pages[page.0 as usize] = Some(raw.into()),
             Store::Image(img) => img.write_page(page, raw).map_err(SimError::Io)?,
+            Store::Overlay(_, ram) => {
+                ram.insert(page.0, Some(raw.into()));
+            }
         }
         Ok(())
     }
@@ -335,7 +366,7 @@ impl SimNand {
         let b = block.0 as usize;
         let (wp, ec, bad) = (self.write_point[b], self.erase_counts[b], self.bad[b]);
         match &mut self.store {
-            Store::Ram(_) => Ok(()),
+            Store::Ram(_) | Store::Overlay(..) => Ok(()),
             Store::Image(img) => img
                 .write_block_state(block, wp, ec, bad)
                 .map_err(SimError::Io),
@@ -406,6 +437,13 @@ impl Nand for SimNand {
                 None => spare.fill(0xFF),
             },
             Store::Image(img) => img.read_spare(page, spare).map_err(SimError::Io)?,
+            Store::Overlay(img, ram) => match ram.get(&page.0) {
+                Some(Some(bytes)) => {
+                    spare.copy_from_slice(&bytes[self.geometry.page_bytes as usize..])
+                }
+                Some(None) => spare.fill(0xFF),
+                None => img.read_spare(page, spare).map_err(SimError::Io)?,
+            },
         }
         self.maybe_flip(spare);
         Ok(())
@@ -488,6 +526,11 @@ impl Nand for SimNand {
         match &mut self.store {
             Store::Ram(pages) => pages[first.0 as usize..][..ppb as usize].fill(None),
             Store::Image(img) => img.erase_pages(first, ppb).map_err(SimError::Io)?,
+            Store::Overlay(_, ram) => {
+                for n in 0..ppb {
+                    ram.insert(first.0 + n, None);
+                }
+            }
         }
         self.write_point[b] = 0;
         self.persist_block_state(block)
@@ -516,6 +559,9 @@ impl SimNand {
         match &mut self.store {
             Store::Ram(pages) => pages[page.0 as usize] = None,
             Store::Image(img) => img.erase_pages(page, 1).map_err(SimError::Io)?,
+            Store::Overlay(_, ram) => {
+                ram.insert(page.0, None);
+            }
         }
         Ok(())
     }

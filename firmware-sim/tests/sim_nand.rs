@@ -195,3 +195,26 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn read_only_image_never_changes_the_file() {
+    let dir = tempdir().join("ro");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("nand.img");
+    {
+        let mut sim = SimNand::create_image(&path, small()).unwrap();
+        let (d, s) = page(&sim, 0x44);
+        sim.program(PageId(0), &d, &s).unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let mut sim = SimNand::open_image_read_only(&path).unwrap();
+    let (d, s) = page(&sim, 0x55);
+    assert_eq!(read(&mut sim, PageId(0)).0, page(&sim, 0x44).0);
+    sim.program(PageId(1), &d, &s).unwrap();
+    assert_eq!(read(&mut sim, PageId(1)).0, d, "the overlay holds the new page");
+    sim.erase(BlockId(0)).unwrap();
+    assert!(read(&mut sim, PageId(0)).0.iter().all(|&b| b == 0xFF));
+    drop(sim);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    std::fs::remove_dir_all(dir).unwrap();
+}

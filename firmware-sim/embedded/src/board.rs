@@ -62,6 +62,10 @@ pub fn take_nand_memory() -> Option<(&'static mut [u8], &'static mut [u8])> {
     }
 }
 
+/// 4 KiB logical blocks the FTL exports on this array: 2 MiB, what 24 blocks of 64 pages hold
+/// after the checkpoint area, open logs, GC reserve and 7% over-provisioning.
+pub const LOGICAL_BLOCKS: u32 = 512;
+
 /// Bytes in the BF16 codec sample: an odd count, so a trailing half element is carried too.
 pub const SAMPLE_BYTES: usize = 12 * 1024 + 1;
 /// ZipNN chunk size in the image: one 4 KiB logical block, the unit the device would code.
@@ -83,6 +87,10 @@ pub struct Testbench {
     pub coded: [u8; CODED_BYTES],
     /// The sample decoded again.
     pub decoded: [u8; SAMPLE_BYTES],
+    /// Per LBA: generation of the last write handed to the FTL (0 = zeros).
+    pub written: [u32; LOGICAL_BLOCKS as usize],
+    /// Per LBA: generation at the last flush that returned Ok.
+    pub durable: [u32; LOGICAL_BLOCKS as usize],
 }
 
 #[link_section = ".testbench"]

@@ -34,7 +34,8 @@ impl NandFault for RamNandError {
 }
 
 /// Operations counted since the array was made, across power cycles. Operations refused for
-/// breaking the contract, or attempted while power is off, reach no cell and are not counted.
+/// breaking the contract, or attempted while power is off, reach no cell and are not counted as
+/// reads, programs or erases; refusals are counted apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpCounts {
     /// Page reads, spare-only reads included.
@@ -43,6 +44,9 @@ pub struct OpCounts {
     pub programs: u32,
     /// Block erases, torn ones included.
     pub erases: u32,
+    /// Operations refused for breaking the contract: firmware bugs, so the FTL self-test
+    /// requires zero.
+    pub violations: u32,
 }
 
 impl OpCounts {
@@ -168,9 +172,15 @@ impl<'m, const BLOCKS: usize> RamNand<'m, BLOCKS> {
         x
     }
 
-    fn check_page(&self, page: PageId) -> Result<(usize, usize), RamNandError> {
+    /// Refuses an operation that breaks the contract, and counts it.
+    fn violation(&mut self) -> RamNandError {
+        self.counts.violations += 1;
+        RamNandError(FaultKind::ContractViolation)
+    }
+
+    fn check_page(&mut self, page: PageId) -> Result<(usize, usize), RamNandError> {
         if page.0 >= self.geometry.total_pages() {
-            return Err(RamNandError(FaultKind::ContractViolation));
+            return Err(self.violation());
         }
         Ok((page.0 as usize, self.geometry.block_of(page).0 as usize))
     }
@@ -186,9 +196,6 @@ impl<'m, const BLOCKS: usize> RamNand<'m, BLOCKS> {
     }
 }
 
-fn violation() -> RamNandError {
-    RamNandError(FaultKind::ContractViolation)
-}
 
 impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
     type Error = RamNandError;
@@ -202,7 +209,7 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
         if data.len() != self.geometry.page_bytes as usize
             || spare.len() != self.geometry.spare_bytes as usize
         {
-            return Err(violation());
+            return Err(self.violation());
         }
         let torn = self.start_op()?;
         self.counts.reads += 1;
@@ -217,7 +224,7 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
     fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), Self::Error> {
         let (p, _) = self.check_page(page)?;
         if spare.len() != self.geometry.spare_bytes as usize {
-            return Err(violation());
+            return Err(self.violation());
         }
         let torn = self.start_op()?;
         self.counts.reads += 1;
@@ -236,7 +243,7 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
             || self.bad[b]
             || in_block < self.write_point[b]
         {
-            return Err(violation());
+            return Err(self.violation());
         }
         let torn = self.start_op()?;
         self.counts.programs += 1;
@@ -276,7 +283,7 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
     fn erase(&mut self, block: BlockId) -> Result<(), Self::Error> {
         let b = block.0 as usize;
         if b >= BLOCKS || self.bad[b] {
-            return Err(violation());
+            return Err(self.violation());
         }
         let torn = self.start_op()?;
         self.counts.erases += 1;
@@ -307,18 +314,56 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
         if !self.powered {
             return Err(RamNandError(FaultKind::PowerLoss));
         }
-        self.bad
-            .get(block.0 as usize)
-            .copied()
-            .ok_or_else(violation)
+        match self.bad.get(block.0 as usize) {
+            Some(&b) => Ok(b),
+            None => Err(self.violation()),
+        }
     }
 
     fn mark_bad(&mut self, block: BlockId) -> Result<(), Self::Error> {
         if !self.powered {
             return Err(RamNandError(FaultKind::PowerLoss));
         }
-        let b = self.bad.get_mut(block.0 as usize).ok_or_else(violation)?;
-        *b = true;
-        Ok(())
+        match self.bad.get_mut(block.0 as usize) {
+            Some(b) => {
+                *b = true;
+                Ok(())
+            }
+            None => Err(self.violation()),
+        }
+    }
+}
+
+/// The FTL takes its NAND by value; lending it `&mut RamNand` keeps the array with the test
+/// across a power cut and a failed mount, as the cells outlive the firmware on real hardware.
+impl<const BLOCKS: usize> Nand for &mut RamNand<'_, BLOCKS> {
+    type Error = RamNandError;
+
+    fn geometry(&self) -> Geometry {
+        (**self).geometry()
+    }
+
+    fn read(&mut self, page: PageId, data: &mut [u8], spare: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).read(page, data, spare)
+    }
+
+    fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), Self::Error> {
+        (**self).read_spare(page, spare)
+    }
+
+    fn program(&mut self, page: PageId, data: &[u8], spare: &[u8]) -> Result<(), Self::Error> {
+        (**self).program(page, data, spare)
+    }
+
+    fn erase(&mut self, block: BlockId) -> Result<(), Self::Error> {
+        (**self).erase(block)
+    }
+
+    fn is_bad(&mut self, block: BlockId) -> Result<bool, Self::Error> {
+        (**self).is_bad(block)
+    }
+
+    fn mark_bad(&mut self, block: BlockId) -> Result<(), Self::Error> {
+        (**self).mark_bad(block)
     }
 }

@@ -232,3 +232,234 @@ fn accept_error(e: io::Error) {
     // Out of descriptors and the like: give the system a moment rather than spin.
     std::thread::sleep(Duration::from_millis(50));
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hostile bytes into the handshake and the transmission loop: whatever arrives, the server
+    //! answers or hangs up, and never panics or allocates what a header claims.
+
+    use super::handshake::{negotiate, ExportInfo, Negotiated};
+    use super::transmission::{self, Limits};
+    use super::wire::{cmd, Request};
+    use crate::device::{BlockDevice, DevError, Extent, ZeroFlags};
+    use std::io::{Cursor, Read, Write};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    /// A plain in-memory disk, only for these tests.
+    struct VecDisk(Mutex<Vec<u8>>);
+
+    impl BlockDevice for VecDisk {
+        fn size(&self) -> u64 {
+            self.0.lock().unwrap().len() as u64
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+            let d = self.0.lock().unwrap();
+            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), DevError> {
+            let mut d = self.0.lock().unwrap();
+            d[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), DevError> {
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<(), DevError> {
+            self.0.lock().unwrap()[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _f: ZeroFlags) -> Result<(), DevError> {
+            self.trim(offset, len, false)
+        }
+        fn block_status(&self, _offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
+            Ok(vec![Extent {
+                length: len,
+                flags: 0,
+            }])
+        }
+        fn stats_json(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+        fn shutdown(&self) -> Result<(), DevError> {
+            Ok(())
+        }
+    }
+
+    /// Input from a byte vector, output into another: a socket with a scripted client.
+    struct Duplex {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn option(opt: u32, data: &[u8]) -> Vec<u8> {
+        let mut m = super::wire::magic::IHAVEOPT.to_be_bytes().to_vec();
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        m.extend_from_slice(data);
+        m
+    }
+
+    #[test]
+    fn random_options_never_panic() {
+        let export = ExportInfo {
+            name: "x".into(),
+            size: 1 << 20,
+            read_only: false,
+        };
+        let stop = AtomicBool::new(false);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            let mut input = 3u32.to_be_bytes().to_vec();
+            for _ in 0..rng.below(6) {
+                let opt = [1, 2, 3, 6, 7, 8, 9, 10, 99][rng.below(9) as usize];
+                let len = rng.below(40) as usize;
+                let mut data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                if len >= 4 && rng.below(2) == 0 {
+                    // Plausible length prefixes reach deeper into the parsers.
+                    let claim = rng.below(len as u64 + 3) as u32;
+                    data[..4].copy_from_slice(&claim.to_be_bytes());
+                }
+                let mut m = option(opt, &data);
+                if rng.below(10) == 0 {
+                    let at = rng.below(m.len() as u64) as usize;
+                    m[at] ^= 1 << rng.below(8);
+                }
+                if rng.below(20) == 0 {
+                    m.truncate(rng.below(m.len() as u64) as usize);
+                }
+                input.extend_from_slice(&m);
+            }
+            let mut s = Duplex {
+                input: Cursor::new(input),
+                output: Vec::new(),
+            };
+            let _ = negotiate(&mut s, &export, &stop);
+        }
+    }
+
+    #[test]
+    fn a_huge_claimed_option_length_is_drained_not_allocated() {
+        let export = ExportInfo {
+            name: String::new(),
+            size: 1 << 20,
+            read_only: false,
+        };
+        let mut input = 3u32.to_be_bytes().to_vec();
+        let mut m = option(9, &[]);
+        m[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        input.extend_from_slice(&m);
+        input.extend_from_slice(&[0u8; 1000]); // the client stops long before 4 GiB
+        let mut s = Duplex {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        };
+        assert!(negotiate(&mut s, &export, &AtomicBool::new(false)).is_err());
+    }
+
+    #[test]
+    fn random_request_streams_never_panic_and_replies_stay_framed() {
+        let disk = VecDisk(Mutex::new(vec![0u8; 1 << 20]));
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..400 {
+            let structured = round % 2 == 0;
+            let neg = Negotiated {
+                structured,
+                base_allocation: round % 3 == 0,
+                block_size_agreed: round % 5 == 0,
+                tx_flags: super::handshake::transmission_flags(false, structured),
+            };
+            let mut input = Vec::new();
+            for i in 0..rng.below(20) {
+                let kind = [
+                    cmd::READ,
+                    cmd::WRITE,
+                    cmd::FLUSH,
+                    cmd::TRIM,
+                    5,
+                    cmd::WRITE_ZEROES,
+                    cmd::BLOCK_STATUS,
+                    77,
+                ][rng.below(8) as usize];
+                let offset = match rng.below(4) {
+                    0 => rng.next(),
+                    1 => (1 << 20) - rng.below(8192),
+                    _ => rng.below(1 << 20),
+                };
+                let len = match rng.below(4) {
+                    0 => rng.next() as u32,
+                    1 => 0,
+                    _ => rng.below(16384) as u32,
+                };
+                let flags = if rng.below(4) == 0 {
+                    rng.next() as u16
+                } else {
+                    0
+                };
+                input.extend_from_slice(&Request::build(flags, kind, i, offset, len));
+                if kind == cmd::WRITE {
+                    // Send the payload the header claims, up to a bound; short streams end early.
+                    let n = (len as usize).min(70_000);
+                    input.extend((0..n).map(|j| j as u8));
+                }
+                if rng.below(30) == 0 {
+                    let at = rng.below(input.len() as u64) as usize;
+                    input[at] ^= 0x80;
+                }
+            }
+            let mut out = Vec::new();
+            let _ =
+                transmission::serve(Cursor::new(input), &mut out, &disk, neg, Limits::default());
+            // With structured replies the output is self-describing: every message must parse
+            // and they must tile the output exactly. (Simple READ replies carry unframed data.)
+            if structured {
+                let mut at = 0;
+                while at < out.len() {
+                    let magic = u32::from_be_bytes(out[at..at + 4].try_into().unwrap());
+                    if magic == super::wire::magic::STRUCTURED_REPLY {
+                        let len = u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap());
+                        at += 20 + len as usize;
+                    } else {
+                        assert_eq!(magic, super::wire::magic::SIMPLE_REPLY);
+                        at += 16;
+                    }
+                }
+                assert_eq!(at, out.len());
+            }
+        }
+    }
+}

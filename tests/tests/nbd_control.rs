@@ -149,6 +149,40 @@ fn sigterm_and_sigint_flush_write_stats_out_and_exit_zero() {
 }
 
 #[test]
+fn sigterm_with_a_client_still_connected_exits_cleanly() {
+    use std::io::BufRead;
+    let dir = nandbox_tests::scratch_dir();
+    let out = dir.path().join("final.json");
+    let out_s = out.to_str().unwrap().to_string();
+    let mut server = Server::start(&["--size", "16MiB", "--stats-out", &out_s]);
+    let mut client = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, time, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             h.pwrite(b'y' * 1048576, 0)\nprint('ready', flush=True)\ntime.sleep(60)",
+            &server.uri(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start python client");
+    let mut line = String::new();
+    std::io::BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let status = server.signal_and_wait("TERM", Duration::from_secs(30));
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(status.success(), "{status}\n{}", server.log_text());
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(
+        stats["host_write_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{stats}"
+    );
+}
+
+#[test]
 fn serve_refuses_bad_sizes_and_non_loopback_control() {
     for (args, why) in [
         (vec!["--size", "1000"], "multiple of 4096"),

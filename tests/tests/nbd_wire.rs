@@ -324,3 +324,56 @@ fn many_requests_in_flight_are_answered_by_cookie() {
         got += 1;
     }
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_the_rest_served() {
+    let server = Server::start(&["--size", "16MiB", "--max-connections", "2"]);
+    // The guard's own readiness probe held a slot for a moment: wait until both are free.
+    let greeted = |port| {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut hello = [0u8; 18];
+        (&s).read_exact(&mut hello).ok().map(|()| s)
+    };
+    let start = std::time::Instant::now();
+    let (a, b) = loop {
+        if let (Some(a), Some(b)) = (greeted(server.port()), greeted(server.port())) {
+            break (a, b);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "two slots never free"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut a, mut b) = (Raw { s: a }, Raw { s: b });
+    a.s.write_all(&3u32.to_be_bytes()).unwrap();
+    b.s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut over = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 18];
+    assert!(
+        matches!(over.read(&mut buf), Ok(0) | Err(_)),
+        "third connection was greeted"
+    );
+    a.go(false);
+    b.go(false);
+    a.request(0, 3, 1, 0, 0, &[]);
+    assert_eq!(a.simple(), (0, 1));
+    drop(b);
+    // A slot frees up once a connection ends.
+    let start = std::time::Instant::now();
+    loop {
+        let mut c = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        if c.read(&mut buf).map(|n| n > 0).unwrap_or(false) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "slot never freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

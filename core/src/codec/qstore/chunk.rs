@@ -8,7 +8,7 @@
 
 use super::quant::{quantize_pattern, HalfKind, RowRanges, SIGN};
 use super::radix::{RadixReader, RadixWriter};
-use super::{decode_err, encode_err, QstoreError, CHUNK_WEIGHTS};
+use super::{decode_err, encode_err, QstoreError, CHUNK_WEIGHTS, MAX_CHUNK_ROWS};
 use crate::codec::entropy::{self, DecoderTables, EncoderScratch};
 
 /// Magic of an INT8 record.
@@ -23,8 +23,10 @@ mod i8f {
     pub const COUNT: Range<usize> = 4..8;
     pub const ROWS: Range<usize> = 8..12;
     pub const Q_LEN: Range<usize> = 12..16;
-    pub const CRC: Range<usize> = 16..20;
-    pub const PAYLOAD: usize = 20;
+    /// Lengths of the four scale-byte blocks (byte 3 of every scale first).
+    pub const S_LEN: [Range<usize>; 4] = [16..20, 20..24, 24..28, 28..32];
+    pub const CRC: Range<usize> = 32..36;
+    pub const PAYLOAD: usize = 36;
 }
 
 /// Field byte ranges of the high-precision record header.
@@ -49,7 +51,7 @@ const ESCAPE_LEN: usize = 4;
 
 /// Largest INT8 record for `n` weights over `rows` rows.
 pub const fn max_int8_len(n: usize, rows: usize) -> usize {
-    INT8_HEADER_LEN + 4 * rows + entropy::max_encoded_len(n)
+    INT8_HEADER_LEN + 4 * entropy::max_encoded_len(rows) + entropy::max_encoded_len(n)
 }
 
 /// Largest high-precision record for `n` weights: every offset at most 15 bits plus a wasted
@@ -91,6 +93,8 @@ pub struct Workspace {
     width: [u16; CHUNK_WEIGHTS],
     zhi: [u8; CHUNK_WEIGHTS],
     zlo: [u8; CHUNK_WEIGHTS],
+    scales: [f32; MAX_CHUNK_ROWS + 1],
+    planes: [u8; MAX_CHUNK_ROWS + 1],
     enc: EncoderScratch,
     dec: DecoderTables,
 }
@@ -110,6 +114,8 @@ impl Workspace {
             width: [0; CHUNK_WEIGHTS],
             zhi: [0; CHUNK_WEIGHTS],
             zlo: [0; CHUNK_WEIGHTS],
+            scales: [0.0; MAX_CHUNK_ROWS + 1],
+            planes: [0; MAX_CHUNK_ROWS + 1],
             enc: EncoderScratch::new(),
             dec: DecoderTables::new(),
         }
@@ -158,6 +164,9 @@ pub fn encode_chunk(
         return Err(QstoreError::InvalidInput("chunk shape"));
     }
     let rows = rows_touched(cols, col0, n);
+    if rows > MAX_CHUNK_ROWS + 1 {
+        return Err(QstoreError::InvalidInput("more rows than a chunk holds"));
+    }
     if scales.len() != rows || given_q.is_some_and(|g| g.len() != n) {
         return Err(QstoreError::InvalidInput(
             "scale or INT8 count does not match the chunk",
@@ -260,10 +269,18 @@ fn write_int8(
     int8_out: &mut [u8],
     ws: &mut Workspace,
 ) -> Result<usize, QstoreError> {
+    // Scales as four byte planes, each its own block: the exponent byte of row scales barely
+    // varies, and BF16/FP16 scales have all-zero low bytes, so the planes code to a fraction of
+    // four bytes a row while staying exact for any f32.
     let mut at = INT8_HEADER_LEN;
-    for &s in scales {
-        int8_out[at..at + 4].copy_from_slice(&s.to_le_bytes());
-        at += 4;
+    let mut s_len = [0usize; 4];
+    for (j, len) in s_len.iter_mut().enumerate() {
+        for (d, s) in ws.planes.iter_mut().zip(scales) {
+            *d = s.to_le_bytes()[3 - j];
+        }
+        *len = entropy::encode(&ws.planes[..scales.len()], &mut int8_out[at..], &mut ws.enc)
+            .map_err(encode_err)?;
+        at += *len;
     }
     let q_len =
         entropy::encode(&ws.q[..n], &mut int8_out[at..], &mut ws.enc).map_err(encode_err)?;
@@ -273,6 +290,9 @@ fn write_int8(
     put_u32(rec, i8f::COUNT, n as u32);
     put_u32(rec, i8f::ROWS, scales.len() as u32);
     put_u32(rec, i8f::Q_LEN, q_len as u32);
+    for (r, &len) in i8f::S_LEN.into_iter().zip(&s_len) {
+        put_u32(rec, r, len as u32);
+    }
     let crc = crc_without(rec, i8f::CRC);
     put_u32(rec, i8f::CRC, crc);
     Ok(int8_len)
@@ -292,8 +312,13 @@ pub fn encode_int8(
     if n == 0 || n > CHUNK_WEIGHTS || cols == 0 || col0 >= cols {
         return Err(QstoreError::InvalidInput("chunk shape"));
     }
+    if scales.len() > MAX_CHUNK_ROWS + 1 {
+        return Err(QstoreError::InvalidInput("more rows than a chunk holds"));
+    }
     if scales.len() != rows_touched(cols, col0, n) {
-        return Err(QstoreError::InvalidInput("scale count does not match the chunk"));
+        return Err(QstoreError::InvalidInput(
+            "scale count does not match the chunk",
+        ));
     }
     let need = max_int8_len(n, scales.len());
     if int8_out.len() < need {
@@ -317,13 +342,21 @@ pub fn int8_record_len(header: &[u8]) -> Result<usize, QstoreError> {
     let n = get_u32(h, i8f::COUNT) as usize;
     let rows = get_u32(h, i8f::ROWS) as usize;
     let q_len = get_u32(h, i8f::Q_LEN) as usize;
-    if n == 0 || n > CHUNK_WEIGHTS || rows == 0 || rows > n + 1 {
+    if n == 0 || n > CHUNK_WEIGHTS || rows == 0 || rows > n.min(MAX_CHUNK_ROWS) + 1 {
         return Err(QstoreError::Corrupted("INT8 record counts"));
     }
     if q_len > entropy::max_encoded_len(n) {
         return Err(QstoreError::Corrupted("INT8 record stream length"));
     }
-    Ok(INT8_HEADER_LEN + 4 * rows + q_len)
+    let mut len = INT8_HEADER_LEN + q_len;
+    for r in i8f::S_LEN {
+        let s = get_u32(h, r) as usize;
+        if s > entropy::max_encoded_len(rows) {
+            return Err(QstoreError::Corrupted("INT8 record scale block length"));
+        }
+        len += s;
+    }
+    Ok(len)
 }
 
 /// The total length of the high-precision record that starts with `header`.
@@ -346,15 +379,20 @@ pub fn hp_record_len(header: &[u8]) -> Result<usize, QstoreError> {
     Ok(HP_HEADER_LEN + radix + zhi + zlo + esc * ESCAPE_LEN)
 }
 
-/// A checked INT8 record.
+/// A checked INT8 record whose scales are decoded (into the workspace).
 struct Int8Record<'a> {
     n: usize,
-    scales: &'a [u8],
+    rows: usize,
     q: &'a [u8],
 }
 
 impl<'a> Int8Record<'a> {
-    fn new_checked(rec: &'a [u8], cols: u32, col0: u32) -> Result<Self, QstoreError> {
+    fn new_checked(
+        rec: &'a [u8],
+        cols: u32,
+        col0: u32,
+        ws: &mut Workspace,
+    ) -> Result<Self, QstoreError> {
         let len = int8_record_len(rec)?;
         if len != rec.len() {
             return Err(QstoreError::Corrupted("INT8 record length"));
@@ -369,19 +407,30 @@ impl<'a> Int8Record<'a> {
                 "INT8 record row count does not fit the tensor",
             ));
         }
-        let scales = &rec[INT8_HEADER_LEN..INT8_HEADER_LEN + 4 * rows];
-        let q = &rec[INT8_HEADER_LEN + 4 * rows..];
-        Ok(Int8Record { n, scales, q })
-    }
-
-    fn scale(&self, r: usize) -> f32 {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(&self.scales[4 * r..4 * r + 4]);
-        f32::from_le_bytes(a)
+        let mut at = INT8_HEADER_LEN;
+        ws.scales[..rows].fill(0.0);
+        for (j, r) in i8f::S_LEN.into_iter().enumerate() {
+            let block = &rec[at..at + get_u32(rec, r) as usize];
+            at += block.len();
+            let what = "row scales";
+            if entropy::symbol_count(block).map_err(|e| decode_err(e, what))? != rows {
+                return Err(QstoreError::Corrupted("row scale count"));
+            }
+            entropy::decode(block, &mut ws.planes[..rows], &mut ws.dec)
+                .map_err(|e| decode_err(e, what))?;
+            for (s, &b) in ws.scales.iter_mut().zip(&ws.planes[..rows]) {
+                *s = f32::from_bits(s.to_bits() | (b as u32) << (8 * (3 - j)));
+            }
+        }
+        Ok(Int8Record {
+            n,
+            rows,
+            q: &rec[at..],
+        })
     }
 
     fn rows(&self) -> usize {
-        self.scales.len() / 4
+        self.rows
     }
 
     fn decode_q(&self, out: &mut [u8], tables: &mut DecoderTables) -> Result<(), QstoreError> {
@@ -404,7 +453,7 @@ pub fn decode_int8(
     scales_out: &mut [f32],
     ws: &mut Workspace,
 ) -> Result<(usize, usize), QstoreError> {
-    let r = Int8Record::new_checked(rec, cols, col0)?;
+    let r = Int8Record::new_checked(rec, cols, col0, ws)?;
     if q_out.len() < r.n {
         return Err(QstoreError::BufferTooSmall(r.n));
     }
@@ -415,9 +464,7 @@ pub fn decode_int8(
     for (o, &b) in q_out.iter_mut().zip(&ws.q[..r.n]) {
         *o = b as i8;
     }
-    for (k, s) in scales_out.iter_mut().enumerate().take(r.rows()) {
-        *s = r.scale(k);
-    }
+    scales_out[..r.rows()].copy_from_slice(&ws.scales[..r.rows()]);
     Ok((r.n, r.rows()))
 }
 
@@ -432,7 +479,7 @@ pub fn decode_hp(
     ws: &mut Workspace,
     out: &mut [u16],
 ) -> Result<usize, QstoreError> {
-    let r8 = Int8Record::new_checked(int8_rec, cols, col0)?;
+    let r8 = Int8Record::new_checked(int8_rec, cols, col0, ws)?;
     let n = r8.n;
     if out.len() < n {
         return Err(QstoreError::BufferTooSmall(n));
@@ -484,7 +531,7 @@ pub fn decode_hp(
     for row in 0..r8.rows() {
         let row_end = ((row + 1) * cols as usize - col0 as usize).min(n);
         let smag = kind
-            .from_f32_exact(r8.scale(row))
+            .from_f32_exact(ws.scales[row])
             .ok_or(QstoreError::Corrupted(
                 "row scale is not a value of the tensor's type",
             ))?;

@@ -34,14 +34,24 @@ pub use quant::{quantize, quantize_pattern, quantize_row, row_scale, HalfKind, R
 /// parallel decoder many chunks even on small tensors.
 pub const CHUNK_WEIGHTS: usize = 65_536;
 
-/// Elements per chunk for a tensor with `cols` columns: as many whole rows as fit, or pieces of
-/// [`CHUNK_WEIGHTS`] when one row is wider.
+/// Most rows in one chunk, so a chunk of a very narrow tensor keeps its scales in a small,
+/// fixed workspace.
+pub const MAX_CHUNK_ROWS: usize = 4096;
+
+/// Elements per chunk for a tensor with `cols` columns: as many whole rows as fit (at most
+/// [`MAX_CHUNK_ROWS`]), or pieces of [`CHUNK_WEIGHTS`] when one row is wider.
 pub const fn chunk_elems(cols: u64) -> u64 {
     let c = CHUNK_WEIGHTS as u64;
     if cols == 0 || cols > c {
         c
     } else {
-        (c / cols) * cols
+        let rows = c / cols;
+        let rows = if rows > MAX_CHUNK_ROWS as u64 {
+            MAX_CHUNK_ROWS as u64
+        } else {
+            rows
+        };
+        rows * cols
     }
 }
 

@@ -8,13 +8,24 @@
 //! Each module uses only those listed above it:
 //!
 //! 1. [`nand`] — the `Nand` trait and its contract, geometry, addresses.
-//! 2. `format` — on-flash byte layouts (spare record, node page, checkpoint), CRC-checked views.
+//! 2. [`format`] — on-flash byte layouts (spare record, node page, checkpoint), CRC-checked views.
 //! 3. [`codec`] — entropy coding and the model-weight codecs (ZipNN).
-//! 4. `ftl` — the log-structured flash translation layer: node pages, NAT, GC, wear levelling,
-//!    checkpoints and roll-forward recovery, counters by cause.
+//! 4. [`stats`] — counters by cause.
+//! 5. [`ftl`] — the log-structured flash translation layer: node pages, NAT, GC, wear levelling,
+//!    checkpoints and roll-forward recovery.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;
 pub mod nand;
+
+pub mod format;
+pub mod ftl;
+pub mod stats;
+
+pub use ftl::{
+    blocks_for_capacity, CheckReport, Error, FormatError, Ftl, FtlConfig, FtlMemory, Lba,
+    MemoryRequirements, MountError,
+};
+pub use stats::{Cause, Stats};

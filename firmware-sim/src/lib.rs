@@ -8,9 +8,11 @@
 
 pub mod image;
 pub mod latency;
+pub mod memory;
 pub mod nand;
 pub mod profile;
 mod rng;
 
+pub use memory::OwnedFtlMemory;
 pub use nand::{FaultConfig, NandCounters, SimError, SimNand};
 pub use rng::SplitMix64;

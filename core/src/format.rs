@@ -1,0 +1,463 @@
+//! On-flash byte layouts of the FTL: the per-slot spare record, the node page and the
+//! checkpoint pack header.
+//!
+//! Every structure is a set of named little-endian byte ranges (`mod field`) read through a view
+//! whose constructor checks the length, the magic, the version and the CRC, so bytes from flash
+//! are never trusted before they are checked. docs/format/ftl.md describes every byte.
+//!
+//! CRCs are CRC-32/ISO-HDLC (the zlib/PNG polynomial 0x04C11DB7, reflected, init and xorout
+//! 0xFFFFFFFF), as computed by crc32fast.
+
+use crate::nand::SLOT_BYTES;
+
+/// Computes the CRC-32/ISO-HDLC of `parts`, concatenated.
+pub fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()
+}
+
+fn get_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+fn put_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A slot address: `page * slots_per_page + slot`. The all-ones value (what erased flash reads)
+/// means "not mapped".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ppa(pub u32);
+
+impl Ppa {
+    /// The "not mapped" pointer.
+    pub const NONE: Ppa = Ppa(u32::MAX);
+
+    /// Whether this points at a slot.
+    pub const fn is_some(self) -> bool {
+        self.0 != u32::MAX
+    }
+}
+
+/// What a slot holds, as its spare record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotKind {
+    /// A 4 KiB logical block; the owner is its LBA.
+    Data = 1,
+    /// A node page; the owner is its node id.
+    Node = 2,
+    /// Filler programmed so a partly filled page could be written whole.
+    Padding = 3,
+    /// Part of a checkpoint pack; the owner is the slot's index inside the pack.
+    Checkpoint = 4,
+}
+
+impl SlotKind {
+    fn from_u8(v: u8) -> Option<SlotKind> {
+        Some(match v {
+            1 => SlotKind::Data,
+            2 => SlotKind::Node,
+            3 => SlotKind::Padding,
+            4 => SlotKind::Checkpoint,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a spare record was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// Every byte reads 0xFF: the slot was never programmed (or its program was torn early).
+    Erased,
+    /// Wrong magic, version, kind or CRC: damaged or torn.
+    Damaged,
+}
+
+/// The 64-byte spare (out-of-band) record kept for every 4 KiB slot.
+pub mod spare {
+    /// Byte ranges of the record.
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBSR"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: usize = 4;
+        /// [`super::super::SlotKind`].
+        pub const KIND: usize = 5;
+        /// Reserved flags, written 0.
+        pub const FLAGS: core::ops::Range<usize> = 6..8;
+        /// LBA (data), node id (node), pack slot index (checkpoint), 0 (padding).
+        pub const OWNER: Range<usize> = 8..12;
+        /// Global sequence number, strictly increasing with every slot written.
+        pub const SEQ: Range<usize> = 12..20;
+        /// CRC32 of the slot's 4096 data bytes.
+        pub const DATA_CRC: Range<usize> = 20..24;
+        /// Checkpoint: number of slots in the pack. Otherwise 0.
+        pub const AUX: Range<usize> = 24..28;
+        /// Reserved for later versions (delta, compression), written 0.
+        pub const RESERVED: Range<usize> = 28..60;
+        /// CRC32 of bytes 0..60.
+        pub const CRC: Range<usize> = 60..64;
+    }
+    /// Length of one record.
+    pub const LEN: usize = 64;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBSR";
+    /// The version written.
+    pub const VERSION: u8 = 1;
+}
+
+/// A checked, decoded spare record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpareRecord {
+    /// What the slot holds.
+    pub kind: SlotKind,
+    /// LBA, node id or pack slot index.
+    pub owner: u32,
+    /// Global sequence number.
+    pub seq: u64,
+    /// CRC32 of the slot's data.
+    pub data_crc: u32,
+    /// Checkpoint: slots in the pack.
+    pub aux: u32,
+}
+
+impl SpareRecord {
+    /// Decodes and checks a record; `bytes` must be at least [`spare::LEN`] long.
+    pub fn parse(bytes: &[u8]) -> Result<SpareRecord, RecordError> {
+        use spare::field as f;
+        let b = bytes.get(..spare::LEN).ok_or(RecordError::Damaged)?;
+        if b.iter().all(|&x| x == 0xFF) {
+            return Err(RecordError::Erased);
+        }
+        if b[f::MAGIC] != spare::MAGIC || b[f::VERSION] != spare::VERSION {
+            return Err(RecordError::Damaged);
+        }
+        if crc32(&[&b[..f::CRC.start]]) != get_u32(b, f::CRC.start) {
+            return Err(RecordError::Damaged);
+        }
+        let kind = SlotKind::from_u8(b[f::KIND]).ok_or(RecordError::Damaged)?;
+        Ok(SpareRecord {
+            kind,
+            owner: get_u32(b, f::OWNER.start),
+            seq: get_u64(b, f::SEQ.start),
+            data_crc: get_u32(b, f::DATA_CRC.start),
+            aux: get_u32(b, f::AUX.start),
+        })
+    }
+
+    /// Encodes the record into the first [`spare::LEN`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        use spare::field as f;
+        let b = &mut out[..spare::LEN];
+        b.fill(0);
+        b[f::MAGIC].copy_from_slice(&spare::MAGIC);
+        b[f::VERSION] = spare::VERSION;
+        b[f::KIND] = self.kind as u8;
+        put_u32(b, f::OWNER.start, self.owner);
+        put_u64(b, f::SEQ.start, self.seq);
+        put_u32(b, f::DATA_CRC.start, self.data_crc);
+        put_u32(b, f::AUX.start, self.aux);
+        let crc = crc32(&[&b[..f::CRC.start]]);
+        put_u32(b, f::CRC.start, crc);
+    }
+}
+
+/// The node page: one 4 KiB slot mapping a group of [`node::LBAS`] consecutive LBAs.
+pub mod node {
+    /// Byte ranges of the node page.
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBND"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: Range<usize> = 4..6;
+        /// Reserved, written 0.
+        pub const FLAGS: Range<usize> = 6..8;
+        /// Node id: the group's first LBA is `node_id * LBAS`.
+        pub const NODE_ID: Range<usize> = 8..12;
+        /// Sequence number this copy was written with (also in the spare record).
+        pub const SEQ: Range<usize> = 12..20;
+        /// Pointers in use: highest mapped offset + 1 (0..=LBAS).
+        pub const EXTENT: Range<usize> = 20..22;
+        /// Bytes used by the inline area at the end of the page (0 in version 1).
+        pub const INLINE_LEN: Range<usize> = 22..24;
+        /// Reserved, written 0.
+        pub const RESERVED: Range<usize> = 24..28;
+        /// CRC32 of the whole page with these four bytes taken as zero.
+        pub const CRC: Range<usize> = 28..32;
+        /// First byte of the pointer area: `extent` little-endian u32 slot addresses.
+        pub const POINTERS: usize = 32;
+    }
+    /// LBAs mapped by one node page.
+    pub const LBAS: u32 = 256;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBND";
+    /// The version written.
+    pub const VERSION: u16 = 1;
+}
+
+/// Why a node page was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeError {
+    /// Magic, version or CRC wrong.
+    Damaged,
+    /// A well-formed page for another node.
+    WrongNode,
+    /// Extent or inline length out of range, or a pointer past the array.
+    BadField,
+}
+
+/// Checked read access to a node page.
+pub struct NodeView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> NodeView<'a> {
+    /// Checks magic, version, CRC, id and lengths; `max_ppa` bounds every pointer.
+    pub fn new_checked(bytes: &'a [u8], node_id: u32, max_ppa: u32) -> Result<Self, NodeError> {
+        use node::field as f;
+        if bytes.len() != SLOT_BYTES {
+            return Err(NodeError::BadField);
+        }
+        if bytes[f::MAGIC] != node::MAGIC || get_u16(bytes, f::VERSION.start) != node::VERSION {
+            return Err(NodeError::Damaged);
+        }
+        let stored = get_u32(bytes, f::CRC.start);
+        if crc32(&[&bytes[..f::CRC.start], &[0; 4], &bytes[f::CRC.end..]]) != stored {
+            return Err(NodeError::Damaged);
+        }
+        if get_u32(bytes, f::NODE_ID.start) != node_id {
+            return Err(NodeError::WrongNode);
+        }
+        let view = NodeView { bytes };
+        let extent = view.extent();
+        let inline = get_u16(bytes, f::INLINE_LEN.start) as usize;
+        if extent > node::LBAS || f::POINTERS + 4 * extent as usize + inline > SLOT_BYTES {
+            return Err(NodeError::BadField);
+        }
+        for i in 0..extent {
+            let p = view.pointer(i);
+            if p.is_some() && p.0 >= max_ppa {
+                return Err(NodeError::BadField);
+            }
+        }
+        Ok(view)
+    }
+
+    /// Pointers in use.
+    pub fn extent(&self) -> u32 {
+        get_u16(self.bytes, node::field::EXTENT.start) as u32
+    }
+
+    /// The slot address of offset `i` (< extent).
+    pub fn pointer(&self, i: u32) -> Ppa {
+        Ppa(get_u32(self.bytes, node::field::POINTERS + 4 * i as usize))
+    }
+}
+
+/// Writes a node page for `node_id` from its pointers (all [`node::LBAS`] of them; the extent
+/// is derived) into `out` (4096 bytes).
+pub fn write_node(out: &mut [u8], node_id: u32, seq: u64, pointers: impl Fn(u32) -> Ppa) {
+    use node::field as f;
+    out.fill(0);
+    let mut extent = 0;
+    for i in 0..node::LBAS {
+        let p = pointers(i);
+        put_u32(out, f::POINTERS + 4 * i as usize, p.0);
+        if p.is_some() {
+            extent = i + 1;
+        }
+    }
+    // Bytes past the extent belong to the free/inline area: zero them so the page's bytes are a
+    // function of its meaning alone.
+    out[f::POINTERS + 4 * extent as usize..f::POINTERS + 4 * node::LBAS as usize].fill(0);
+    out[f::MAGIC].copy_from_slice(&node::MAGIC);
+    put_u16(out, f::VERSION.start, node::VERSION);
+    put_u32(out, f::NODE_ID.start, node_id);
+    put_u64(out, f::SEQ.start, seq);
+    put_u16(out, f::EXTENT.start, extent as u16);
+    put_u16(out, f::INLINE_LEN.start, 0);
+    let crc = crc32(&[&out[..]]);
+    put_u32(out, f::CRC.start, crc);
+}
+
+/// The checkpoint pack header: the first 128 bytes of the pack's first slot.
+pub mod checkpoint {
+    /// Byte ranges of the header.
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBCP"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: Range<usize> = 4..6;
+        /// Header length in bytes (128).
+        pub const HEADER_LEN: Range<usize> = 6..8;
+        /// Checkpoint sequence number (also in every slot's spare record).
+        pub const SEQ: Range<usize> = 8..16;
+        /// Geometry the FTL was formatted for: page bytes, spare bytes, pages/block, blocks.
+        pub const PAGE_BYTES: Range<usize> = 16..20;
+        /// See [`PAGE_BYTES`].
+        pub const SPARE_BYTES: Range<usize> = 20..24;
+        /// See [`PAGE_BYTES`].
+        pub const PAGES_PER_BLOCK: Range<usize> = 24..28;
+        /// See [`PAGE_BYTES`].
+        pub const BLOCKS: Range<usize> = 28..32;
+        /// Logical 4 KiB blocks exported.
+        pub const LOGICAL_BLOCKS: Range<usize> = 32..36;
+        /// Node cache slots the device was formatted with (a RAM choice, kept as the default).
+        pub const NODE_CACHE_SLOTS: Range<usize> = 36..40;
+        /// LBAs per node page.
+        pub const LBAS_PER_NODE: Range<usize> = 40..44;
+        /// Node entries in the payload's NAT.
+        pub const NODES: Range<usize> = 44..48;
+        /// Open log heads (block, next page) for the hot, cold and node logs; `u32::MAX` = none.
+        pub const HEADS: Range<usize> = 48..72;
+        /// Payload length in bytes (NAT, then the block table).
+        pub const PAYLOAD_LEN: Range<usize> = 72..76;
+        /// CRC32 of the payload.
+        pub const PAYLOAD_CRC: Range<usize> = 76..80;
+        /// Host bytes written over the device's life (for WAF across mounts).
+        pub const HOST_WRITE_BYTES: Range<usize> = 80..88;
+        /// NAND program bytes over the device's life.
+        pub const NAND_PROGRAM_BYTES: Range<usize> = 88..96;
+        /// Reserved, written 0.
+        pub const RESERVED: Range<usize> = 96..124;
+        /// CRC32 of bytes 0..124.
+        pub const CRC: Range<usize> = 124..128;
+    }
+    /// Header length.
+    pub const HEADER_LEN: usize = 128;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBCP";
+    /// The version written.
+    pub const VERSION: u16 = 1;
+    /// Bytes per block-table entry: erase count u32, state u8, 3 reserved.
+    pub const BLOCK_ENTRY: usize = 8;
+}
+
+/// The decoded checkpoint header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CheckpointHeader {
+    /// Checkpoint sequence number.
+    pub seq: u64,
+    /// Geometry echo.
+    pub page_bytes: u32,
+    /// Geometry echo.
+    pub spare_bytes: u32,
+    /// Geometry echo.
+    pub pages_per_block: u32,
+    /// Geometry echo.
+    pub blocks: u32,
+    /// Logical blocks exported.
+    pub logical_blocks: u32,
+    /// Node cache slots chosen at format.
+    pub node_cache_slots: u32,
+    /// LBAs per node.
+    pub lbas_per_node: u32,
+    /// NAT entries.
+    pub nodes: u32,
+    /// (block, next page) of the hot, cold and node logs; block `u32::MAX` = none open.
+    pub heads: [(u32, u32); 3],
+    /// Payload length.
+    pub payload_len: u32,
+    /// Payload CRC.
+    pub payload_crc: u32,
+    /// Lifetime host write bytes.
+    pub host_write_bytes: u64,
+    /// Lifetime NAND program bytes.
+    pub nand_program_bytes: u64,
+}
+
+impl CheckpointHeader {
+    /// Decodes and checks a header (magic, version, length, CRC).
+    pub fn parse(b: &[u8]) -> Option<CheckpointHeader> {
+        use checkpoint::field as f;
+        let b = b.get(..checkpoint::HEADER_LEN)?;
+        if b[f::MAGIC] != checkpoint::MAGIC
+            || get_u16(b, f::VERSION.start) != checkpoint::VERSION
+            || get_u16(b, f::HEADER_LEN.start) as usize != checkpoint::HEADER_LEN
+            || crc32(&[&b[..f::CRC.start]]) != get_u32(b, f::CRC.start)
+        {
+            return None;
+        }
+        let mut heads = [(0, 0); 3];
+        for (i, h) in heads.iter_mut().enumerate() {
+            let at = f::HEADS.start + 8 * i;
+            *h = (get_u32(b, at), get_u32(b, at + 4));
+        }
+        Some(CheckpointHeader {
+            seq: get_u64(b, f::SEQ.start),
+            page_bytes: get_u32(b, f::PAGE_BYTES.start),
+            spare_bytes: get_u32(b, f::SPARE_BYTES.start),
+            pages_per_block: get_u32(b, f::PAGES_PER_BLOCK.start),
+            blocks: get_u32(b, f::BLOCKS.start),
+            logical_blocks: get_u32(b, f::LOGICAL_BLOCKS.start),
+            node_cache_slots: get_u32(b, f::NODE_CACHE_SLOTS.start),
+            lbas_per_node: get_u32(b, f::LBAS_PER_NODE.start),
+            nodes: get_u32(b, f::NODES.start),
+            heads,
+            payload_len: get_u32(b, f::PAYLOAD_LEN.start),
+            payload_crc: get_u32(b, f::PAYLOAD_CRC.start),
+            host_write_bytes: get_u64(b, f::HOST_WRITE_BYTES.start),
+            nand_program_bytes: get_u64(b, f::NAND_PROGRAM_BYTES.start),
+        })
+    }
+
+    /// Encodes the header into the first [`checkpoint::HEADER_LEN`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        use checkpoint::field as f;
+        let b = &mut out[..checkpoint::HEADER_LEN];
+        b.fill(0);
+        b[f::MAGIC].copy_from_slice(&checkpoint::MAGIC);
+        put_u16(b, f::VERSION.start, checkpoint::VERSION);
+        put_u16(b, f::HEADER_LEN.start, checkpoint::HEADER_LEN as u16);
+        put_u64(b, f::SEQ.start, self.seq);
+        put_u32(b, f::PAGE_BYTES.start, self.page_bytes);
+        put_u32(b, f::SPARE_BYTES.start, self.spare_bytes);
+        put_u32(b, f::PAGES_PER_BLOCK.start, self.pages_per_block);
+        put_u32(b, f::BLOCKS.start, self.blocks);
+        put_u32(b, f::LOGICAL_BLOCKS.start, self.logical_blocks);
+        put_u32(b, f::NODE_CACHE_SLOTS.start, self.node_cache_slots);
+        put_u32(b, f::LBAS_PER_NODE.start, self.lbas_per_node);
+        put_u32(b, f::NODES.start, self.nodes);
+        for (i, h) in self.heads.iter().enumerate() {
+            let at = f::HEADS.start + 8 * i;
+            put_u32(b, at, h.0);
+            put_u32(b, at + 4, h.1);
+        }
+        put_u32(b, f::PAYLOAD_LEN.start, self.payload_len);
+        put_u32(b, f::PAYLOAD_CRC.start, self.payload_crc);
+        put_u64(b, f::HOST_WRITE_BYTES.start, self.host_write_bytes);
+        put_u64(b, f::NAND_PROGRAM_BYTES.start, self.nand_program_bytes);
+        let crc = crc32(&[&b[..f::CRC.start]]);
+        put_u32(b, f::CRC.start, crc);
+    }
+}
+
+/// Reads a little-endian u32 at `at` (callers check bounds first).
+pub fn read_u32(b: &[u8], at: usize) -> u32 {
+    get_u32(b, at)
+}
+
+/// Writes a little-endian u32 at `at`.
+pub fn write_u32(b: &mut [u8], at: usize, v: u32) {
+    put_u32(b, at, v)
+}

@@ -1,0 +1,1155 @@
+//! The log-structured, page-mapped flash translation layer.
+//!
+//! Owns the mapping from 4 KiB logical blocks to NAND slots and everything that keeps it alive
+//! across power cuts:
+//!
+//! - three open logs (hot host data, cold GC-relocated data, node pages), each with a one-page
+//!   write buffer, since NAND pages are programmed whole;
+//! - node pages, each mapping [`LBAS_PER_NODE`] consecutive LBAs, found through the node address
+//!   table (NAT) and cached in RAM ([`cache`]);
+//! - per-block valid bitmaps and counts, greedy GC in the write path and cost-benefit GC plus
+//!   static wear levelling when idle ([`gc`]);
+//! - checkpoints in rotating packs and roll-forward recovery from spare records ([`checkpoint`],
+//!   [`recovery`]).
+//!
+//! # Durability rules (why the order of writes is what it is)
+//!
+//! 1. A node page is never written while a data slot it points to sits in a write buffer: the
+//!    buffer holding any LBA of that node's group is programmed first.
+//! 2. Every mapping change is replayable after the last checkpoint: data slots carry their LBA
+//!    and a global sequence number; trims, which leave no slot, mark their node *unlogged* and a
+//!    flush writes such nodes.
+//! 3. A block freed since the last checkpoint is erased only after a *barrier* (all write buffers
+//!    programmed, unlogged nodes written), and never if it was a log head recorded by that
+//!    checkpoint: then every event roll-forward could lose with the block is superseded by a
+//!    durable later one. See docs/format/ftl.md.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+
+mod checkpoint;
+mod gc;
+mod recovery;
+
+use bitvec::prelude::*;
+
+use crate::format::{crc32, write_node, NodeView, Ppa, SlotKind, SpareRecord};
+use crate::nand::{BlockId, FaultKind, Geometry, Nand, NandFault, PageId, SLOT_BYTES};
+use crate::stats::{Cause, Stats};
+use cache::{EvictionPolicy, Lru};
+pub use config::{
+    blocks_for_capacity, min_blocks, BlockInfo, CacheSlot, FtlConfig, FtlMemory, Lba,
+    MemoryRequirements, CP_AREA_BLOCKS, LBAS_PER_NODE,
+};
+use config::{CP_RESERVE, GC_LOW, MAX_SLOTS_PER_PAGE};
+use error::corrupted;
+pub use error::{ConfigError, Corruption, Error, FormatError, MountError};
+
+const NONE: u32 = u32::MAX;
+const SPARE: usize = crate::format::spare::LEN;
+
+/// Log and buffer indices.
+const HOT: usize = 0;
+const COLD: usize = 1;
+const NODE: usize = 2;
+const SCRATCH: usize = 3;
+const GCBUF: usize = 4;
+const RETRY: usize = 5;
+
+/// Open a checkpoint after this many blocks were opened since the last one: bounds
+/// roll-forward work at mount.
+const CP_INTERVAL: u32 = 24;
+/// Reads of a page that failed a CRC before the failure is believed (bit flips are transient).
+const READ_ATTEMPTS: u32 = 3;
+
+/// Block states kept in RAM.
+mod st {
+    pub const FREE: u8 = 0;
+    pub const OPEN: u8 = 1;
+    pub const FULL: u8 = 2;
+    /// No valid data left; erasable after a barrier (or the next checkpoint for log heads).
+    pub const PREFREE: u8 = 3;
+    pub const BAD: u8 = 4;
+    /// Checkpoint area.
+    pub const RESERVED: u8 = 5;
+    /// A program failed here: move its data out, then retire it.
+    pub const RETIRING: u8 = 6;
+    /// Retiring block emptied; marked bad at the next barrier.
+    pub const PREBAD: u8 = 7;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Log {
+    block: u32,
+    /// Next page to program in `block`.
+    page: u32,
+    /// Slots filled in the buffer.
+    fill: u32,
+}
+
+impl Log {
+    const CLOSED: Log = Log {
+        block: NONE,
+        page: 0,
+        fill: 0,
+    };
+}
+
+/// Results of [`Ftl::check`]: counts of problems found, by kind. All zero means consistent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Node pages read.
+    pub nodes_checked: u32,
+    /// LBAs mapped.
+    pub lbas_mapped: u64,
+    /// Node pages that failed their spare record, CRC or header checks.
+    pub bad_nodes: u32,
+    /// Mapped data slots whose spare record is missing or damaged.
+    pub bad_records: u32,
+    /// Mapped data slots whose record names another LBA or kind.
+    pub wrong_owner: u32,
+    /// Mapped data slots whose data fails its CRC.
+    pub bad_data_crc: u32,
+    /// Mapped slots whose valid bit is clear.
+    pub bitmap_mismatches: u32,
+    /// Blocks whose valid count differs from their bitmap.
+    pub valid_count_mismatches: u32,
+    /// Valid bits set for slots nothing maps (leaks) or mapped twice.
+    pub unreferenced_valid: u64,
+    /// NAT entries pointing outside the array or into bad/reserved blocks.
+    pub nat_errors: u32,
+}
+
+impl CheckReport {
+    /// Total problems found.
+    pub fn problems(&self) -> u64 {
+        self.bad_nodes as u64
+            + self.bad_records as u64
+            + self.wrong_owner as u64
+            + self.bad_data_crc as u64
+            + self.bitmap_mismatches as u64
+            + self.valid_count_mismatches as u64
+            + self.unreferenced_valid
+            + self.nat_errors as u64
+    }
+}
+
+/// The flash translation layer over a NAND array `N`, using RAM lent for `'a`.
+pub struct Ftl<'a, N: Nand> {
+    nand: N,
+    geo: Geometry,
+    cfg: FtlConfig,
+    spp: u32,
+    ppb: u32,
+    total_slots: u32,
+    nodes: u32,
+    nat: &'a mut [u32],
+    node_index: &'a mut [u32],
+    cache_meta: &'a mut [CacheSlot],
+    cache_data: &'a mut [u8],
+    blocks: &'a mut [BlockInfo],
+    valid: &'a mut BitSlice<u32, Lsb0>,
+    bufs: &'a mut [u8],
+    stride: usize,
+    policy: Lru,
+    logs: [Log; 3],
+    next_seq: u64,
+    cp_seq: u64,
+    cp_block: u32,
+    cp_page: u32,
+    /// Log heads the last checkpoint recorded: roll-forward starts inside them, so they may not
+    /// be reused before the next checkpoint.
+    cp_heads: [u32; 3],
+    free_count: u32,
+    prefree_count: u32,
+    blocks_since_cp: u32,
+    clock: u64,
+    /// During roll-forward: the sequence number node write-backs are stamped with (the last
+    /// event applied), and bitmaps are not maintained (they are rebuilt afterwards).
+    replay_seq: Option<u64>,
+    in_checkpoint: bool,
+    in_gc: bool,
+    in_barrier: bool,
+    retry_busy: bool,
+    unlogged: u32,
+    stats: Stats,
+}
+
+type R<T, E> = Result<T, Error<E>>;
+
+impl<'a, N: Nand> Ftl<'a, N> {
+    fn assemble(nand: N, geo: Geometry, cfg: FtlConfig, mem: FtlMemory<'a>) -> Self {
+        let req = FtlMemory::required(&geo, &cfg);
+        let spp = geo.slots_per_page();
+        let stride = (geo.page_bytes + geo.spare_bytes) as usize;
+        let FtlMemory {
+            nat,
+            node_index,
+            cache_meta,
+            cache_data,
+            blocks,
+            valid_bits,
+            page_buffers,
+        } = mem;
+        let total_slots = geo.total_pages() * spp;
+        let valid = &mut BitSlice::from_slice_mut(&mut valid_bits[..req.bitmap_words])
+            [..total_slots as usize];
+        valid.fill(false);
+        let nat = &mut nat[..req.nodes];
+        nat.fill(NONE);
+        let node_index = &mut node_index[..req.nodes];
+        node_index.fill(NONE);
+        let cache_meta = &mut cache_meta[..req.cache_slots];
+        cache_meta.fill(CacheSlot::default());
+        let blocks = &mut blocks[..req.blocks];
+        blocks.fill(BlockInfo::default());
+        Ftl {
+            nand,
+            geo,
+            cfg,
+            spp,
+            ppb: geo.pages_per_block,
+            total_slots,
+            nodes: cfg.nodes(),
+            nat,
+            node_index,
+            cache_meta,
+            cache_data: &mut cache_data[..req.cache_slots * SLOT_BYTES],
+            blocks,
+            valid,
+            bufs: &mut page_buffers[..req.page_buffer_bytes],
+            stride,
+            policy: Lru,
+            logs: [Log::CLOSED; 3],
+            next_seq: 1,
+            cp_seq: 0,
+            cp_block: NONE,
+            cp_page: 0,
+            cp_heads: [NONE; 3],
+            free_count: 0,
+            prefree_count: 0,
+            blocks_since_cp: 0,
+            clock: 0,
+            replay_seq: None,
+            in_checkpoint: false,
+            in_gc: false,
+            in_barrier: false,
+            retry_busy: false,
+            unlogged: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Formats the NAND for `config`: erases every good block, writes an empty mapping and a
+    /// first checkpoint.
+    pub fn format(
+        mut nand: N,
+        config: FtlConfig,
+        mem: FtlMemory<'a>,
+    ) -> Result<Self, FormatError<N::Error>> {
+        let geo = nand.geometry();
+        config.check(&geo).map_err(FormatError::Config)?;
+        let req = FtlMemory::required(&geo, &config);
+        if let Err((what, needed)) = mem.fits(&req) {
+            return Err(FormatError::BufferTooSmall { what, needed });
+        }
+        // Detect bad blocks before assembling (assemble takes the NAND by value).
+        let _ = &mut nand;
+        let mut ftl = Self::assemble(nand, geo, config, mem);
+        let mut good_cp = 0;
+        let mut good_data = 0;
+        for b in 0..geo.blocks {
+            let reserved = b < CP_AREA_BLOCKS;
+            let state = if ftl.nand.is_bad(BlockId(b)).map_err(FormatError::Nand)? {
+                st::BAD
+            } else {
+                match ftl.nand.erase(BlockId(b)) {
+                    Ok(()) => {
+                        ftl.blocks[b as usize].erase_count = 1;
+                        ftl.stats.erases += 1;
+                        if reserved {
+                            good_cp += 1;
+                            st::RESERVED
+                        } else {
+                            good_data += 1;
+                            st::FREE
+                        }
+                    }
+                    Err(e) if e.kind() == FaultKind::EraseFailed => {
+                        ftl.nand.mark_bad(BlockId(b)).map_err(FormatError::Nand)?;
+                        ftl.stats.retired_blocks += 1;
+                        st::BAD
+                    }
+                    Err(e) => return Err(FormatError::Nand(e)),
+                }
+            };
+            ftl.blocks[b as usize].state = state;
+        }
+        let spb = ftl.spp * ftl.ppb;
+        let needed = min_blocks(spb, config.logical_blocks) - CP_AREA_BLOCKS;
+        if good_cp < 2 {
+            return Err(FormatError::NoSpace);
+        }
+        if good_data < needed {
+            return Err(FormatError::Config(ConfigError::TooFewBlocks {
+                needed: needed + CP_AREA_BLOCKS,
+                available: good_data + good_cp,
+            }));
+        }
+        ftl.free_count = good_data;
+        ftl.checkpoint()?;
+        Ok(ftl)
+    }
+
+    /// Mounts a formatted NAND: finds the newest valid checkpoint, rolls forward every slot
+    /// written after it, rebuilds the valid bitmaps and writes a fresh checkpoint.
+    pub fn mount(nand: N, mem: FtlMemory<'a>) -> Result<Self, MountError<N::Error>> {
+        recovery::mount(nand, mem)
+    }
+
+    /// Reads the configuration a formatted NAND was set up with, so a host can size the memory
+    /// to lend to [`Ftl::mount`]. `scratch` must hold one page plus its spare area.
+    pub fn probe(nand: &mut N, scratch: &mut [u8]) -> Result<FtlConfig, MountError<N::Error>> {
+        recovery::probe(nand, scratch)
+    }
+
+    /// Gives the NAND back (tests remount it after a power cut).
+    pub fn into_nand(self) -> N {
+        self.nand
+    }
+
+    /// The NAND, for inspection.
+    pub fn nand(&self) -> &N {
+        &self.nand
+    }
+
+    /// The NAND, for fault injection in tests.
+    pub fn nand_mut(&mut self) -> &mut N {
+        &mut self.nand
+    }
+
+    /// Counters since mount.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Erases of block `b` over the device's life (as of the last checkpoint plus this mount).
+    pub fn erase_count(&self, b: BlockId) -> u32 {
+        self.blocks.get(b.0 as usize).map_or(0, |i| i.erase_count)
+    }
+
+    /// Whether block `b` is bad (factory or retired).
+    pub fn is_bad_block(&self, b: BlockId) -> bool {
+        self.blocks
+            .get(b.0 as usize)
+            .is_some_and(|i| matches!(i.state, st::BAD | st::PREBAD))
+    }
+
+    /// Whether block `b` is reserved for checkpoints.
+    pub fn is_reserved_block(&self, b: BlockId) -> bool {
+        self.blocks
+            .get(b.0 as usize)
+            .is_some_and(|i| i.state == st::RESERVED)
+    }
+
+    /// 4 KiB logical blocks exported.
+    pub fn logical_blocks(&self) -> u32 {
+        self.cfg.logical_blocks
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> FtlConfig {
+        self.cfg
+    }
+
+    /// The NAND geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Free erase blocks right now.
+    pub fn free_blocks(&self) -> u32 {
+        self.free_count
+    }
+
+    // ----- host operations -------------------------------------------------------------------
+
+    fn check_range(&self, lba: u32, count: u32) -> R<(), N::Error> {
+        let cap = self.cfg.logical_blocks;
+        if lba >= cap || count > cap - lba {
+            return Err(Error::OutOfRange {
+                lba,
+                count,
+                capacity: cap,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads one logical block. Never-written and trimmed blocks read as zeros; a block whose
+    /// bytes on flash fail a check is an error, never data.
+    pub fn read(&mut self, lba: Lba, buf: &mut [u8; SLOT_BYTES]) -> R<(), N::Error> {
+        self.check_range(lba.0, 1)?;
+        self.stats.host_reads += 1;
+        self.stats.host_read_bytes += SLOT_BYTES as u64;
+        let p = self.lookup(lba.0)?;
+        if !p.is_some() {
+            buf.fill(0);
+            return Ok(());
+        }
+        if let Some(log) = self.buffered_log(p) {
+            let at = self.slot_offset(log, p.0 % self.spp);
+            buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
+            return Ok(());
+        }
+        self.read_slot_checked(p, SlotKind::Data, lba.0, SCRATCH, Cause::Data)?;
+        let at = self.slot_offset(SCRATCH, p.0 % self.spp);
+        buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
+        Ok(())
+    }
+
+    /// Writes one logical block. On return the data is in the FTL's write buffer (volatile,
+    /// like a drive cache); [`Ftl::flush`] makes it durable.
+    pub fn write(&mut self, lba: Lba, data: &[u8; SLOT_BYTES]) -> R<(), N::Error> {
+        self.check_range(lba.0, 1)?;
+        let g = lba.0 / LBAS_PER_NODE;
+        let off = lba.0 % LBAS_PER_NODE;
+        let s = self.room_and_node(HOT, g)?;
+        let at = self.slot_offset(HOT, self.logs[HOT].fill);
+        self.bufs[at..at + SLOT_BYTES].copy_from_slice(data);
+        let crc = crc32(&[data]);
+        let new = self.commit_slot(HOT, SlotKind::Data, lba.0, crc, Cause::Data);
+        let old = self.ptr(s, off);
+        self.set_ptr(s, off, new);
+        self.cache_meta[s].dirty = true;
+        if old.is_some() {
+            self.invalidate(old);
+        }
+        self.stats.host_writes += 1;
+        self.stats.host_write_bytes += SLOT_BYTES as u64;
+        self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
+        Ok(())
+    }
+
+    /// Unmaps `count` logical blocks from `first`; they read as zeros afterwards. Costs one
+    /// node lookup per group of [`LBAS_PER_NODE`] blocks that was ever written.
+    pub fn trim(&mut self, first: Lba, count: u32) -> R<(), N::Error> {
+        self.check_range(first.0, count)?;
+        self.stats.host_trims += 1;
+        let end = first.0 + count;
+        let mut lba = first.0;
+        while lba < end {
+            let g = lba / LBAS_PER_NODE;
+            let group_end = ((g + 1) * LBAS_PER_NODE).min(end);
+            if self.nat[g as usize] != NONE || self.node_index[g as usize] != NONE {
+                let s = self.node_slot(g)?;
+                let mut changed = false;
+                for l in lba..group_end {
+                    let off = l % LBAS_PER_NODE;
+                    let p = self.ptr(s, off);
+                    if p.is_some() {
+                        self.set_ptr(s, off, Ppa::NONE);
+                        self.invalidate(p);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    let m = &mut self.cache_meta[s];
+                    m.dirty = true;
+                    if !m.unlogged {
+                        m.unlogged = true;
+                        self.unlogged += 1;
+                    }
+                }
+            }
+            lba = group_end;
+        }
+        Ok(())
+    }
+
+    /// Makes everything acknowledged so far survive any later power cut.
+    pub fn flush(&mut self) -> R<(), N::Error> {
+        self.stats.host_flushes += 1;
+        self.barrier()?;
+        Ok(())
+    }
+
+    /// Whether a logical block is mapped (written and not trimmed).
+    pub fn is_mapped(&mut self, lba: Lba) -> R<bool, N::Error> {
+        self.check_range(lba.0, 1)?;
+        Ok(self.lookup(lba.0)?.is_some())
+    }
+
+    /// One bounded step of background work: retire failing blocks, checkpoint, cost-benefit GC
+    /// or static wear levelling. Returns whether more work is pending.
+    pub fn idle(&mut self) -> R<bool, N::Error> {
+        self.idle_step()
+    }
+
+    /// Offline consistency check: reads every node page and every mapped slot, verifies
+    /// records, owners and CRCs, and compares bitmaps and valid counts with the mapping.
+    pub fn check(&mut self) -> R<CheckReport, N::Error> {
+        let mut rep = CheckReport::default();
+        let mut referenced: u64 = 0;
+        let mut ptrs = [NONE; LBAS_PER_NODE as usize];
+        for g in 0..self.nodes {
+            let nat = Ppa(self.nat[g as usize]);
+            if nat.is_some() {
+                let b = (nat.0 / self.spp / self.ppb) as usize;
+                if nat.0 >= self.total_slots
+                    || matches!(self.blocks[b].state, st::BAD | st::RESERVED | st::FREE)
+                {
+                    rep.nat_errors += 1;
+                    continue;
+                }
+                referenced += 1;
+                if !self.valid[nat.0 as usize] {
+                    rep.bitmap_mismatches += 1;
+                }
+            }
+            let idx = self.node_index[g as usize];
+            if idx != NONE {
+                for (i, p) in ptrs.iter_mut().enumerate() {
+                    *p = self.ptr(idx as usize, i as u32).0;
+                }
+            } else if !nat.is_some() {
+                continue;
+            } else {
+                let buf = match self.buffered_log(nat) {
+                    Some(log) => log,
+                    None => match self.read_slot_checked(
+                        nat,
+                        SlotKind::Node,
+                        g,
+                        GCBUF,
+                        Cause::Checkpoint,
+                    ) {
+                        Ok(_) => GCBUF,
+                        Err(Error::Corrupted(_)) => {
+                            rep.bad_nodes += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                let at = self.slot_offset(buf, nat.0 % self.spp);
+                match NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots) {
+                    Ok(view) => {
+                        for (i, p) in ptrs.iter_mut().enumerate() {
+                            let i = i as u32;
+                            *p = if i < view.extent() {
+                                view.pointer(i).0
+                            } else {
+                                NONE
+                            };
+                        }
+                    }
+                    Err(_) => {
+                        rep.bad_nodes += 1;
+                        continue;
+                    }
+                }
+            }
+            rep.nodes_checked += 1;
+            for (i, &q) in ptrs.iter().enumerate() {
+                let q = Ppa(q);
+                if !q.is_some() {
+                    continue;
+                }
+                let lba = g * LBAS_PER_NODE + i as u32;
+                rep.lbas_mapped += 1;
+                referenced += 1;
+                if q.0 >= self.total_slots {
+                    rep.bad_records += 1;
+                    continue;
+                }
+                if !self.valid[q.0 as usize] {
+                    rep.bitmap_mismatches += 1;
+                }
+                if self.buffered_log(q).is_some() {
+                    continue;
+                }
+                match self.read_slot_checked(q, SlotKind::Data, lba, SCRATCH, Cause::Checkpoint) {
+                    Ok(_) => {}
+                    Err(Error::Corrupted(c)) => match c.what {
+                        "data CRC mismatch" => rep.bad_data_crc += 1,
+                        "slot belongs to another block" | "slot holds another kind of record" => {
+                            rep.wrong_owner += 1
+                        }
+                        _ => rep.bad_records += 1,
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let spb = (self.spp * self.ppb) as usize;
+        let mut total_bits = 0u64;
+        for b in 0..self.blocks.len() {
+            let bits = self.valid[b * spb..(b + 1) * spb].count_ones() as u32;
+            total_bits += bits as u64;
+            if bits != self.blocks[b].valid {
+                rep.valid_count_mismatches += 1;
+            }
+        }
+        rep.unreferenced_valid = total_bits.abs_diff(referenced);
+        Ok(rep)
+    }
+
+    // ----- mapping through the node cache ----------------------------------------------------
+
+    fn lookup(&mut self, lba: u32) -> R<Ppa, N::Error> {
+        let g = lba / LBAS_PER_NODE;
+        if self.nat[g as usize] == NONE && self.node_index[g as usize] == NONE {
+            return Ok(Ppa::NONE);
+        }
+        let s = self.node_slot(g)?;
+        Ok(self.ptr(s, lba % LBAS_PER_NODE))
+    }
+
+    fn ptr(&self, s: usize, off: u32) -> Ppa {
+        let at = s * SLOT_BYTES + 4 * off as usize;
+        Ppa(crate::format::read_u32(self.cache_data, at))
+    }
+
+    fn set_ptr(&mut self, s: usize, off: u32, p: Ppa) {
+        let at = s * SLOT_BYTES + 4 * off as usize;
+        crate::format::write_u32(self.cache_data, at, p.0);
+    }
+
+    /// The cache slot holding node `g`, loading it (and evicting another) if needed.
+    fn node_slot(&mut self, g: u32) -> R<usize, N::Error> {
+        self.clock += 1;
+        let idx = self.node_index[g as usize];
+        if idx != NONE {
+            self.stats.node_cache_hits += 1;
+            self.policy
+                .touch(&mut self.cache_meta[idx as usize], self.clock);
+            return Ok(idx as usize);
+        }
+        self.stats.node_cache_misses += 1;
+        let s = self.policy.victim(self.cache_meta);
+        self.evict(s)?;
+        self.load_node(g, s)?;
+        self.policy.touch(&mut self.cache_meta[s], self.clock);
+        Ok(s)
+    }
+
+    fn evict(&mut self, s: usize) -> R<(), N::Error> {
+        let m = self.cache_meta[s];
+        if m.node_plus_one == 0 {
+            return Ok(());
+        }
+        if m.dirty {
+            self.writeback(s, Cause::Node)?;
+        }
+        self.node_index[(m.node_plus_one - 1) as usize] = NONE;
+        self.cache_meta[s] = CacheSlot::default();
+        Ok(())
+    }
+
+    /// Fills cache slot `s` with node `g` from wherever its newest copy is.
+    fn load_node(&mut self, g: u32, s: usize) -> R<(), N::Error> {
+        let p = Ppa(self.nat[g as usize]);
+        let dst = s * SLOT_BYTES;
+        let mut base_seq = 0;
+        if !p.is_some() {
+            self.cache_data[dst..dst + SLOT_BYTES].fill(0xFF);
+        } else {
+            let buf = match self.buffered_log(p) {
+                Some(log) => {
+                    let sp = self.spare_offset(log) + (p.0 % self.spp) as usize * SPARE;
+                    base_seq = SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_or(0, |r| r.seq);
+                    log
+                }
+                None => {
+                    base_seq = self
+                        .read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Node)?
+                        .seq;
+                    SCRATCH
+                }
+            };
+            let at = self.slot_offset(buf, p.0 % self.spp);
+            let view = NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots)
+                .map_err(|_| Error::Corrupted(corrupted("node page fails its checks", g)))?;
+            copy_pointers(&view, &mut self.cache_data[dst..dst + SLOT_BYTES]);
+        }
+        self.cache_meta[s] = CacheSlot {
+            node_plus_one: g + 1,
+            dirty: false,
+            unlogged: false,
+            stamp: self.clock,
+            base_seq,
+        };
+        self.node_index[g as usize] = s as u32;
+        Ok(())
+    }
+
+    /// Writes cached node `s` to the node log and points the NAT at the new copy.
+    fn writeback(&mut self, s: usize, cause: Cause) -> R<(), N::Error> {
+        let g = self.cache_meta[s].node_plus_one - 1;
+        // Rule 1: the data this node points to must be on flash before the node is.
+        for log in [HOT, COLD] {
+            if self.log_holds_group(log, g) {
+                self.program_log(log)?;
+            }
+        }
+        self.ensure_room(NODE)?;
+        // During roll-forward a node may hold state newer than the events applied so far (it
+        // was loaded from a newer copy): stamp it no older than that copy.
+        let saved = self.replay_seq;
+        if let Some(x) = saved {
+            self.replay_seq = Some(x.max(self.cache_meta[s].base_seq));
+        }
+        let seq = self.peek_seq();
+        let at = self.slot_offset(NODE, self.logs[NODE].fill);
+        let src = s * SLOT_BYTES;
+        {
+            let cache = &self.cache_data[src..src + SLOT_BYTES];
+            write_node(&mut self.bufs[at..at + SLOT_BYTES], g, seq, |i| {
+                Ppa(crate::format::read_u32(cache, 4 * i as usize))
+            });
+        }
+        let crc = crc32(&[&self.bufs[at..at + SLOT_BYTES]]);
+        let new = self.commit_slot(NODE, SlotKind::Node, g, crc, cause);
+        self.replay_seq = saved;
+        let old = Ppa(self.nat[g as usize]);
+        self.nat[g as usize] = new.0;
+        if old.is_some() {
+            self.invalidate(old);
+        }
+        let m = &mut self.cache_meta[s];
+        m.dirty = false;
+        m.base_seq = seq;
+        if m.unlogged {
+            m.unlogged = false;
+            self.unlogged -= 1;
+        }
+        Ok(())
+    }
+
+    fn log_holds_group(&self, log: usize, g: u32) -> bool {
+        if self.logs[log].block == NONE {
+            return false;
+        }
+        let sp = self.spare_offset(log);
+        (0..self.logs[log].fill).any(|i| {
+            let at = sp + i as usize * SPARE;
+            matches!(SpareRecord::parse(&self.bufs[at..at + SPARE]),
+                Ok(r) if r.kind == SlotKind::Data && r.owner / LBAS_PER_NODE == g)
+        })
+    }
+
+    /// Makes room in `log` and loads node `g`, retrying until both hold at once (loading a node
+    /// can program a buffer; making room can run GC, which can evict the node).
+    fn room_and_node(&mut self, log: usize, g: u32) -> R<usize, N::Error> {
+        for _ in 0..8 {
+            self.ensure_room(log)?;
+            let s = self.node_slot(g)?;
+            if self.has_room(log) {
+                return Ok(s);
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
+    // ----- logs and buffers ------------------------------------------------------------------
+
+    fn slot_offset(&self, buf: usize, slot: u32) -> usize {
+        buf * self.stride + slot as usize * SLOT_BYTES
+    }
+
+    fn spare_offset(&self, buf: usize) -> usize {
+        buf * self.stride + self.geo.page_bytes as usize
+    }
+
+    fn peek_seq(&self) -> u64 {
+        self.replay_seq.unwrap_or(self.next_seq)
+    }
+
+    fn stamp_seq(&mut self) -> u64 {
+        match self.replay_seq {
+            Some(s) => s,
+            None => {
+                let s = self.next_seq;
+                self.next_seq += 1;
+                s
+            }
+        }
+    }
+
+    fn has_room(&self, log: usize) -> bool {
+        self.logs[log].block != NONE && self.logs[log].fill < self.spp
+    }
+
+    /// Which log's buffer holds slot `p`, if it is not on flash yet.
+    fn buffered_log(&self, p: Ppa) -> Option<usize> {
+        let page = p.0 / self.spp;
+        let slot = p.0 % self.spp;
+        (0..3).find(|&l| {
+            let log = self.logs[l];
+            log.block != NONE && log.block * self.ppb + log.page == page && slot < log.fill
+        })
+    }
+
+    fn ensure_room(&mut self, log: usize) -> R<(), N::Error> {
+        if self.logs[log].block != NONE && self.logs[log].fill == self.spp {
+            self.program_log(log)?;
+        }
+        if self.logs[log].block == NONE {
+            self.open_log(log)?;
+        }
+        Ok(())
+    }
+
+    fn open_log(&mut self, log: usize) -> R<(), N::Error> {
+        if log == HOT && !self.in_checkpoint && !self.in_gc && self.replay_seq.is_none() {
+            if self.blocks_since_cp >= CP_INTERVAL {
+                self.checkpoint()?;
+            }
+            self.make_space()?;
+            if self.logs[HOT].block != NONE {
+                return Ok(());
+            }
+        }
+        let b = self.allocate()?;
+        self.logs[log] = Log {
+            block: b,
+            page: 0,
+            fill: 0,
+        };
+        self.blocks[b as usize].state = st::OPEN;
+        Ok(())
+    }
+
+    /// Takes the least-erased free block and erases it (dynamic wear levelling). With none
+    /// free, a barrier releases the prefree ones.
+    fn allocate(&mut self) -> R<u32, N::Error> {
+        loop {
+            if self.free_count == 0
+                && self.prefree_count > 0
+                && !self.in_checkpoint
+                && !self.in_barrier
+                && self.barrier()? == 0
+                && !self.in_gc
+            {
+                self.checkpoint()?;
+            }
+            let mut best = NONE;
+            let mut best_ec = u32::MAX;
+            for (i, b) in self.blocks.iter().enumerate() {
+                if b.state == st::FREE && b.erase_count < best_ec {
+                    best = i as u32;
+                    best_ec = b.erase_count;
+                }
+            }
+            if best == NONE {
+                return Err(Error::NoSpace);
+            }
+            self.free_count -= 1;
+            match self.nand.erase(BlockId(best)) {
+                Ok(()) => {
+                    self.stats.erases += 1;
+                    let info = &mut self.blocks[best as usize];
+                    info.erase_count += 1;
+                    info.valid = 0;
+                    info.written = 0;
+                    info.mtime = self.next_seq;
+                    let first = (best * self.ppb * self.spp) as usize;
+                    self.valid[first..first + (self.ppb * self.spp) as usize].fill(false);
+                    self.blocks_since_cp += 1;
+                    return Ok(best);
+                }
+                Err(e) if e.kind() == FaultKind::EraseFailed => {
+                    self.nand.mark_bad(BlockId(best)).map_err(Error::Nand)?;
+                    self.blocks[best as usize].state = st::BAD;
+                    self.stats.retired_blocks += 1;
+                }
+                Err(e) => return Err(Error::Nand(e)),
+            }
+        }
+    }
+
+    /// Reserves nothing: callers have filled the buffer slot at `fill`; this stamps its record
+    /// and marks it valid. The page is programmed lazily, when the next slot needs room or at a
+    /// flush, so a caller can update the mapping before any program can move the slot.
+    fn commit_slot(
+        &mut self,
+        log: usize,
+        kind: SlotKind,
+        owner: u32,
+        data_crc: u32,
+        cause: Cause,
+    ) -> Ppa {
+        let l = self.logs[log];
+        debug_assert!(l.block != NONE && l.fill < self.spp);
+        let seq = self.stamp_seq();
+        let at = self.spare_offset(log) + l.fill as usize * SPARE;
+        SpareRecord {
+            kind,
+            owner,
+            seq,
+            data_crc,
+            aux: 0,
+        }
+        .write(&mut self.bufs[at..at + SPARE]);
+        let p = Ppa((l.block * self.ppb + l.page) * self.spp + l.fill);
+        self.logs[log].fill += 1;
+        self.set_valid(p);
+        self.blocks[l.block as usize].mtime = seq;
+        self.stats.program_bytes[cause as usize] += SLOT_BYTES as u64;
+        self.stats.lifetime_program_bytes += SLOT_BYTES as u64;
+        p
+    }
+
+    /// Programs a log's buffer (padding unfilled slots) and advances the log.
+    fn program_log(&mut self, log: usize) -> R<(), N::Error> {
+        let l = self.logs[log];
+        if l.block == NONE || l.fill == 0 {
+            return Ok(());
+        }
+        let filled = l.fill;
+        for i in l.fill..self.spp {
+            let at = self.slot_offset(log, i);
+            self.bufs[at..at + SLOT_BYTES].fill(0);
+            let crc = crc32(&[&self.bufs[at..at + SLOT_BYTES]]);
+            let seq = self.stamp_seq();
+            let sp = self.spare_offset(log) + i as usize * SPARE;
+            SpareRecord {
+                kind: SlotKind::Padding,
+                owner: 0,
+                seq,
+                data_crc: crc,
+                aux: 0,
+            }
+            .write(&mut self.bufs[sp..sp + SPARE]);
+            self.stats.program_bytes[Cause::Padding as usize] += SLOT_BYTES as u64;
+            self.stats.lifetime_program_bytes += SLOT_BYTES as u64;
+        }
+        let page = PageId(l.block * self.ppb + l.page);
+        let start = log * self.stride;
+        let (data, spare) =
+            self.bufs[start..start + self.stride].split_at(self.geo.page_bytes as usize);
+        let cause = [Cause::Data, Cause::Gc, Cause::Node][log];
+        match self.nand.program(page, data, spare) {
+            Ok(()) => {
+                self.stats.program_pages[cause as usize] += 1;
+                let b = l.block as usize;
+                self.logs[log].page += 1;
+                self.logs[log].fill = 0;
+                self.blocks[b].written = self.logs[log].page;
+                if self.logs[log].page == self.ppb {
+                    self.logs[log] = Log::CLOSED;
+                    self.close_block(l.block);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == FaultKind::ProgramFailed && !self.retry_busy => {
+                self.stats.program_pages[cause as usize] += 1;
+                self.program_failed(log, filled)
+            }
+            Err(e) => Err(Error::Nand(e)),
+        }
+    }
+
+    fn close_block(&mut self, b: u32) {
+        let info = &mut self.blocks[b as usize];
+        if info.state == st::OPEN {
+            info.state = st::FULL;
+            if info.valid == 0 {
+                info.state = st::PREFREE;
+                self.prefree_count += 1;
+            }
+        }
+    }
+
+    /// A program failed: retire the block (its older pages are moved by GC later) and write the
+    /// buffered slots again into a fresh block of the same log.
+    fn program_failed(&mut self, log: usize, filled: u32) -> R<(), N::Error> {
+        let l = self.logs[log];
+        self.retry_busy = true;
+        self.bufs.copy_within(
+            log * self.stride..(log + 1) * self.stride,
+            RETRY * self.stride,
+        );
+        self.logs[log] = Log::CLOSED;
+        let info = &mut self.blocks[l.block as usize];
+        info.written = l.page + 1;
+        info.state = if info.valid == 0 {
+            st::PREBAD
+        } else {
+            st::RETIRING
+        };
+        self.stats.retired_blocks += 1;
+        let result = self.reappend(log, l, filled);
+        self.retry_busy = false;
+        result
+    }
+
+    fn reappend(&mut self, log: usize, l: Log, filled: u32) -> R<(), N::Error> {
+        let cause = [Cause::Data, Cause::Gc, Cause::Node][log];
+        for i in 0..filled {
+            let sp = self.spare_offset(RETRY) + i as usize * SPARE;
+            let Ok(rec) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) else {
+                continue;
+            };
+            let old = Ppa((l.block * self.ppb + l.page) * self.spp + i);
+            let src = self.slot_offset(RETRY, i);
+            match rec.kind {
+                SlotKind::Data => {
+                    let g = rec.owner / LBAS_PER_NODE;
+                    let off = rec.owner % LBAS_PER_NODE;
+                    let s = self.room_and_node(log, g)?;
+                    if self.ptr(s, off) != old {
+                        continue;
+                    }
+                    let dst = self.slot_offset(log, self.logs[log].fill);
+                    self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+                    let new = self.commit_slot(log, SlotKind::Data, rec.owner, rec.data_crc, cause);
+                    self.set_ptr(s, off, new);
+                    self.cache_meta[s].dirty = true;
+                    self.invalidate(old);
+                }
+                SlotKind::Node => {
+                    if self.nat.get(rec.owner as usize) != Some(&old.0) {
+                        continue;
+                    }
+                    self.ensure_room(log)?;
+                    let dst = self.slot_offset(log, self.logs[log].fill);
+                    self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+                    let new = self.commit_slot(log, SlotKind::Node, rec.owner, rec.data_crc, cause);
+                    self.nat[rec.owner as usize] = new.0;
+                    self.invalidate(old);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ----- validity ---------------------------------------------------------------------------
+
+    fn set_valid(&mut self, p: Ppa) {
+        if self.replay_seq.is_some() {
+            return;
+        }
+        let i = p.0 as usize;
+        if !self.valid[i] {
+            self.valid.set(i, true);
+            self.blocks[(p.0 / self.spp / self.ppb) as usize].valid += 1;
+        }
+    }
+
+    fn invalidate(&mut self, p: Ppa) {
+        if self.replay_seq.is_some() || p.0 >= self.total_slots {
+            return;
+        }
+        let i = p.0 as usize;
+        if !self.valid[i] {
+            return;
+        }
+        self.valid.set(i, false);
+        let b = (p.0 / self.spp / self.ppb) as usize;
+        let info = &mut self.blocks[b];
+        info.valid = info.valid.saturating_sub(1);
+        if info.valid == 0 {
+            match info.state {
+                st::FULL => {
+                    info.state = st::PREFREE;
+                    self.prefree_count += 1;
+                }
+                st::RETIRING => info.state = st::PREBAD,
+                _ => {}
+            }
+        }
+    }
+
+    // ----- checked reads ----------------------------------------------------------------------
+
+    fn nand_read(&mut self, page: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
+        let start = buf * self.stride;
+        let (data, spare) =
+            self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
+        self.nand
+            .read(PageId(page), data, spare)
+            .map_err(Error::Nand)?;
+        self.stats.reads[cause as usize] += 1;
+        Ok(())
+    }
+
+    fn nand_read_spare(&mut self, page: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
+        let start = buf * self.stride + self.geo.page_bytes as usize;
+        let spare = &mut self.bufs[start..start + self.geo.spare_bytes as usize];
+        self.nand
+            .read_spare(PageId(page), spare)
+            .map_err(Error::Nand)?;
+        self.stats.spare_reads[cause as usize] += 1;
+        Ok(())
+    }
+
+    /// Checks slot `slot` of the page in buffer `buf`: record present and sound, data CRC.
+    fn slot_record(&self, buf: usize, slot: u32) -> Result<SpareRecord, &'static str> {
+        let sp = self.spare_offset(buf) + slot as usize * SPARE;
+        let rec = SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_err(|e| match e {
+            crate::format::RecordError::Erased => "slot reads erased",
+            crate::format::RecordError::Damaged => "spare record damaged",
+        })?;
+        let at = self.slot_offset(buf, slot);
+        if crc32(&[&self.bufs[at..at + SLOT_BYTES]]) != rec.data_crc {
+            return Err("data CRC mismatch");
+        }
+        Ok(rec)
+    }
+
+    /// Reads the page holding `p` into `buf` and checks the slot is `kind` for `owner` with a
+    /// sound CRC, re-reading a few times since bit flips on read are transient.
+    fn read_slot_checked(
+        &mut self,
+        p: Ppa,
+        kind: SlotKind,
+        owner: u32,
+        buf: usize,
+        cause: Cause,
+    ) -> R<SpareRecord, N::Error> {
+        if p.0 >= self.total_slots {
+            return Err(Error::Corrupted(corrupted(
+                "slot address out of range",
+                p.0,
+            )));
+        }
+        let page = p.0 / self.spp;
+        let slot = p.0 % self.spp;
+        let mut why = "";
+        for attempt in 0..READ_ATTEMPTS {
+            self.nand_read(page, buf, cause)?;
+            match self.slot_record(buf, slot) {
+                Ok(r) if r.kind != kind => why = "slot holds another kind of record",
+                Ok(r) if r.owner != owner => why = "slot belongs to another block",
+                Ok(r) => {
+                    if attempt > 0 {
+                        self.stats.read_retries += 1;
+                    }
+                    return Ok(r);
+                }
+                Err(w) => why = w,
+            }
+        }
+        Err(Error::Corrupted(corrupted(why, p.0)))
+    }
+}
+
+/// Copies a node page's pointers into a cache slot, marking offsets past the extent unmapped.
+fn copy_pointers(view: &NodeView<'_>, dst: &mut [u8]) {
+    let extent = view.extent();
+    for i in 0..LBAS_PER_NODE {
+        let p = if i < extent {
+            view.pointer(i)
+        } else {
+            Ppa::NONE
+        };
+        crate::format::write_u32(dst, 4 * i as usize, p.0);
+    }
+}
+
+const _: () = assert!(MAX_SLOTS_PER_PAGE as usize * SPARE <= 8 * 64);
+const _: () = assert!(CP_RESERVE < GC_LOW);

@@ -1,0 +1,124 @@
+//! Model-based test: random writes, reads, trims, flushes, idle steps and clean remounts on a
+//! small device, checked after every read against a plain reference disk.
+
+mod ftl_support;
+
+use ftl_support::*;
+use nandbox_core::ftl::{Ftl, Lba};
+use nandbox_core::nand::Geometry;
+use nandbox_sim::{OwnedFtlMemory, SimNand};
+
+fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
+    let cfg = config(logical, cache);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
+    // Reference disk: the version each LBA holds (0 = zeros).
+    let mut disk = vec![0u32; logical as usize];
+    let mut next_version = 1u32;
+    let mut rng = Rng::new(seed);
+    let mut buf = [0u8; BLOCK];
+    let mut remounts = 0;
+    let mut gc_blocks = 0;
+    let mut checkpoints = 0;
+    // Writes concentrate on a hot quarter half of the time, so GC sees skew.
+    let pick = |rng: &mut Rng| -> u32 {
+        if rng.below(2) == 0 {
+            rng.below(logical as u64 / 4) as u32
+        } else {
+            rng.below(logical as u64) as u32
+        }
+    };
+    for op in 0..ops {
+        match rng.below(200) {
+            0..=109 => {
+                let lba = pick(&mut rng);
+                let v = next_version;
+                next_version += 1;
+                ftl.write(Lba(lba), &content(lba, v))
+                    .unwrap_or_else(|e| panic!("seed {seed} op {op}: write {lba}: {e}"));
+                disk[lba as usize] = v;
+            }
+            110..=159 => {
+                let lba = pick(&mut rng);
+                ftl.read(Lba(lba), &mut buf)
+                    .unwrap_or_else(|e| panic!("seed {seed} op {op}: read {lba}: {e}"));
+                assert_eq!(
+                    version_of(lba, &buf),
+                    Some(disk[lba as usize]),
+                    "seed {seed} op {op}: read {lba}"
+                );
+                assert_eq!(ftl.is_mapped(Lba(lba)).unwrap(), disk[lba as usize] != 0);
+            }
+            160..=161 => {
+                let first = rng.below(logical as u64) as u32;
+                let count = (rng.below(64) as u32 + 1).min(logical - first);
+                ftl.trim(Lba(first), count)
+                    .unwrap_or_else(|e| panic!("seed {seed} op {op}: trim: {e}"));
+                disk[first as usize..(first + count) as usize].fill(0);
+            }
+            162..=177 => ftl.flush().expect("flush"),
+            178..=198 => {
+                ftl.idle().expect("idle");
+            }
+            _ => {
+                ftl.flush().expect("flush");
+                gc_blocks += ftl.stats().gc_blocks;
+                checkpoints += ftl.stats().checkpoints;
+                let nand = ftl.into_nand();
+                ftl = Ftl::mount(nand, mem.lend())
+                    .unwrap_or_else(|e| panic!("seed {seed} op {op}: mount: {e}"));
+                remounts += 1;
+            }
+        }
+    }
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(
+            version_of(lba, &buf),
+            Some(disk[lba as usize]),
+            "final {lba}"
+        );
+    }
+    let report = ftl.check().expect("check");
+    assert_eq!(report.problems(), 0, "seed {seed}: {report:?}");
+    gc_blocks += ftl.stats().gc_blocks;
+    checkpoints += ftl.stats().checkpoints;
+    assert!(gc_blocks > 20, "seed {seed}: the run should exercise GC");
+    assert!(
+        checkpoints > remounts,
+        "seed {seed}: checkpoints beyond mounts"
+    );
+    eprintln!("seed {seed}: {remounts} remounts, {gc_blocks} GC blocks, {checkpoints} checkpoints");
+    assert!(remounts > 10, "seed {seed}: remounts");
+    // A final clean remount reads the same disk.
+    ftl.flush().unwrap();
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(
+            version_of(lba, &buf),
+            Some(disk[lba as usize]),
+            "remounted {lba}"
+        );
+    }
+    assert_eq!(ftl.check().unwrap().problems(), 0);
+}
+
+#[test]
+fn model_one_slot_pages() {
+    let logical = 1024;
+    let geo = small_geometry(1, 32, logical);
+    for seed in 1..=3 {
+        run(seed, geo, logical, 3, 10_000);
+    }
+}
+
+#[test]
+fn model_four_slot_pages() {
+    let logical = 2048;
+    let geo = small_geometry(4, 16, logical);
+    for seed in 11..=13 {
+        run(seed, geo, logical, 4, 10_000);
+    }
+}

@@ -1,0 +1,73 @@
+//! Shared helpers of the FTL tests: block contents that name their LBA and version, a seeded
+//! PRNG, and small geometries.
+#![allow(dead_code)]
+
+use nandbox_core::ftl::{blocks_for_capacity, FtlConfig};
+use nandbox_core::nand::{Geometry, SPARE_BYTES_PER_SLOT};
+
+pub const BLOCK: usize = 4096;
+
+/// xorshift64*: deterministic, good enough to pick operations.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// The content of version `v` (≥ 1) of `lba`: the first 8 bytes name both, the rest is a
+/// stream seeded by them, so any mix-up or tear shows.
+pub fn content(lba: u32, v: u32) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    if v == 0 {
+        return out;
+    }
+    out[..4].copy_from_slice(&lba.to_le_bytes());
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    let mut r = Rng::new(((lba as u64) << 32) | v as u64);
+    for chunk in out[8..].chunks_mut(8) {
+        let x = r.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&x[..chunk.len()]);
+    }
+    out
+}
+
+/// Which version `buf` is, if it is exactly some version of `lba` (0 = zeros).
+pub fn version_of(lba: u32, buf: &[u8; BLOCK]) -> Option<u32> {
+    if buf.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let l = u32::from_le_bytes(buf[..4].try_into().unwrap());
+    let v = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+    (l == lba && v != 0 && content(lba, v) == *buf).then_some(v)
+}
+
+/// A geometry with `slots` 4 KiB slots per page, sized for `logical` blocks at 7% OP.
+pub fn small_geometry(slots: u32, pages_per_block: u32, logical: u32) -> Geometry {
+    let page_bytes = slots * BLOCK as u32;
+    Geometry {
+        page_bytes,
+        spare_bytes: slots * SPARE_BYTES_PER_SLOT,
+        pages_per_block,
+        blocks: blocks_for_capacity(page_bytes, pages_per_block, logical, 7),
+    }
+}
+
+pub fn config(logical: u32, cache: u32) -> FtlConfig {
+    FtlConfig {
+        logical_blocks: logical,
+        node_cache_slots: cache,
+    }
+}

@@ -774,4 +774,61 @@ mod tests {
             assert!(decode_hp(kind, 100, 0, &i8b[..a], &hpb[..cut], &mut ws, &mut out).is_err());
         }
     }
+
+    /// Recomputes a record's CRC after a mutation, so the decoder's checks behind the CRC run.
+    fn fix_crc(rec: &mut [u8], crc: core::ops::Range<usize>) {
+        if rec.len() >= crc.end {
+            let c = crc_without(rec, crc.clone());
+            rec[crc].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn records_damaged_behind_a_valid_crc_fail_cleanly() {
+        for kind in [HalfKind::Bf16, HalfKind::Fp16] {
+            let mut seed = 11u64;
+            let mut w: Vec<u16> = (0..900).map(|_| lcg(&mut seed) & 0xBFFF).collect();
+            w[5] = 0x7F80 | 0x41; // NaN in both formats
+            w[17] = 0;
+            let cols = 90u32;
+            let mut ws = Box::new(Workspace::new());
+            let scales: Vec<f32> = (0..10)
+                .map(|r| row_scale(kind, &w[r * 90..r * 90 + 90]).1)
+                .collect();
+            let mut i8b = vec![0u8; max_int8_len(900, 10)];
+            let mut hpb = vec![0u8; max_hp_len(900)];
+            let (a, b) = encode_chunk(
+                kind, cols, 0, &w, &scales, None, &mut ws, &mut i8b, &mut hpb,
+            )
+            .unwrap();
+            let mut out = vec![0u16; 900];
+            let (mut ok, mut err) = (0, 0);
+            for round in 0..4000u32 {
+                let (mut x, mut y) = (i8b[..a].to_vec(), hpb[..b].to_vec());
+                let target_hp = round % 2 == 0;
+                let rec = if target_hp { &mut y } else { &mut x };
+                let pos = (lcg(&mut seed) as usize * 7 + round as usize) % rec.len();
+                rec[pos] ^= 1 << (lcg(&mut seed) % 8);
+                if round % 5 == 0 {
+                    // Also change a count or length field to a nearby value.
+                    let f = 4 + 4 * (lcg(&mut seed) as usize % 5);
+                    rec[f] = rec[f].wrapping_add(1);
+                }
+                if target_hp {
+                    fix_crc(&mut y, hpf::CRC);
+                } else {
+                    fix_crc(&mut x, i8f::CRC);
+                }
+                match decode_hp(kind, cols, 0, &x, &y, &mut ws, &mut out) {
+                    Ok(_) => ok += 1,
+                    Err(_) => err += 1,
+                }
+                let mut q = vec![0i8; 900];
+                let mut s = vec![0f32; 10];
+                let _ = decode_int8(&x, cols, 0, &mut q, &mut s, &mut ws);
+            }
+            // Most damage is caught by the structure itself, not only by the CRC.
+            assert!(err > ok, "{kind:?}: {err} errors, {ok} accepted");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the firmware self-test image (release) and boots it on QEMU's mps2-an386 (Cortex-M4F),
-# then prints the footprint report. Exits with the self-test's status: 0 only if every check
+# then prints the footprint report of it and of the core-only size probe (src/bin/probe.rs). Exits with the self-test's status: 0 only if every check
 # passed; non-zero on a failed check, a panic, a fault, or the time limit.
 #
 # Needs: qemu-system-arm (Debian: apt-get install qemu-system-arm), python3, and the Rust target
@@ -23,6 +23,7 @@ cargo build --release
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
 case "$target_dir" in /*) ;; *) target_dir="$here/$target_dir" ;; esac
 elf="$target_dir/thumbv7em-none-eabihf/release/nandbox-embedded"
+probe="$target_dir/thumbv7em-none-eabihf/release/probe"
 log="$target_dir/selftest-qemu.log"
 
 echo "run-qemu.sh: booting $elf on mps2-an386 (limit ${timeout_s}s)"
@@ -36,6 +37,7 @@ if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "run-qemu.sh: the self-test did not finish within ${timeout_s}s" >&2
 fi
 
-bash "$here/footprint.sh" "$elf" "$log" || true
+# The probe image calls only the core's API: its size is what the core costs in flash.
+bash "$here/footprint.sh" --log "$log" "$elf" "$probe" || true
 echo "run-qemu.sh: self-test exit status $status"
 exit "$status"

@@ -63,7 +63,7 @@ pub fn fill_sample(out: &mut [u8], seed: u32) {
             SPECIALS[(i / 509) % SPECIALS.len()]
         } else {
             // Typical transformer weight spread; a few outliers ten times wider.
-            let sigma = if rng.next() % 64 == 0 { 0.2 } else { 0.02 };
+            let sigma = if rng.next() & 63 == 0 { 0.2 } else { 0.02 };
             bf16_from_f32(rng.normal() * sigma)
         };
         pair.copy_from_slice(&v.to_le_bytes());

@@ -1,26 +1,20 @@
 //! nandbox-core as firmware: a self-test image for the Cortex-M4F of QEMU's `mps2-an386`.
 //!
-//! The image links nandbox-core with a NAND array held in the board's RAM ([`ram_nand`]), runs
+//! The image links nandbox-core with a NAND array held in the board's RAM (`ram_nand`), runs
 //! the self-test through it, prints each verdict and the footprint through semihosting, and
 //! exits through semihosting with status 0 only if every check passed. A panic or a fault exits
 //! with a failure status. `run-qemu.sh` builds and boots it.
 #![no_std]
 #![no_main]
 
-mod bf16;
-mod board;
-mod ram_nand;
-mod report;
-mod selftest_codec;
-mod selftest_nand;
-mod stack;
-
 use core::mem::size_of;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, hprintln};
 
-use crate::report::Report;
+use nandbox_embedded::{
+    board, ram_nand, report::Report, selftest_codec, selftest_ftl, selftest_nand, stack,
+};
 
 #[entry]
 fn main() -> ! {
@@ -36,7 +30,9 @@ fn main() -> ! {
     };
 
     selftest_nand::run(&mut report, data, spare, bench);
+    selftest_ftl::run(&mut report, data, spare, bench);
     selftest_codec::run(&mut report, bench);
+    selftest_ftl::print_memory();
 
     let (stack_used, stack_reserved) = stack::peak_use();
     hprintln!(
@@ -56,16 +52,12 @@ fn main() -> ! {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     hprintln!("PANIC {}", info);
     debug::exit(debug::EXIT_FAILURE);
-    loop {
-        cortex_m::asm::udf();
-    }
+    cortex_m::asm::udf()
 }
 
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     hprintln!("HARDFAULT at pc {:#010x}", frame.pc());
     debug::exit(debug::EXIT_FAILURE);
-    loop {
-        cortex_m::asm::udf();
-    }
+    cortex_m::asm::udf()
 }

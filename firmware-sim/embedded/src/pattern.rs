@@ -44,12 +44,23 @@ pub fn identify(page: &[u8], lba: u32) -> Seen {
     if page.iter().all(|&b| b == 0) {
         return Seen::Zeros;
     }
-    let at = |r: core::ops::Range<usize>| u32::from_le_bytes([page[r.start], page[r.start + 1], page[r.start + 2], page[r.start + 3]]);
+    let at = |r: core::ops::Range<usize>| {
+        u32::from_le_bytes([
+            page[r.start],
+            page[r.start + 1],
+            page[r.start + 2],
+            page[r.start + 3],
+        ])
+    };
     let (owner, generation) = (at(0..4), at(4..8));
     if owner != lba || generation == 0 {
         return Seen::Foreign;
     }
-    if page[8..].iter().zip(stream(lba, generation)).all(|(&b, s)| b == s) {
+    if page[8..]
+        .iter()
+        .zip(stream(lba, generation))
+        .all(|(&b, s)| b == s)
+    {
         Seen::Written(generation)
     } else {
         Seen::Foreign

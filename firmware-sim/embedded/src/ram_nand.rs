@@ -196,7 +196,6 @@ impl<'m, const BLOCKS: usize> RamNand<'m, BLOCKS> {
     }
 }
 
-
 impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
     type Error = RamNandError;
 
@@ -262,7 +261,11 @@ impl<const BLOCKS: usize> Nand for RamNand<'_, BLOCKS> {
                 2 => data.len() / 2 + 7,
                 _ => data.len(),
             };
-            let spare_bytes = if data_bytes == data.len() { spare.len() / 2 } else { 0 };
+            let spare_bytes = if data_bytes == data.len() {
+                spare.len() / 2
+            } else {
+                0
+            };
             for (cell, new) in self.data[dr].iter_mut().zip(&data[..data_bytes]) {
                 *cell &= *new;
             }

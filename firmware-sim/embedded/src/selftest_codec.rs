@@ -29,12 +29,17 @@ pub struct CodecMemory {
 
 /// Runs the codec checks.
 pub fn run(report: &mut Report, bench: &mut Testbench) {
-    let Some(mem) = static_once!(CodecMemory = CodecMemory {
-        encoder: EncoderScratch::new(),
-        decoder: DecoderTables::new(),
-        planes: [0; CODEC_CHUNK as usize],
-        segments: [Segment { dtype: Dtype::Raw, len: 0 }],
-    }) else {
+    let Some(mem) = static_once!(
+        CodecMemory = CodecMemory {
+            encoder: EncoderScratch::new(),
+            decoder: DecoderTables::new(),
+            planes: [0; CODEC_CHUNK as usize],
+            segments: [Segment {
+                dtype: Dtype::Raw,
+                len: 0
+            }],
+        }
+    ) else {
         report.check("zipnn: codec memory handed out once", false);
         return;
     };
@@ -95,7 +100,10 @@ pub fn run(report: &mut Report, bench: &mut Testbench) {
         &mut mem.decoder,
     );
     bench.coded[at] ^= 0x10;
-    report.check("zipnn: a flipped bit is refused as corrupt", flipped.is_err());
+    report.check(
+        "zipnn: a flipped bit is refused as corrupt",
+        flipped.is_err(),
+    );
     if let Err(e) = flipped {
         hprintln!("     zipnn: flipped bit at {}: {}", at, e);
     }
@@ -107,5 +115,8 @@ pub fn run(report: &mut Report, bench: &mut Testbench) {
         &mut bench.decoded,
         &mut mem.decoder,
     );
-    report.check("zipnn: a truncated container is refused", truncated.is_err());
+    report.check(
+        "zipnn: a truncated container is refused",
+        truncated.is_err(),
+    );
 }

@@ -92,11 +92,12 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     // Pinned: 3 reads, 6 programs (torn one included), 3 erases (torn one included); the five
     // refused operations and the read attempted while power was off reached no cell.
     let counts = nand.counts();
-    let pinned = counts.reads == 3
-        && counts.programs == 6
-        && counts.erases == 3
-        && counts.violations == 5;
-    report.check("nand: every operation that reached the cells is counted", pinned);
+    let pinned =
+        counts.reads == 3 && counts.programs == 6 && counts.erases == 3 && counts.violations == 5;
+    report.check(
+        "nand: every operation that reached the cells is counted",
+        pinned,
+    );
     if !pinned {
         cortex_m_semihosting::hprintln!("     counts {:?}", counts);
     }

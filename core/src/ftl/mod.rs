@@ -826,14 +826,16 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// free, a barrier releases the prefree ones.
     fn allocate(&mut self) -> R<u32, N::Error> {
         loop {
-            if self.free_count == 0
-                && self.prefree_count > 0
-                && !self.in_checkpoint
-                && !self.in_barrier
-                && self.barrier()? == 0
-                && !self.in_gc
-            {
-                self.checkpoint()?;
+            if self.free_count == 0 && self.prefree_count > 0 {
+                if self.unlogged == 0 && self.logs.iter().all(|l| l.fill == 0) {
+                    // Nothing is buffered: this instant already satisfies the barrier.
+                    self.release_prefree(false);
+                } else if !self.in_checkpoint && !self.in_barrier {
+                    self.barrier()?;
+                }
+                if self.free_count == 0 && !self.in_checkpoint && !self.in_gc {
+                    self.checkpoint()?;
+                }
             }
             let mut best = NONE;
             let mut best_ec = u32::MAX;

@@ -1,0 +1,225 @@
+//! Power-cut sweep: a fixed mixed workload (writes, overwrites, trims, flushes, idle GC) is cut
+//! at every NAND operation index in turn. After each cut the device is remounted and every block
+//! must read its last flushed content or a content acknowledged (or in flight) after that flush:
+//! never a torn mix, never garbage, never another block's data. Then the recovered FTL must keep
+//! working: more writes, a flush, a clean remount, and the same check again.
+
+mod ftl_support;
+
+use ftl_support::*;
+use nandbox_core::ftl::{Ftl, FtlConfig, Lba};
+use nandbox_core::nand::Geometry;
+use nandbox_sim::{OwnedFtlMemory, SimNand};
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Write(u32, u32),
+    Trim(u32, u32),
+    Flush,
+    Idle,
+}
+
+fn workload(seed: u64, logical: u32, len: usize) -> Vec<Op> {
+    let mut rng = Rng::new(seed);
+    let mut version = 1;
+    let mut ops = Vec::with_capacity(len);
+    while ops.len() < len {
+        let op = match rng.below(100) {
+            0..=79 => {
+                // Skewed: half the writes hit an eighth of the device, so GC has choices.
+                let lba = if rng.below(2) == 0 {
+                    rng.below(logical as u64 / 8) as u32
+                } else {
+                    rng.below(logical as u64) as u32
+                };
+                version += 1;
+                Op::Write(lba, version)
+            }
+            80..=82 => {
+                let first = rng.below(logical as u64) as u32;
+                Op::Trim(first, (rng.below(40) as u32 + 1).min(logical - first))
+            }
+            83..=94 => Op::Flush,
+            _ => Op::Idle,
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+/// What each LBA may read after a cut: its flushed version, or any version acknowledged (or in
+/// flight) since that flush.
+struct Model {
+    flushed: Vec<u32>,
+    since: Vec<Vec<u32>>,
+}
+
+impl Model {
+    fn new(logical: u32) -> Model {
+        Model {
+            flushed: vec![0; logical as usize],
+            since: vec![Vec::new(); logical as usize],
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Write(lba, v) => self.since[lba as usize].push(v),
+            Op::Trim(first, count) => {
+                for l in first..first + count {
+                    self.since[l as usize].push(0);
+                }
+            }
+            Op::Flush => {
+                for (f, s) in self.flushed.iter_mut().zip(self.since.iter_mut()) {
+                    if let Some(&last) = s.last() {
+                        *f = last;
+                    }
+                    s.clear();
+                }
+            }
+            Op::Idle => {}
+        }
+    }
+
+    fn allowed(&self, lba: u32, v: u32) -> bool {
+        self.flushed[lba as usize] == v || self.since[lba as usize].contains(&v)
+    }
+}
+
+fn run_op(ftl: &mut Ftl<'_, SimNand>, op: Op) -> Result<(), String> {
+    match op {
+        Op::Write(lba, v) => ftl.write(Lba(lba), &content(lba, v)),
+        Op::Trim(first, count) => ftl.trim(Lba(first), count),
+        Op::Flush => ftl.flush(),
+        Op::Idle => ftl.idle().map(|_| ()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Reads every LBA and checks it against the model; returns the versions read.
+fn verify(ftl: &mut Ftl<'_, SimNand>, model: &Model, logical: u32, at: &str) -> Vec<u32> {
+    let mut buf = [0u8; BLOCK];
+    let mut seen = Vec::with_capacity(logical as usize);
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf)
+            .unwrap_or_else(|e| panic!("{at}: read {lba}: {e}"));
+        let v = version_of(lba, &buf)
+            .unwrap_or_else(|| panic!("{at}: LBA {lba} reads garbage or another block's data"));
+        assert!(
+            model.allowed(lba, v),
+            "{at}: LBA {lba} reads version {v}; flushed {}, since {:?}",
+            model.flushed[lba as usize],
+            model.since[lba as usize]
+        );
+        seen.push(v);
+    }
+    seen
+}
+
+struct Setup {
+    geo: Geometry,
+    cfg: FtlConfig,
+    ops: Vec<Op>,
+}
+
+/// Runs the uncut workload once: how many NAND operations it takes, and what it exercised.
+fn dry_run(s: &Setup) -> u64 {
+    let mut mem = OwnedFtlMemory::new(&s.geo, &s.cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
+    let start = ftl.nand().ops();
+    for &op in &s.ops {
+        run_op(&mut ftl, op).unwrap();
+    }
+    let st = *ftl.stats();
+    assert!(st.gc_blocks >= 3, "workload must run GC: {st:?}");
+    assert!(
+        st.checkpoints >= 3,
+        "workload must write checkpoints: {st:?}"
+    );
+    ftl.nand().ops() - start
+}
+
+fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
+    let logical = s.cfg.logical_blocks;
+    let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
+    ftl.nand_mut().power_cut_after(cut);
+    let mut model = Model::new(logical);
+    for &op in &s.ops {
+        match run_op(&mut ftl, op) {
+            Ok(()) => model.apply(op),
+            Err(e) => {
+                assert!(
+                    ftl.nand().power_lost(),
+                    "cut {cut}: {op:?} failed without a cut: {e}"
+                );
+                // The operation in flight may or may not have taken effect.
+                if !matches!(op, Op::Flush) {
+                    model.apply(op);
+                }
+                break;
+            }
+        }
+    }
+    let mut nand = ftl.into_nand();
+    nand.restore_power();
+    let at = format!("cut {cut}");
+    let mut ftl =
+        Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: mount failed: {e}"));
+    let seen = verify(&mut ftl, &model, logical, &at);
+    // Recovery leaves a usable FTL: what was read is now the flushed state; write more.
+    let mut model = Model::new(logical);
+    model.flushed = seen;
+    let mut rng = Rng::new(cut);
+    for i in 0..24 {
+        let lba = rng.below(logical as u64) as u32;
+        let v = 1_000_000 + cut as u32 * 32 + i;
+        ftl.write(Lba(lba), &content(lba, v))
+            .unwrap_or_else(|e| panic!("{at}: write after recovery: {e}"));
+        model.apply(Op::Write(lba, v));
+    }
+    ftl.flush().unwrap();
+    model.apply(Op::Flush);
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: remount: {e}"));
+    verify(&mut ftl, &model, logical, &format!("{at}, after recovery"));
+    if cut % 97 == 0 {
+        let report = ftl.check().unwrap();
+        assert_eq!(report.problems(), 0, "{at}: {report:?}");
+    }
+}
+
+fn sweep(s: &Setup, min_points: u64) {
+    let total = dry_run(s);
+    assert!(
+        total >= min_points,
+        "workload has only {total} NAND operations"
+    );
+    let mut mem = OwnedFtlMemory::new(&s.geo, &s.cfg);
+    for cut in 0..=total {
+        cut_at(s, cut, &mut mem);
+    }
+    eprintln!("swept {} cut points", total + 1);
+}
+
+#[test]
+fn power_cut_at_every_op_four_slot_pages() {
+    let logical = 384;
+    let s = Setup {
+        geo: small_geometry(4, 16, logical),
+        cfg: config(logical, 3),
+        ops: workload(7, logical, 5400),
+    };
+    sweep(&s, 2000);
+}
+
+#[test]
+fn power_cut_at_every_op_one_slot_pages() {
+    let logical = 256;
+    let s = Setup {
+        geo: small_geometry(1, 16, logical),
+        cfg: config(logical, 2),
+        ops: workload(8, logical, 1100),
+    };
+    sweep(&s, 1000);
+}

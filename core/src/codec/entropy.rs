@@ -543,6 +543,12 @@ pub fn encode_with_histogram(
     out: &mut [u8],
     scratch: &mut EncoderScratch,
 ) -> Result<usize, CodecError> {
+    // Only a caller-supplied model can miss a symbol; counting never does.
+    for &s in symbols {
+        if model.counts[s as usize] == 0 {
+            return Err(CodecError::SymbolNotInModel(s));
+        }
+    }
     scratch.hist.counts = model.counts;
     encode_counted(symbols, out, scratch)
 }
@@ -574,6 +580,19 @@ fn encode_counted(
     Ok(raw_len)
 }
 
+/// One encoder step of a lane, for the quad loop of [`try_rans`]: `k` words emitted so far in
+/// this quad sit in the top of `acc`.
+#[inline(always)]
+fn enc_step(x: &mut u32, e: &EncSym, acc: &mut u64, k: &mut u32) {
+    let emit = u32::from(*x >= e.x_max);
+    // k ≤ 3 whenever emit is 1, so the shift stays in range; when emit is 0 nothing is added.
+    *acc |= u64::from((*x & 0xffff) * emit) << ((48 - 16 * *k) & 63);
+    *k += emit;
+    let xi = *x >> (16 * emit);
+    let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
+    *x = xi + e.bias + q * e.cmpl;
+}
+
 /// rANS-codes into `out` when that is smaller than `raw_len`; `Ok(None)` means "store raw".
 fn try_rans(
     symbols: &[u8],
@@ -594,11 +613,6 @@ fn try_rans(
         return Ok(None);
     }
     build_encoder(&scratch.freqs, &mut scratch.syms);
-    for &s in symbols {
-        if scratch.freqs[s as usize] == 0 {
-            return Err(CodecError::SymbolNotInModel(s));
-        }
-    }
 
     // Words are written backwards from `limit`; running into the states area means the coded
     // form is not smaller than raw.
@@ -628,24 +642,25 @@ fn try_rans(
         }
     }
     let syms = &scratch.syms;
-    // Hot loop: branch-free renormalisation. Emission is data-dependent and close to random, so
-    // a branch would mispredict often; instead the word is always stored at `w − 2` and `w` moves
-    // only when it counts (a stale store is overwritten by the next real one).
+    // Hot loop, branch-free: whether a lane emits is close to random, so a branch would
+    // mispredict often. The words a quad emits (at most four) are gathered in a u64, first word
+    // in the top bits, and stored with one 8-byte write ending at `w`; bytes below the words
+    // actually emitted are scratch that later quads overwrite.
+    let [mut x0, mut x1, mut x2, mut x3] = x;
     for quad in symbols[..full].chunks_exact(LANES).rev() {
         if w < words_floor + 2 * LANES {
             return Ok(None);
         }
-        for lane in (0..LANES).rev() {
-            let e = syms[quad[lane] as usize];
-            let xi = x[lane];
-            let emit = (xi >= e.x_max) as usize;
-            out[w - 2..w].copy_from_slice(&(xi as u16).to_le_bytes());
-            w -= 2 * emit;
-            let xi = xi >> (16 * emit);
-            let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-            x[lane] = xi + e.bias + q * e.cmpl;
-        }
+        let mut acc = 0u64;
+        let mut k = 0u32;
+        enc_step(&mut x3, &syms[quad[3] as usize], &mut acc, &mut k);
+        enc_step(&mut x2, &syms[quad[2] as usize], &mut acc, &mut k);
+        enc_step(&mut x1, &syms[quad[1] as usize], &mut acc, &mut k);
+        enc_step(&mut x0, &syms[quad[0] as usize], &mut acc, &mut k);
+        out[w - 8..w].copy_from_slice(&acc.to_le_bytes());
+        w -= 2 * k as usize;
     }
+    let x = [x0, x1, x2, x3];
     for (lane, xi) in x.iter().enumerate() {
         let at = front + 4 * lane;
         out[at..at + 4].copy_from_slice(&xi.to_le_bytes());

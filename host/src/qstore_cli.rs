@@ -416,7 +416,7 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
     let mut hb = [0u8; HEADER_LEN];
     fh.write(&mut hb);
     let tmp = out.with_extension("qst.partial");
-    {
+    let write = || -> Result<()> {
         let mut w = std::io::BufWriter::new(
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
         );
@@ -427,8 +427,12 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
             .map_err(|e| e.into_error())?
             .sync_all()
             .context("writing the .qst file")?;
+        std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(PackSummary {
         input_len: file.len() as u64,
         output_len: HEADER_LEN as u64 + fh.dir_len + fh.int8_len + fh.hp_len,
@@ -805,10 +809,31 @@ fn decode_hp_tensor(
     Ok(bytes)
 }
 
+/// Writes the output next to its final name and renames it into place, so a failed
+/// extraction leaves no half-written model behind.
 fn extract(
     input: &Path,
     precision: Precision,
     out: &Path,
+    threads: usize,
+) -> Result<(u64, u64, u64)> {
+    let tmp = out.with_extension("partial");
+    match extract_to(input, precision, &tmp, threads) {
+        Ok(r) => {
+            std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn extract_to(
+    input: &Path,
+    precision: Precision,
+    tmp: &Path,
     threads: usize,
 ) -> Result<(u64, u64, u64)> {
     let Opened {
@@ -818,9 +843,8 @@ fn extract(
     } = open(input)?;
     let int8_base = header.int8_start();
     let hp_base = header.hp_start();
-    let tmp = out.with_extension("partial");
     let mut w = std::io::BufWriter::new(
-        File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );
     let mut written = 0u64;
     match precision {
@@ -908,7 +932,6 @@ fn extract(
         }
     }
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok((src.read, src.len, written))
 }
 
@@ -962,8 +985,8 @@ fn info(input: &Path) -> Result<()> {
         pct(h.hp_start())
     );
     println!(
-        "{:<56} {:>5} {:>14} {:>15} {:>12} {:>12}",
-        "tensor", "dtype", "shape", "storage", "INT8 bytes", "HP bytes"
+        "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
+        "tensor", "dtype", "shape", "storage", "bytes", "INT8 bytes", "HP bytes"
     );
     for e in &o.entries {
         let storage = match e.storage {
@@ -973,11 +996,12 @@ fn info(input: &Path) -> Result<()> {
             Storage::QstoreFallback => "qstore+zipnn",
         };
         println!(
-            "{:<56} {:>5} {:>14} {:>15} {:>12} {:>12}",
+            "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
             e.name,
             e.dtype.name(),
             format!("{:?}", e.shape),
             storage,
+            e.bytes()?,
             e.int8_len,
             e.hp_len
         );

@@ -32,9 +32,18 @@ timeout --kill-after=10 "$timeout_s" \
     qemu-system-arm -M mps2-an386 -cpu cortex-m4 -nographic -monitor none -serial none \
     -semihosting-config enable=on,target=native -kernel "$elf" | tee "$log"
 status=${PIPESTATUS[0]}
+# The size probe calls each core operation once; it prints its stack peak and must succeed too.
+timeout --kill-after=10 "$timeout_s" \
+    qemu-system-arm -M mps2-an386 -cpu cortex-m4 -nographic -monitor none -serial none \
+    -semihosting-config enable=on,target=native -kernel "$probe" | tee -a "$log"
+probe_status=${PIPESTATUS[0]}
 set -e
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
-    echo "run-qemu.sh: the self-test did not finish within ${timeout_s}s" >&2
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ] || [ "$probe_status" -eq 124 ]; then
+    echo "run-qemu.sh: an image did not finish within ${timeout_s}s" >&2
+fi
+if [ "$probe_status" -ne 0 ]; then
+    echo "run-qemu.sh: the size probe failed (status $probe_status)" >&2
+    [ "$status" -ne 0 ] || status=$probe_status
 fi
 
 # The probe image calls only the core's API: its size is what the core costs in flash.

@@ -18,6 +18,8 @@ use nandbox_core::{
     nand::Geometry,
 };
 
+use crate::pattern::Model;
+
 /// Erase blocks in the array.
 pub const BLOCKS: usize = 24;
 
@@ -87,10 +89,8 @@ pub struct Testbench {
     pub coded: [u8; CODED_BYTES],
     /// The sample decoded again.
     pub decoded: [u8; SAMPLE_BYTES],
-    /// Per LBA: generation of the last write handed to the FTL (0 = zeros).
-    pub written: [u32; LOGICAL_BLOCKS as usize],
-    /// Per LBA: generation at the last flush that returned Ok.
-    pub durable: [u32; LOGICAL_BLOCKS as usize],
+    /// Per LBA: what it may read (see [`Model`]).
+    pub model: [Model; LOGICAL_BLOCKS as usize],
 }
 
 #[link_section = ".testbench"]
@@ -104,7 +104,7 @@ pub fn take_testbench() -> Option<&'static mut Testbench> {
     }
     // SAFETY: the swap lets exactly one caller past, so this is the only reference ever made to
     // TESTBENCH. It is zeroed through a raw pointer first; all-zero bytes are a valid
-    // `Testbench` (it holds only byte arrays).
+    // `Testbench` (it holds byte arrays and `Model`s, whose all-zero state is a fresh block).
     unsafe {
         let bench = addr_of_mut!(TESTBENCH);
         bench.write_bytes(0, 1);

@@ -66,3 +66,86 @@ pub fn identify(page: &[u8], lba: u32) -> Seen {
         Seen::Foreign
     }
 }
+
+/// What one logical block may read after a power cut, under DESIGN.md's guarantees: its value at
+/// the last flush that returned Ok, or any value handed to the FTL since (a write's generation, or
+/// zeros for a trim). Generations only grow, so "handed since the flush" is a range.
+///
+/// All-zero is the state of a never-written block, so a zeroed array is a fresh model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    /// Generation durable at the last flush (0: zeros).
+    durable: u32,
+    /// Lowest generation handed to the FTL since the last flush (0: none).
+    since: u32,
+    /// Latest generation handed to the FTL.
+    latest: u32,
+    /// Trimmed since the last flush.
+    trimmed: bool,
+    /// The latest operation on the block was a trim: it reads zeros now.
+    latest_zero: bool,
+}
+
+impl Model {
+    /// A write of `generation` was handed to the FTL (whatever it returned).
+    pub fn write(&mut self, generation: u32) {
+        if self.since == 0 {
+            self.since = generation;
+        }
+        self.latest = generation;
+        self.latest_zero = false;
+    }
+
+    /// A trim was handed to the FTL (whatever it returned).
+    pub fn trim(&mut self) {
+        self.trimmed = true;
+        self.latest_zero = true;
+    }
+
+    /// A flush returned Ok: the latest value is durable.
+    pub fn flushed(&mut self) {
+        self.durable = if self.latest_zero { 0 } else { self.latest };
+        self.since = 0;
+        self.trimmed = false;
+    }
+
+    /// What the block must read now, with power on throughout.
+    pub fn expected(&self) -> Seen {
+        if self.latest_zero || self.latest == 0 {
+            Seen::Zeros
+        } else {
+            Seen::Written(self.latest)
+        }
+    }
+
+    /// Whether `seen` is allowed after a power cut.
+    pub fn allows(&self, seen: Seen) -> bool {
+        match seen {
+            Seen::Zeros => self.durable == 0 || self.trimmed,
+            Seen::Written(g) => {
+                g == self.durable || (self.since != 0 && self.since <= g && g <= self.latest)
+            }
+            Seen::Foreign => false,
+        }
+    }
+
+    /// After a remount the block holds `seen` (allowed), which is durable from now on.
+    pub fn settle(&mut self, seen: Seen) {
+        let g = match seen {
+            Seen::Written(g) => g,
+            _ => 0,
+        };
+        *self = Model {
+            durable: g,
+            since: 0,
+            latest: g,
+            trimmed: false,
+            latest_zero: g == 0,
+        };
+    }
+
+    /// The allowed range, for messages: (durable, since, latest, trimmed).
+    pub fn describe(&self) -> (u32, u32, u32, bool) {
+        (self.durable, self.since, self.latest, self.trimmed)
+    }
+}

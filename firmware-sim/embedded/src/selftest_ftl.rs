@@ -1,10 +1,11 @@
 //! Self-test of the FTL on the microcontroller, over the strict RAM NAND.
 //!
 //! Format; fill every logical block; overwrite at random several times the capacity so garbage
-//! collection must run; trim; idle work; a clean remount; then a series of power cuts at chosen
-//! NAND operation indices, each followed by a remount and a check of DESIGN.md's guarantees: every
-//! block reads its content at the last successful flush or a later one handed to the FTL, never a
-//! torn mix, never garbage, never another block's data. Every page written says which block and
+//! collection must run; trim; idle work; a clean remount; then a series of power cuts at
+//! Fibonacci-spaced NAND operation indices during a random mix of writes, trims, idle steps and
+//! flushes, each followed by a remount and a check of DESIGN.md's guarantees: every block reads its
+//! content at the last successful flush or a later one handed to the FTL (zeros if trimmed since),
+//! never a torn mix, never garbage, never another block's data. Every page written says which block and
 //! generation it is ([`pattern`]), so a read is identified exactly.
 //!
 //! The FTL's RAM is statics sized at build time by `FtlMemory::required`, so it shows in `.bss`.
@@ -20,7 +21,7 @@ use nandbox_core::{
 use crate::{
     board::{Testbench, BLOCKS, GEOMETRY, LOGICAL_BLOCKS},
     ftl_ram::{FtlRam, FtlRecords, CONFIG, REQ},
-    pattern::{self, Seen},
+    pattern::{self, Model},
     ram_nand::RamNand,
     report::Report,
     static_once,
@@ -80,8 +81,8 @@ pub fn print_memory() {
     }
 }
 
-/// Verifies every LBA against the generations the guarantees allow: `durable[l] ..= written[l]`
-/// (zeros count as generation 0). Returns the number of mismatches, printing the first few.
+/// Verifies every LBA against what the guarantees allow ([`pattern::Model`]), and settles the
+/// model on what was read. Returns the number of mismatches, printing the first few.
 fn verify_all(
     ftl: &mut TheFtl<'_, '_, '_>,
     bench: &mut Testbench,
@@ -90,31 +91,23 @@ fn verify_all(
     let mut bad = 0;
     for l in 0..LOGICAL_BLOCKS {
         ftl.read(Lba(l), &mut bench.readback)?;
-        let (lo, hi) = (bench.durable[l as usize], bench.written[l as usize]);
         let seen = pattern::identify(&bench.readback, l);
-        let ok = match seen {
-            Seen::Zeros => lo == 0,
-            Seen::Written(g) => lo <= g && g <= hi,
-            Seen::Foreign => false,
-        };
-        if ok {
-            // What the block holds now is durable from here on (reads do not change it).
-            let g = match seen {
-                Seen::Written(g) => g,
-                _ => 0,
-            };
-            bench.durable[l as usize] = g;
-            bench.written[l as usize] = g;
+        let model = &mut bench.model[l as usize];
+        if model.allows(seen) {
+            model.settle(seen);
         } else {
             bad += 1;
             if bad <= 3 {
+                let (durable, since, latest, trimmed) = model.describe();
                 hprintln!(
-                    "     {}: LBA {} reads {:?}, allowed generations {}..={}",
+                    "     {}: LBA {} reads {:?}; durable {}, handed since {}..={}, trimmed {}",
                     what,
                     l,
                     seen,
-                    lo,
-                    hi
+                    durable,
+                    since,
+                    latest,
+                    trimmed
                 );
             }
         }
@@ -145,14 +138,30 @@ fn write_next(
     generation: &mut u32,
 ) -> Result<(), Error<crate::ram_nand::RamNandError>> {
     *generation += 1;
-    bench.written[l as usize] = *generation;
+    bench.model[l as usize].write(*generation);
     pattern::fill(&mut bench.page, l, *generation);
     ftl.write(Lba(l), &bench.page)
 }
 
-/// Marks everything written so far as durable (after a flush returned Ok).
+/// Marks everything handed to the FTL so far as durable (after a flush returned Ok).
 fn mark_durable(bench: &mut Testbench) {
-    bench.durable = bench.written;
+    for m in bench.model.iter_mut() {
+        m.flushed();
+    }
+}
+
+/// Trims `count` blocks from `first`, recording that they may read zeros from now on (a trim
+/// cut by power loss may or may not survive; generations written later stay allowed).
+fn trim(
+    ftl: &mut TheFtl<'_, '_, '_>,
+    bench: &mut Testbench,
+    first: u32,
+    count: u32,
+) -> Result<(), Error<crate::ram_nand::RamNandError>> {
+    for m in &mut bench.model[first as usize..(first + count) as usize] {
+        m.trim();
+    }
+    ftl.trim(Lba(first), count)
 }
 
 fn is_power_loss<E: NandFault>(e: &Error<E>) -> bool {
@@ -172,8 +181,7 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         report.check("ftl: array matches its geometry", false);
         return;
     };
-    bench.written.fill(0);
-    bench.durable.fill(0);
+    bench.model.fill(Model::default());
     let mut generation = 0u32;
 
     let Some(mut ftl) = report.check_ok(
@@ -234,14 +242,8 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         if result.is_ok() && i % 7 == 0 {
             let r = rng.below(LOGICAL_BLOCKS);
             result = ftl.read(Lba(r), &mut bench.readback);
-            let want = bench.written[r as usize];
             let seen = pattern::identify(&bench.readback, r);
-            let expected = if want == 0 {
-                Seen::Zeros
-            } else {
-                Seen::Written(want)
-            };
-            if result.is_ok() && seen != expected {
+            if result.is_ok() && seen != bench.model[r as usize].expected() {
                 spot_bad += 1;
             }
         }
@@ -281,10 +283,9 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     );
 
     // Trim a range: it reads zeros, also after a flush.
-    let trimmed = ftl.trim(Lba(100), 32).and_then(|()| ftl.flush());
+    let trimmed = trim(&mut ftl, bench, 100, 32).and_then(|()| ftl.flush());
     if trimmed.is_ok() {
-        bench.written[100..132].fill(0);
-        bench.durable[100..132].fill(0);
+        mark_durable(bench);
     }
     report.check("ftl: trim 32 blocks and flush", trimmed.is_ok());
     let r = verify_all(&mut ftl, bench, "trim");
@@ -316,23 +317,28 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         matches!(r, Ok(0)),
     );
 
-    // Power cuts at chosen operation indices, each during a workload of writes with a flush
-    // every 120; the workload runs until the cut lands (bounded), then remount and check.
-    let cuts = [3u32, 29, 97, 211, 433, 877, 1601];
+    // Power cuts at Fibonacci-spaced NAND operation indices, each during a random workload of
+    // writes, small trims, idle steps (cost-benefit GC, wear levelling) and flushes that runs
+    // until the cut lands (bounded); then remount and check.
+    let cuts = [
+        1u32, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584,
+    ];
     let mut cut_ok = 0;
     let mut tripped = 0;
     for (n, &cut) in cuts.iter().enumerate() {
         ftl.nand_mut().cut_power_after(cut);
         let mut lost = false;
-        for i in 0..4000u32 {
+        for _ in 0..8000u32 {
             let l = rng.below(LOGICAL_BLOCKS);
-            let mut r = write_next(&mut ftl, bench, l, &mut generation);
-            if r.is_ok() && i % 120 == 119 {
-                r = ftl.flush();
-                if r.is_ok() {
-                    mark_durable(bench);
+            let r = match rng.below(100) {
+                0..=84 => write_next(&mut ftl, bench, l, &mut generation),
+                85..=89 => {
+                    let count = (1 + rng.below(4)).min(LOGICAL_BLOCKS - l);
+                    trim(&mut ftl, bench, l, count)
                 }
-            }
+                90..=92 => ftl.idle().map(|_| ()),
+                _ => ftl.flush().map(|()| mark_durable(bench)),
+            };
             if let Err(e) = r {
                 lost = is_power_loss(&e);
                 if !lost {
@@ -349,12 +355,6 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         cells.power_cycle();
         match Ftl::mount(cells, ram.lend(records)) {
             Ok(mut f) => {
-                hprintln!(
-                    "     cut at op {}: {} remounted, {} free blocks",
-                    cut,
-                    if lost { "torn," } else { "not reached," },
-                    f.free_blocks()
-                );
                 let r = verify_all(&mut f, bench, "power cut");
                 if matches!(r, Ok(0)) {
                     cut_ok += 1;

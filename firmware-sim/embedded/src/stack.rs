@@ -28,3 +28,19 @@ pub fn peak_use() -> (usize, usize) {
     }
     (top - addr, top - bottom)
 }
+
+/// Paints the free part of the stack again, so the next [`peak_use`] measures only what runs
+/// after this call.
+pub fn repaint() {
+    let bottom = core::ptr::addr_of!(_stack_end) as usize;
+    // Everything below the current stack pointer is free (no interrupt handler runs in the
+    // image); a small margin keeps clear of this function's own frame.
+    let sp = cortex_m::register::msp::read() as usize - 32;
+    let mut addr = bottom;
+    while addr < sp {
+        // SAFETY: [bottom, sp) lies in the stack region reserved by the linker script and below
+        // every live frame, so no Rust value lives there; writing a u32 to it is sound.
+        unsafe { core::ptr::write_volatile(addr as *mut u32, STACK_PAINT_VALUE) };
+        addr += 4;
+    }
+}

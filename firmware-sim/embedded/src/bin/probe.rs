@@ -1,15 +1,17 @@
 //! Size probe: an image that calls every public operation of the core once (format, mount,
 //! read, write, trim, flush, idle; ZipNN compress and decompress) and nothing else: no test
 //! harness and no formatted output, so its `.text`/`.rodata` measure what the core costs in
-//! flash. Inputs pass through `black_box` so nothing is folded away. It exits through
-//! semihosting, with success only if every call returned `Ok`.
+//! flash. Inputs pass through `black_box` so nothing is folded away. It prints the peak stack of
+//! the FTL calls and of the codec calls (painted stack, repainted between the two; digits
+//! formatted by hand so `core::fmt` stays out), and exits through semihosting, with success only
+//! if every call returned `Ok`.
 #![no_std]
 #![no_main]
 
 use core::hint::black_box;
 
 use cortex_m_rt::entry;
-use cortex_m_semihosting::debug;
+use cortex_m_semihosting::{debug, hio};
 use nandbox_core::{
     codec::{
         entropy::{DecoderTables, EncoderScratch},
@@ -22,7 +24,7 @@ use nandbox_embedded::{
     ftl_ram::{FtlRam, FtlRecords, CONFIG},
     ram_nand::RamNand,
     selftest_codec::CodecMemory,
-    static_once,
+    stack, static_once,
 };
 
 fn exercise() -> Option<()> {
@@ -53,6 +55,11 @@ fn exercise() -> Option<()> {
     let mut ftl = Ftl::mount(&mut nand, ram.lend(records)).ok()?;
     ftl.read(Lba(black_box(7)), &mut bench.readback).ok()?;
     black_box(ftl.stats());
+    print_stack_peak(
+        b"FTL: format, write, trim, flush, idle, mount, read",
+        stack::peak_use().0,
+    );
+    stack::repaint();
 
     let len = black_box(bench.sample.len());
     let coded = zipnn::compress(
@@ -72,12 +79,40 @@ fn exercise() -> Option<()> {
         &mut codec.decoder,
     )
     .ok()?;
+    print_stack_peak(b"ZipNN: compress and decompress", stack::peak_use().0);
     (bench.readback == bench.page && bench.decoded == bench.sample).then_some(())
+}
+
+/// Writes `footprint: probe stack peak, WHAT: N bytes` without `core::fmt`.
+fn print_stack_peak(what: &[u8], bytes: usize) {
+    let mut line = *b": stack peak           ";
+    let mut digits = [0u8; 10];
+    let mut n = bytes;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = line.len() - 10;
+    for i in 0..len {
+        line[start + i] = digits[len - 1 - i];
+    }
+    if let Ok(mut out) = hio::hstdout() {
+        let _ = out.write_all(b"footprint: probe, ");
+        let _ = out.write_all(what);
+        let _ = out.write_all(&line[..start + len]);
+        let _ = out.write_all(b" bytes\n");
+    }
 }
 
 #[entry]
 fn main() -> ! {
-    let status = if exercise().is_some() {
+    let ok = exercise().is_some();
+    let status = if ok {
         debug::EXIT_SUCCESS
     } else {
         debug::EXIT_FAILURE

@@ -61,7 +61,7 @@ const RETRY: usize = 5;
 /// roll-forward work at mount.
 const CP_INTERVAL: u32 = 24;
 /// Reads of a page that failed a CRC before the failure is believed (bit flips are transient).
-const READ_ATTEMPTS: u32 = 3;
+const READ_ATTEMPTS: u32 = 8;
 
 /// Block states kept in RAM.
 mod st {
@@ -481,6 +481,22 @@ impl<'a, N: Nand> Ftl<'a, N> {
         Ok(self.lookup(lba.0)?.is_some())
     }
 
+    /// The slot a logical block lives in, if mapped (for tools and fault-injection tests).
+    /// A slot still in a write buffer is reported too; flush first to pin it to flash.
+    pub fn locate(&mut self, lba: Lba) -> R<Option<Ppa>, N::Error> {
+        self.check_range(lba.0, 1)?;
+        let p = self.lookup(lba.0)?;
+        Ok(p.is_some().then_some(p))
+    }
+
+    /// The NAT entry of node `g` (where its newest copy lives), for fault-injection tests.
+    pub fn node_location(&self, g: u32) -> Option<Ppa> {
+        self.nat
+            .get(g as usize)
+            .map(|&p| Ppa(p))
+            .filter(|p| p.is_some())
+    }
+
     /// One bounded step of background work: retire failing blocks, checkpoint, cost-benefit GC
     /// or static wear levelling. Returns whether more work is pending.
     pub fn idle(&mut self) -> R<bool, N::Error> {
@@ -792,14 +808,21 @@ impl<'a, N: Nand> Ftl<'a, N> {
         })
     }
 
+    /// Leaves at least one free slot in `log`'s buffer. Loops because programming a full
+    /// buffer can fail and re-append its slots, filling the buffer again.
     fn ensure_room(&mut self, log: usize) -> R<(), N::Error> {
-        if self.logs[log].block != NONE && self.logs[log].fill == self.spp {
-            self.program_log(log)?;
+        for _ in 0..8 {
+            if self.has_room(log) {
+                return Ok(());
+            }
+            if self.logs[log].block != NONE {
+                self.program_log(log)?;
+            }
+            if self.logs[log].block == NONE {
+                self.open_log(log)?;
+            }
         }
-        if self.logs[log].block == NONE {
-            self.open_log(log)?;
-        }
-        Ok(())
+        Err(Error::NoSpace)
     }
 
     fn open_log(&mut self, log: usize) -> R<(), N::Error> {

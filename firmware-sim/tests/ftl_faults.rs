@@ -1,0 +1,276 @@
+//! Media faults: bit flips and corrupt pages are caught by CRCs and reported, never returned as
+//! data; corrupt, unformatted and truncated media are refused at mount with an error naming
+//! the damage; program and erase failures and factory bad blocks retire blocks without losing
+//! data.
+
+mod ftl_support;
+
+use ftl_support::*;
+use nandbox_core::format::Ppa;
+use nandbox_core::ftl::{Error, Ftl, MountError, CP_AREA_BLOCKS};
+use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
+use nandbox_core::Lba;
+use nandbox_sim::{FaultConfig, OwnedFtlMemory, SimNand};
+
+fn page_of(geo: &Geometry, p: Ppa) -> (PageId, usize) {
+    let spp = geo.slots_per_page();
+    (PageId(p.0 / spp), (p.0 % spp) as usize)
+}
+
+#[test]
+fn transient_bit_flips_are_retried_or_reported_never_returned() {
+    let logical = 512;
+    let geo = small_geometry(4, 16, logical);
+    let cfg = config(logical, 3);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    for lba in 0..logical {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    // One read in three now returns a flipped bit somewhere in the page or its spare.
+    ftl.nand_mut().set_faults(FaultConfig {
+        seed: 5,
+        bit_flip_per_read: 0.3,
+        ..FaultConfig::default()
+    });
+    let mut buf = [0u8; BLOCK];
+    let (mut good, mut reported) = (0, 0);
+    for round in 0..4 {
+        for lba in 0..logical {
+            match ftl.read(Lba(lba), &mut buf) {
+                Ok(()) => {
+                    assert_eq!(version_of(lba, &buf), Some(1), "round {round} LBA {lba}");
+                    good += 1;
+                }
+                Err(Error::Corrupted(c)) => {
+                    assert!(!c.what.is_empty());
+                    reported += 1;
+                }
+                Err(e) => panic!("LBA {lba}: {e}"),
+            }
+        }
+    }
+    let flips = ftl.nand().counters().injected_bit_flips;
+    eprintln!(
+        "{good} good reads, {reported} reported, {flips} flips injected, {} retried",
+        ftl.stats().read_retries
+    );
+    assert!(flips > 500, "the fault injector flipped bits");
+    assert!(
+        ftl.stats().read_retries > 100,
+        "transient flips are retried"
+    );
+    assert!(good > 1800);
+    // Mount also survives transient flips (it retries too), and the data is all there.
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("mount with transient flips");
+    ftl.nand_mut().set_faults(FaultConfig::default());
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(1));
+    }
+}
+
+#[test]
+fn corrupt_data_spare_and_node_pages_are_reported_by_name() {
+    let logical = 1024;
+    let geo = small_geometry(1, 32, logical);
+    let cfg = config(logical, 2);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    for lba in 0..logical {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let mut buf = [0u8; BLOCK];
+
+    // A flipped data bit: the data CRC catches it.
+    let (page, slot) = page_of(&geo, ftl.locate(Lba(10)).unwrap().unwrap());
+    ftl.nand_mut().flip_bit(page, slot * BLOCK + 100, 3);
+    match ftl.read(Lba(10), &mut buf) {
+        Err(Error::Corrupted(c)) => assert_eq!(c.what, "data CRC mismatch"),
+        other => panic!("expected a CRC error, got {other:?}"),
+    }
+    // A flipped spare bit: the record's own CRC catches it.
+    let (page, slot) = page_of(&geo, ftl.locate(Lba(20)).unwrap().unwrap());
+    ftl.nand_mut().flip_spare_bit(page, slot * 64 + 9, 0);
+    match ftl.read(Lba(20), &mut buf) {
+        Err(Error::Corrupted(c)) => assert_eq!(c.what, "spare record damaged"),
+        other => panic!("expected a record error, got {other:?}"),
+    }
+    // Neighbours are untouched.
+    ftl.read(Lba(11), &mut buf).unwrap();
+    assert_eq!(version_of(11, &buf), Some(1));
+    let report = ftl.check().unwrap();
+    assert_eq!(report.bad_data_crc, 1, "{report:?}");
+    assert_eq!(report.bad_records, 1, "{report:?}");
+    assert_eq!(report.problems(), 2, "{report:?}");
+
+    // A damaged node page: the device refuses to mount and names it. A remount's checkpoint
+    // writes every cached node, so node 2 is on flash afterwards.
+    let nand = ftl.into_nand();
+    let ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    let node = ftl
+        .node_location(2)
+        .expect("node 2 is on flash after a mount");
+    let (page, slot) = page_of(&geo, node);
+    let mut nand = ftl.into_nand();
+    nand.flip_bit(page, slot * BLOCK + 40, 1);
+    match Ftl::mount(nand, mem.lend()) {
+        Err(MountError::Corrupted(c)) => {
+            assert_eq!(c.what, "data CRC mismatch");
+            assert_eq!(c.at, node.0);
+        }
+        Err(e) => panic!("expected a corrupt node page, got {e}"),
+        Ok(_) => panic!("mounted over a corrupt node page"),
+    }
+}
+
+#[test]
+fn unformatted_garbage_and_truncated_media_are_refused() {
+    let logical = 512;
+    let geo = small_geometry(1, 32, logical);
+    let cfg = config(logical, 2);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+
+    // Never formatted: every page reads erased.
+    match Ftl::mount(SimNand::new_ram(geo), mem.lend()) {
+        Err(MountError::Unformatted) => {}
+        Err(e) => panic!("expected Unformatted, got {e}"),
+        Ok(_) => panic!("mounted blank media"),
+    }
+
+    // Garbage where checkpoints belong.
+    let mut nand = SimNand::new_ram(geo);
+    let mut rng = Rng::new(3);
+    let mut data = vec![0u8; geo.page_bytes as usize];
+    let mut spare = vec![0u8; geo.spare_bytes as usize];
+    for b in 0..CP_AREA_BLOCKS {
+        for n in 0..4 {
+            data.iter_mut().for_each(|x| *x = rng.next_u64() as u8);
+            spare.iter_mut().for_each(|x| *x = rng.next_u64() as u8);
+            nand.program(geo.page(BlockId(b), n), &data, &spare)
+                .unwrap();
+        }
+    }
+    match Ftl::mount(nand, mem.lend()) {
+        Err(MountError::Corrupted(c)) => {
+            assert_eq!(c.what, "no valid checkpoint pack in the checkpoint area")
+        }
+        Err(e) => panic!("expected Corrupted, got {e}"),
+        Ok(_) => panic!("mounted garbage"),
+    }
+
+    // Every checkpoint pack damaged.
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    for lba in 0..64 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let mut nand = ftl.into_nand();
+    let mut s = vec![0u8; geo.spare_bytes as usize];
+    for b in 0..CP_AREA_BLOCKS {
+        for n in 0..geo.pages_per_block {
+            let page = geo.page(BlockId(b), n);
+            nand.read_spare(page, &mut s).unwrap();
+            if s.iter().any(|&x| x != 0xFF) {
+                nand.flip_bit(page, 200, 0);
+            }
+        }
+    }
+    match Ftl::mount(nand, mem.lend()) {
+        Err(MountError::Corrupted(c)) => {
+            assert_eq!(c.what, "no valid checkpoint pack in the checkpoint area")
+        }
+        Err(e) => panic!("expected Corrupted, got {e}"),
+        Ok(_) => panic!("mounted with every checkpoint damaged"),
+    }
+
+    // Truncated: the same pages on an array with fewer blocks.
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    for lba in 0..64 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let mut full = ftl.into_nand();
+    let short_geo = Geometry {
+        blocks: geo.blocks - 8,
+        ..geo
+    };
+    let mut short = SimNand::new_ram(short_geo);
+    for page in 0..short_geo.total_pages() {
+        full.read(PageId(page), &mut data, &mut spare).unwrap();
+        if data.iter().chain(spare.iter()).any(|&x| x != 0xFF) {
+            short.program(PageId(page), &data, &spare).unwrap();
+        }
+    }
+    match Ftl::mount(short, mem.lend()) {
+        Err(MountError::GeometryMismatch {
+            formatted_blocks,
+            actual_blocks,
+        }) => {
+            assert_eq!(formatted_blocks, geo.blocks);
+            assert_eq!(actual_blocks, geo.blocks - 8);
+        }
+        Err(e) => panic!("expected GeometryMismatch, got {e}"),
+        Ok(_) => panic!("mounted a truncated array"),
+    }
+}
+
+#[test]
+fn program_and_erase_failures_and_factory_bad_blocks_lose_nothing() {
+    let logical = 1024;
+    let mut geo = small_geometry(1, 32, logical);
+    geo.blocks += 16; // room for the blocks this test retires
+    let cfg = config(logical, 3);
+    let faults = FaultConfig {
+        seed: 77,
+        bit_flip_per_read: 0.0,
+        program_fail_rate: 0.0005,
+        erase_fail_rate: 0.005,
+        factory_bad_blocks: 4,
+    };
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::with_faults(geo, faults), cfg, mem.lend()).unwrap();
+    let factory_bad = (0..geo.blocks)
+        .filter(|&b| ftl.is_bad_block(BlockId(b)))
+        .count();
+    assert!(factory_bad >= 4, "factory bad blocks are skipped");
+    let mut disk = vec![0u32; logical as usize];
+    let mut rng = Rng::new(9);
+    let mut buf = [0u8; BLOCK];
+    let mut retired = 0;
+    for i in 0..8000u32 {
+        let lba = rng.below(logical as u64) as u32;
+        if let Err(e) = ftl.write(Lba(lba), &content(lba, i + 1)) {
+            let bad = (0..geo.blocks)
+                .filter(|&b| ftl.is_bad_block(BlockId(b)))
+                .count();
+            panic!(
+                "write {i}: {e} ({bad} bad blocks, {} free)",
+                ftl.free_blocks()
+            );
+        }
+        disk[lba as usize] = i + 1;
+        if i % 500 == 499 {
+            ftl.flush().unwrap();
+            retired += ftl.stats().retired_blocks;
+            let nand = ftl.into_nand();
+            ftl = Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("mount at {i}: {e}"));
+        }
+    }
+    retired += ftl.stats().retired_blocks;
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(disk[lba as usize]), "LBA {lba}");
+    }
+    let report = ftl.check().unwrap();
+    assert_eq!(report.problems(), 0, "{report:?}");
+    let bad_now = (0..geo.blocks)
+        .filter(|&b| ftl.is_bad_block(BlockId(b)))
+        .count();
+    eprintln!("factory bad {factory_bad}, retired {retired}, bad now {bad_now}");
+    assert!(retired >= 2, "failures happened and blocks were retired");
+    assert!(bad_now > factory_bad);
+}

@@ -26,7 +26,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use nandbox_core::codec::entropy::{DecoderTables, EncoderScratch};
 use nandbox_core::codec::qstore::chunk::{
-    hp_record_len, int8_record_len, max_hp_len, max_int8_len, rows_touched,
+    hp_record_len, int8_record_len, max_hp_len, max_int8_len, rows_touched, HP_HEADER_LEN,
+    INT8_HEADER_LEN,
 };
 use nandbox_core::codec::qstore::format::{DirEntry, FileHeader, Storage, HEADER_LEN, MAX_DIMS};
 use nandbox_core::codec::qstore::{
@@ -332,6 +333,14 @@ fn zipnn_code(dtype: zipnn::Dtype, data: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn zipnn_decode(src: &[u8], expected_len: u64) -> Result<Vec<u8>> {
+    // A ZipNN chunk of 256 KiB never codes below ~30 bytes; refuse absurd sizes before
+    // allocating for them.
+    if expected_len > (src.len() as u64 + 1).saturating_mul(1 << 16) {
+        bail!(
+            "corrupted: {expected_len} bytes cannot come from a {}-byte ZipNN container",
+            src.len()
+        );
+    }
     let h = zipnn::ContainerHeader::parse(src).map_err(|e| anyhow!("{e}"))?;
     if h.total_len != expected_len {
         bail!(
@@ -610,7 +619,7 @@ impl Entry {
         self.shape
             .iter()
             .try_fold(self.dtype.size(), |a, &d| a.checked_mul(d))
-            .ok_or_else(|| anyhow!("tensor {:?}: shape overflows", self.name))
+            .ok_or_else(|| anyhow!("tensor {:?}: corrupted: shape overflows", self.name))
     }
 }
 
@@ -649,7 +658,6 @@ fn open(path: &Path) -> Result<Opened> {
             hp_off: e.hp_off,
             hp_len: e.hp_len,
         };
-        entry.bytes()?;
         if matches!(entry.storage, Storage::Qstore | Storage::QstoreFallback)
             && (half_kind(dtype).is_none()
                 || entry.shape.len() != 2
@@ -661,6 +669,26 @@ fn open(path: &Path) -> Result<Opened> {
                 entry.name,
                 entry.shape
             );
+        }
+        let bytes = entry.bytes()?;
+        // Sizes a record can describe, checked before anything is allocated for them.
+        if matches!(entry.storage, Storage::Qstore | Storage::QstoreFallback) {
+            let chunks = (bytes / 2).div_ceil(chunk_elems(entry.shape[1]));
+            let hp_min = if entry.storage == Storage::Qstore {
+                HP_HEADER_LEN as u64
+            } else {
+                0
+            };
+            if chunks.saturating_mul(INT8_HEADER_LEN as u64) > entry.int8_len
+                || chunks.saturating_mul(hp_min) > entry.hp_len
+            {
+                bail!(
+                    "tensor {:?}: corrupted: {chunks} chunks cannot fit in its {} + {} bytes",
+                    entry.name,
+                    entry.int8_len,
+                    entry.hp_len
+                );
+            }
         }
         entries.push(entry);
     }
@@ -863,8 +891,13 @@ fn extract_to(
                 bail!("corrupted: original safetensors header CRC");
             }
             // The header must describe exactly the tensors of the directory, in order.
-            let total: u64 = entries.iter().map(|e| e.bytes()).sum::<Result<u64>>()?;
-            let st = safetensors::parse_header(&json, 8 + json_len + total)
+            let mut total = 8 + json_len;
+            for e in &entries {
+                total = total
+                    .checked_add(e.bytes()?)
+                    .ok_or_else(|| anyhow!("corrupted: tensor sizes overflow"))?;
+            }
+            let st = safetensors::parse_header(&json, total)
                 .context("corrupted: original safetensors header")?;
             if st.tensors.len() != entries.len()
                 || st

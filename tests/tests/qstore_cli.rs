@@ -658,3 +658,73 @@ fn truncated_or_corrupted_files_give_errors_naming_the_damage_never_panics() {
     let r = nandbox(&["qstore", "info", s(&dir.join("missing.qst"))]);
     assert!(!r.status.success());
 }
+
+/// CRC-32 (IEEE), bitwise: enough to re-sign a damaged test file.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn re_signed_directories_with_impossible_shapes_are_refused_not_allocated() {
+    let dir = scratch("resign");
+    let mut rng = Rng(99);
+    let model = dir.join("m.safetensors");
+    let mut tensors = edge_model("BF16", &mut rng);
+    tensors.retain(|t| !matches!(t.name.as_str(), "wide" | "narrow"));
+    write_st(&model, &tensors);
+    let qst = dir.join("m.qst");
+    ok(&["qstore", "pack", s(&model), s(&qst)]);
+    let good = std::fs::read(&qst).unwrap();
+    let dir_len = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+    // The directory entry of "normal" (a [300, 97] BF16 tensor): its two dims.
+    let d = &good[48..48 + dir_len];
+    let name_at = d.windows(6).position(|w| w == b"normal").unwrap();
+    let dims_at = 48 + name_at + 6 + 4;
+    assert_eq!(
+        u64::from_le_bytes(good[dims_at..dims_at + 8].try_into().unwrap()),
+        300
+    );
+    let out = dir.join("out.safetensors");
+    for (rows, cols) in [
+        (1u64 << 40, 1u64 << 20),
+        (301, 97),
+        (300, 96),
+        (u64::MAX / 2, 2),
+        (1, 0),
+    ] {
+        let mut b = good.clone();
+        b[dims_at..dims_at + 8].copy_from_slice(&rows.to_le_bytes());
+        b[dims_at + 8..dims_at + 16].copy_from_slice(&cols.to_le_bytes());
+        let dcrc = crc32(&b[48..48 + dir_len]);
+        b[40..44].copy_from_slice(&dcrc.to_le_bytes());
+        let hcrc = crc32(&b[..44]);
+        b[44..48].copy_from_slice(&hcrc.to_le_bytes());
+        let bad = dir.join("bad.qst");
+        std::fs::write(&bad, &b).unwrap();
+        for p in ["high", "int8"] {
+            let r = nandbox(&[
+                "qstore",
+                "extract",
+                s(&bad),
+                "--precision",
+                p,
+                "-o",
+                s(&out),
+            ]);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert!(!r.status.success(), "[{rows}, {cols}] {p} accepted");
+            assert!(err.contains("corrupted"), "[{rows}, {cols}] {p}: {err}");
+        }
+    }
+}

@@ -49,6 +49,8 @@ def component(name):
     # The board's NAND first: its trait impls name nandbox_core's Nand too.
     if "ram_nand" in name:
         return "RAM NAND (board)"
+    if name.startswith(".L"):
+        return "anonymous constants (strings, panic locations)"
     if "nandbox_core" in name:
         for key, label in (("5codec", "core: codec (zipnn, rANS)"), ("3ftl", "core: FTL"),
                            ("6format", "core: on-flash formats"), ("4nand", "core: nand")):
@@ -92,9 +94,9 @@ for path in sys.argv[1:]:
             t, r = by.get(key, (0, 0))
             by[key] = (t + sz, r) if sec == ".text" else (t, r + sz)
     print("  flash by component (symbol sizes; inlined code counts for its caller):")
-    print("    %-40s %8s %8s" % ("component", ".text", ".rodata"))
+    print("    %-48s %8s %8s" % ("component", ".text", ".rodata"))
     for key, (t, r) in sorted(by.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
-        print("    %-40s %8d %8d" % (key, t, r))
+        print("    %-48s %8d %8d" % (key, t, r))
 PY
 
 if [ -n "$log" ] && [ -f "$log" ]; then

@@ -21,10 +21,11 @@ use nandbox_core::{
 use crate::pattern::Model;
 
 /// Erase blocks in the array.
-pub const BLOCKS: usize = 24;
+pub const BLOCKS: usize = 25;
 
 /// The array: SLC-like 4 KiB pages with the 64 spare bytes per slot the FTL needs, 64 pages per
-/// block, 24 blocks: 6 MiB, small enough that the self-test writes it over several times.
+/// block, 25 blocks (one of them marked bad at the factory by the FTL self-test): 6.25 MiB, small
+/// enough that the self-test writes it over several times.
 pub const GEOMETRY: Geometry = Geometry {
     page_bytes: 4096,
     spare_bytes: 64,
@@ -64,7 +65,7 @@ pub fn take_nand_memory() -> Option<(&'static mut [u8], &'static mut [u8])> {
     }
 }
 
-/// 4 KiB logical blocks the FTL exports on this array: 2 MiB, what 24 blocks of 64 pages hold
+/// 4 KiB logical blocks the FTL exports on this array: 2 MiB, what 24 good blocks of 64 pages hold
 /// after the checkpoint area, open logs, GC reserve and 7% over-provisioning.
 pub const LOGICAL_BLOCKS: u32 = 512;
 

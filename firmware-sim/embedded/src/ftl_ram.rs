@@ -15,6 +15,8 @@ pub const CONFIG: FtlConfig = FtlConfig {
 };
 /// What [`CONFIG`] on the board's geometry needs, computed by the core at build time.
 pub const REQ: MemoryRequirements = FtlMemory::required(&GEOMETRY, &CONFIG);
+// Checked at build time against the whole array; one factory-bad block leaves exactly the
+// minimum, which format checks again at run time.
 const _: () = assert!(CONFIG.check(&GEOMETRY).is_ok());
 
 /// Every table the FTL keeps in RAM, sized at build time. All zeros at boot, so it sits in .bss.

@@ -15,7 +15,7 @@ use core::mem::size_of;
 use cortex_m_semihosting::hprintln;
 use nandbox_core::{
     ftl::{blocks_for_capacity, BlockInfo, CacheSlot, Error, Ftl, FtlConfig, FtlMemory, Lba},
-    nand::{Geometry, NandFault, SLOT_BYTES},
+    nand::{BlockId, Geometry, NandFault, SLOT_BYTES},
 };
 
 use crate::{
@@ -28,6 +28,9 @@ use crate::{
 };
 
 type Nand<'n, 'm> = &'n mut RamNand<'m, BLOCKS>;
+
+/// The block marked bad at the factory, inside the data area.
+const FACTORY_BAD: BlockId = BlockId(11);
 type TheFtl<'r, 'n, 'm> = Ftl<'r, Nand<'n, 'm>>;
 
 /// A 64 MiB device of the `femu` profile: 4 KiB pages, 256 pages per block, 7% over-provisioning
@@ -181,11 +184,14 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         report.check("ftl: array matches its geometry", false);
         return;
     };
+    // One block bad from the factory: the FTL must find it and never program or erase it (the
+    // array refuses both, and the refusals are counted).
+    nand.factory_bad(FACTORY_BAD);
     bench.model.fill(Model::default());
     let mut generation = 0u32;
 
     let Some(mut ftl) = report.check_ok(
-        "ftl: format a 2 MiB device on 24 blocks",
+        "ftl: format a 2 MiB device on 24 good blocks of 25",
         Ftl::format(&mut nand, CONFIG, ram.lend(records)),
     ) else {
         return;
@@ -392,8 +398,8 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     );
     let counts = ftl.nand().counts();
     report.check(
-        "ftl: the FTL never broke the NAND contract",
-        counts.violations == 0,
+        "ftl: the FTL never broke the NAND contract (nor touched the bad block)",
+        counts.violations == 0 && ftl.is_bad_block(FACTORY_BAD),
     );
     hprintln!("     ftl: NAND {:?}", counts);
 }

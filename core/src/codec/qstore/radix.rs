@@ -159,7 +159,8 @@ impl<'a> RadixWriter<'a> {
 pub struct RadixReader<'a> {
     bits: BitReader<'a>,
     value: u64,
-    product: u64,
+    /// Digits left in the current group (a count, so popping costs one division, not two).
+    left: u32,
 }
 
 impl<'a> RadixReader<'a> {
@@ -168,24 +169,26 @@ impl<'a> RadixReader<'a> {
         RadixReader {
             bits: BitReader::new(src),
             value: 0,
-            product: 1,
+            left: 0,
         }
     }
 
     /// True when the current group is used up and the next digit starts a new one.
     pub fn needs_group(&self, width: u16) -> bool {
-        width > 1 && self.product == 1
+        width > 1 && self.left == 0
     }
 
     /// Starts a group: `widths` are the widths from the next digit on (at least until the group
     /// is full); reads the group's bits.
     pub fn begin_group(&mut self, widths: impl Iterator<Item = u16>) -> Result<(), QstoreError> {
         let mut product = 1u64;
+        let mut left = 0u32;
         for w in widths.filter(|&w| w > 1) {
             match product.checked_mul(w as u64) {
                 Some(p) => product = p,
                 None => break,
             }
+            left += 1;
         }
         self.value = if product > 1 {
             let (k, u) = truncated(product);
@@ -203,8 +206,7 @@ impl<'a> RadixReader<'a> {
         if self.value >= product {
             return Err(QstoreError::Corrupted("offset out of its range"));
         }
-        // `product` here counts what is left to read: digits divide it down.
-        self.product = product;
+        self.left = left;
         Ok(())
     }
 
@@ -216,7 +218,7 @@ impl<'a> RadixReader<'a> {
         let w = width as u64;
         let d = (self.value % w) as u16;
         self.value /= w;
-        self.product /= w;
+        self.left = self.left.saturating_sub(1);
         d
     }
 

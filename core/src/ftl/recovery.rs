@@ -58,6 +58,10 @@ fn read_sound<N: Nand>(
 ) -> Result<bool, N::Error> {
     for _ in 0..READ_ATTEMPTS {
         nand.read(PageId(page), data, spare)?;
+        if spare.iter().all(|&b| b == 0xFF) {
+            // Erased (or torn before its spare): the normal end of a block, not a flip.
+            return Ok(false);
+        }
         let sound = (0..spp as usize).all(|i| {
             matches!(SpareRecord::parse(&spare[i * SPARE..]),
                 Ok(r) if crc32(&[&data[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]]) == r.data_crc)

@@ -1,0 +1,144 @@
+//! Pinned costs: a fixed workload's exact NAND reads, spare reads, programs and erases, phase
+//! by phase, so a write-amplification or read-amplification regression fails here. Each figure
+//! is derived in the comment next to it; if a change moves one, re-derive it before re-pinning.
+
+mod ftl_support;
+
+use ftl_support::*;
+use nandbox_core::ftl::{Ftl, Lba};
+use nandbox_core::nand::Geometry;
+use nandbox_sim::{NandCounters, OwnedFtlMemory, SimNand};
+
+/// (reads, spare reads, programs, erases) since `before`.
+fn delta(ftl: &Ftl<'_, SimNand>, before: &mut NandCounters) -> [u64; 4] {
+    let now = ftl.nand().counters();
+    let d = [
+        now.reads - before.reads,
+        now.spare_reads - before.spare_reads,
+        now.programs - before.programs,
+        now.erases - before.erases,
+    ];
+    *before = now;
+    d
+}
+
+#[test]
+fn pinned_costs_one_slot_pages() {
+    // 1024 LBAs = 4 node groups; 4 KiB pages, 32 per block: blocks_for_capacity gives
+    // ceil(1024*1.07/32) = 35 user blocks + 1 node block + 4 checkpoint + 3 logs + 6 GC + 1 = 50.
+    let logical = 1024;
+    let geo: Geometry = small_geometry(1, 32, logical);
+    assert_eq!(geo.blocks, 50);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut c = NandCounters::default();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    // Format: every block erased once (50), then checkpoint block 0 erased again as the first
+    // pack goes into it (1). The pack is a header slot plus one payload slot (4 NAT entries +
+    // 50 block entries = 416 bytes): 2 pages.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 2, 51], "format");
+
+    for lba in 0..256 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    // 256 writes: one program each (one slot per page), 256/32 = 8 blocks opened and erased.
+    // The mapping change of each is replayable from its spare record, so no node page is
+    // written and nothing is read (node 0 was never written: no node read either).
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 256, 8], "256 writes + flush");
+
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..256 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+    }
+    // One page read per host read; the node is cached.
+    assert_eq!(delta(&ftl, &mut c), [256, 0, 0, 0], "256 reads");
+
+    for lba in 0..64 {
+        ftl.write(Lba(lba), &content(lba, 2)).unwrap();
+    }
+    ftl.trim(Lba(64), 64).unwrap();
+    ftl.flush().unwrap();
+    // 64 overwrites: 64 programs filling two new hot blocks (2 erases). The trim leaves no
+    // record, so the flush writes node 0 (1 program into a new node block: 1 erase).
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 65, 3], "overwrite, trim, flush");
+
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    let mount = delta(&ftl, &mut c);
+    // Mount, by steps:
+    // - spare reads: the checkpoint-area walk reads 3 pages of block 0 (a 2-page pack, then an
+    //   erased page) and page 0 of blocks 1-3 (erased): 6. Roll-forward reads page 0 of the 46
+    //   data blocks: 46. Pass 2 reads one spare per replayed slot: 256 + 64 data + 1 node = 321.
+    //   6 + 46 + 321 = 373.
+    // - page reads: pack validation 2 + loading its payload page 1 = 3. Pass 1 validates every
+    //   page written after the format checkpoint: 8 + 2 full blocks (320 pages) and the node
+    //   block's page 0 plus its first erased page (2) = 322. Pass 2 loads node 0 once (1): its
+    //   newest copy (the flush's) postdates every replayed data slot of its group, so none is
+    //   applied and the node stays clean. 3 + 322 + 1 = 326.
+    // - the mount checkpoint has no dirty node to write: one 2-page pack into checkpoint block 1,
+    //   erased first (the block the last pack went to is never appended to after a mount).
+    assert_eq!(mount, [326, 373, 2, 1], "mount");
+    for lba in 0..256 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let want = if lba < 64 {
+            2
+        } else if lba < 128 {
+            0
+        } else {
+            1
+        };
+        assert_eq!(version_of(lba, &buf), Some(want));
+    }
+    // 192 mapped LBAs, one page read each; trimmed ones read as zeros without touching flash.
+    assert_eq!(delta(&ftl, &mut c), [192, 0, 0, 0], "reads after mount");
+}
+
+#[test]
+fn pinned_costs_four_slot_pages() {
+    // 16 KiB pages of four 4 KiB slots, 16 pages per block (64 slots).
+    let logical = 1024;
+    let geo: Geometry = small_geometry(4, 16, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut c = NandCounters::default();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    // Every block once, checkpoint block 0 again; the pack (2 slots) rounds up to one page.
+    assert_eq!(
+        delta(&ftl, &mut c),
+        [0, 0, 1, geo.blocks as u64 + 1],
+        "format"
+    );
+
+    for lba in 0..10 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    // 10 slots: two full pages and one page with 2 data slots + 2 padding slots; 1 block.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 3, 1], "10 writes + flush");
+    let st = *ftl.stats();
+    assert_eq!(
+        st.program_bytes[nandbox_core::Cause::Padding as usize],
+        2 * 4096
+    );
+    assert_eq!(
+        st.program_bytes[nandbox_core::Cause::Data as usize],
+        10 * 4096
+    );
+
+    for lba in 10..16 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    // A flush never appends to a programmed page: the 6 new slots take pages 3 and 4, the
+    // second padded with 2 slots.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 2, 0], "6 writes + flush");
+
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..16 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(1));
+    }
+    // Each 4 KiB host read costs one 16 KiB page read.
+    assert_eq!(delta(&ftl, &mut c), [16, 0, 0, 0], "16 reads");
+}

@@ -16,26 +16,32 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 0 | mode: 0 = raw, 1 = constant, 2 = rANS |
+//! | 0 | mode: 0 = raw, 1 = constant, 2 = rANS, 3 = rANS with contexts |
 //! | 1.. | `n`, the symbol count, LEB128 (1–5 bytes, at most `u32::MAX`) |
 //!
 //! - raw: `n` bytes follow, the symbols themselves.
 //! - constant: one byte follows, the symbol repeated `n` times.
 //! - rANS: the frequency table (bit-packed, see below, padded to a byte), then 4 × u32 final lane
 //!   states (lane 0 first), then u16 renormalisation words up to the end of the block.
+//! - rANS with contexts ([`encode_with_context`]): a mask byte of the contexts present (0..4),
+//!   one 10-bit table per present context, then states and words as above. Symbol `i` is coded
+//!   with the table of context `lut[keys[i]]`, where the keys are side bytes both ends have
+//!   (ZipNN: the exponent of the element whose mantissa is coded).
 //!
-//! The table gives the frequencies `f[s]` (sum exactly 4096, present symbols ≥ 1) of symbols
-//! `first..=last`; bits are read LSB first: `first` (8 bits), `last` (8 bits, `> first`), then for
-//! each `s` in `first..last` an adaptive Rice code of `zigzag(f[s] − f[s−1])` (with `f[first−1] =
-//! 0`); `f[last]` is implied by the sum. The Rice parameter `k` is `max(0, bitlen(avg/4) − 1)`
-//! where `avg` starts at 16 and becomes `avg − avg/4 + v` after each value `v`; a code is `q =
-//! v >> k` one-bits, a zero, and the low `k` bits of `v`, except that `q ≥ 15` is written as 15
-//! one-bits and `v` in 13 bits. Smooth distributions (mantissa planes) cost ~3 bits a symbol.
+//! A table gives the frequencies `f[s]` (sum exactly `M` = 4096, or 1024 for context tables;
+//! present symbols ≥ 1) of symbols `first..=last`; bits are read LSB first: `first` (8 bits),
+//! `last` (8 bits, `> first`), then for each `s` in `first..last` an adaptive Rice code of
+//! `zigzag(f[s] − f[s−1])` (with `f[first−1] = 0`); `f[last]` is implied by the sum. The Rice
+//! parameter `k` is `max(0, bitlen(avg/4) − 1)` where `avg` starts at 16 and becomes `avg −
+//! avg/4 + v` after each value `v`; a code is `q = v >> k` one-bits, a zero, and the low `k`
+//! bits of `v`, except that `q ≥ 15` is written as 15 one-bits and `v` in 13 bits. Smooth
+//! distributions (mantissa planes) cost ~3 bits a symbol.
 //!
 //! Symbol `i` belongs to lane `i mod 4`. Lane states live in `[2^15, 2^31)`; decoding symbol `i`
-//! from state `x`: `slot = x mod 4096`, `s` the symbol with `cum[s] ≤ slot < cum[s] + f[s]`,
-//! `x ← f[s]·(x >> 12) + slot − cum[s]`, and if `x < 2^15`, `x ← (x << 16) | next word`. Every
-//! lane ends in state `2^15` and every word is consumed; anything else is corruption.
+//! from state `x` with a table of `M = 2^B`: `slot = x mod M`, `s` the symbol with `cum[s] ≤
+//! slot < cum[s] + f[s]`, `x ← f[s]·(x >> B) + slot − cum[s]`, and if `x < 2^15`, `x ← (x <<
+//! 16) | next word`. Every lane ends in state `2^15` and every word is consumed; anything else is
+//! corruption.
 //!
 //! # Use
 //!
@@ -60,7 +66,12 @@ use super::CodecError;
 /// Probability precision: frequencies sum to `1 << SCALE_BITS`.
 pub const SCALE_BITS: u32 = 12;
 const SCALE: u32 = 1 << SCALE_BITS;
-const SCALE_MASK: u32 = SCALE - 1;
+/// Entries of the decoding table.
+const SLOTS: usize = SCALE as usize;
+/// Precision of per-context tables: four of them share the one 4096-entry decoding table.
+pub const CTX_SCALE_BITS: u32 = 10;
+/// Most contexts a block made by [`encode_with_context`] can have.
+pub const MAX_CONTEXTS: usize = 4;
 /// Lower bound of a lane state. With 16-bit renormalisation states stay below 2^31, which keeps
 /// the encoder's reciprocal division exact.
 const RANS_L: u32 = 1 << 15;
@@ -73,6 +84,8 @@ pub const MODE_RAW: u8 = 0;
 pub const MODE_CONSTANT: u8 = 1;
 /// Block mode byte: rANS coded.
 pub const MODE_RANS: u8 = 2;
+/// Block mode byte: rANS coded with per-context tables (see [`encode_with_context`]).
+pub const MODE_RANS_CTX: u8 = 3;
 
 /// Largest block header (mode byte and LEB128 count).
 pub const MAX_HEADER_LEN: usize = 6;
@@ -153,13 +166,29 @@ struct EncSym {
     cmpl: u32,
 }
 
-/// Working memory of the encoder (about 8 KiB), lent by the caller and reusable.
+/// Working memory of the encoder (about 36 KiB, most of it for per-context tables), lent by the
+/// caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {
     hist: Histogram,
     freqs: [u16; 256],
     syms: [EncSym; 256],
+    ctx_hist: [Histogram; MAX_CONTEXTS],
+    ctx_freqs: [[u16; 256]; MAX_CONTEXTS],
+    ctx_syms: [[EncSym; 256]; MAX_CONTEXTS],
+    table_tmp: [u8; MAX_TABLE_LEN],
 }
+
+/// Largest table description: 16 bits of range, then at most 255 codes of at most 28 bits.
+const MAX_TABLE_LEN: usize = (16 + 255 * 28usize).div_ceil(8);
+
+const ENC_SYM_ZERO: EncSym = EncSym {
+    x_max: 0,
+    rcp: 0,
+    rcp_shift: 0,
+    bias: 0,
+    cmpl: 0,
+};
 
 impl Default for EncoderScratch {
     fn default() -> Self {
@@ -173,13 +202,11 @@ impl EncoderScratch {
         EncoderScratch {
             hist: Histogram::new(),
             freqs: [0; 256],
-            syms: [EncSym {
-                x_max: 0,
-                rcp: 0,
-                rcp_shift: 0,
-                bias: 0,
-                cmpl: 0,
-            }; 256],
+            syms: [ENC_SYM_ZERO; 256],
+            ctx_hist: [const { Histogram::new() }; MAX_CONTEXTS],
+            ctx_freqs: [[0; 256]; MAX_CONTEXTS],
+            ctx_syms: [[ENC_SYM_ZERO; 256]; MAX_CONTEXTS],
+            table_tmp: [0; MAX_TABLE_LEN],
         }
     }
 
@@ -192,8 +219,9 @@ impl EncoderScratch {
 /// Decoding table (16 KiB), lent by the caller and reusable.
 #[derive(Clone, Debug)]
 pub struct DecoderTables {
-    /// Per slot: `f[s] | (slot − cum[s]) << 12 | s << 24`.
-    slots: [u32; SCALE as usize],
+    /// Per slot: `f[s] | (slot − cum[s]) << 12 | s << 24`. One 4096-slot table, or four
+    /// 1024-slot context tables one after the other.
+    slots: [u32; SLOTS],
 }
 
 impl Default for DecoderTables {
@@ -205,9 +233,7 @@ impl Default for DecoderTables {
 impl DecoderTables {
     /// Fresh table memory.
     pub const fn new() -> Self {
-        DecoderTables {
-            slots: [0; SCALE as usize],
-        }
+        DecoderTables { slots: [0; SLOTS] }
     }
 }
 
@@ -344,9 +370,10 @@ fn log2_q16(x: u32) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Model: normalisation and the table description.
 
-/// Scales counts to frequencies summing to 4096, every present symbol at least 1, nudging the
-/// rounding where it costs the fewest bits.
-fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256]) {
+/// Scales counts to frequencies summing to `2^scale_bits`, every present symbol at least 1,
+/// nudging the rounding where it costs the fewest bits. Needs at least two present symbols.
+fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256], scale_bits: u32) {
+    let scale = 1u32 << scale_bits;
     let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     let mut sum: u32 = 0;
     for s in 0..256 {
@@ -354,17 +381,17 @@ fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256]) {
         freqs[s] = if c == 0 {
             0
         } else {
-            ((c * u64::from(SCALE) + total / 2) / total).clamp(1, u64::from(SCALE) - 1) as u16
+            ((c * u64::from(scale) + total / 2) / total).clamp(1, u64::from(scale) - 1) as u16
         };
         sum += u32::from(freqs[s]);
     }
     // Each step moves one unit where the code length changes least per unit of count
     // (derivative of c·log2 f at f ± ½). At most 256 steps: rounding and the floor of 1 move the
     // sum by less than one unit per present symbol.
-    while sum < SCALE {
+    while sum < scale {
         let mut best = usize::MAX;
         for s in 0..256 {
-            if counts[s] > 0 && freqs[s] < (SCALE - 1) as u16 {
+            if counts[s] > 0 && u32::from(freqs[s]) < scale - 1 {
                 let better = best == usize::MAX
                     || u64::from(counts[s]) * (2 * u64::from(freqs[best]) + 1)
                         > u64::from(counts[best]) * (2 * u64::from(freqs[s]) + 1);
@@ -376,7 +403,7 @@ fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256]) {
         freqs[best] += 1;
         sum += 1;
     }
-    while sum > SCALE {
+    while sum > scale {
         let mut best = usize::MAX;
         for s in 0..256 {
             if freqs[s] > 1 {
@@ -427,8 +454,10 @@ fn write_table(freqs: &[u16; 256], out: &mut [u8]) -> Option<usize> {
     w.finish()
 }
 
-/// Reads a table description, fills `tables`; returns the bytes consumed.
-fn read_table(input: &[u8], tables: &mut DecoderTables) -> Result<usize, CodecError> {
+/// Reads a table description of scale `2^scale_bits` and fills `slots` (that many entries);
+/// returns the bytes consumed.
+fn read_table(input: &[u8], scale_bits: u32, slots: &mut [u32]) -> Result<usize, CodecError> {
+    let scale = 1u32 << scale_bits;
     let mut r = BitReader {
         input,
         pos: 0,
@@ -445,7 +474,7 @@ fn read_table(input: &[u8], tables: &mut DecoderTables) -> Result<usize, CodecEr
     let mut avg = 16u32;
     let mut fill = |sym: u32, f: u32, cum: u32| {
         for slot in cum..cum + f {
-            tables.slots[slot as usize] = f | ((slot - cum) << 12) | (sym << 24);
+            slots[slot as usize] = f | ((slot - cum) << 12) | (sym << 24);
         }
     };
     for s in first..last {
@@ -461,62 +490,63 @@ fn read_table(input: &[u8], tables: &mut DecoderTables) -> Result<usize, CodecEr
         };
         avg = avg - avg / 4 + v;
         let f = prev + unzigzag(v);
-        if !(0..SCALE as i32).contains(&f) || cum + f as u32 >= SCALE {
+        if !(0..scale as i32).contains(&f) || cum + f as u32 >= scale {
             return Err(CodecError::Corrupted);
         }
         prev = f;
         fill(s, f as u32, cum);
         cum += f as u32;
     }
-    let f_last = SCALE - cum;
-    if f_last == SCALE {
+    let f_last = scale - cum;
+    if f_last == scale {
         return Err(CodecError::Corrupted);
     }
     fill(last, f_last, cum);
     Ok(r.pos)
 }
 
-fn build_encoder(freqs: &[u16; 256], syms: &mut [EncSym; 256]) {
+fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) {
+    let scale = 1u32 << scale_bits;
     let mut cum = 0u32;
     for s in 0..256 {
         let f = u32::from(freqs[s]);
         syms[s] = if f == 0 {
             EncSym::default()
         } else if f == 1 {
-            // q = (x·(2^32−1)) >> 32 = x − 1 for x ≥ 1, so x + bias + q·cmpl = x·4096 + cum.
+            // q = (x·(2^32−1)) >> 32 = x − 1 for x ≥ 1, so x + bias + q·cmpl = x·scale + cum.
             EncSym {
-                x_max: ((RANS_L >> SCALE_BITS) << 16) * f,
+                x_max: ((RANS_L >> scale_bits) << 16) * f,
                 rcp: u32::MAX,
                 rcp_shift: 0,
-                bias: cum + SCALE - 1,
-                cmpl: SCALE - f,
+                bias: cum + scale - 1,
+                cmpl: scale - f,
             }
         } else {
             // Reciprocal with one bit more than f needs: exact for every x < 2^31.
             let shift = 32 - (f - 1).leading_zeros();
             let rcp = (1u64 << (shift + 31)).div_ceil(u64::from(f));
             EncSym {
-                x_max: ((RANS_L >> SCALE_BITS) << 16) * f,
+                x_max: ((RANS_L >> scale_bits) << 16) * f,
                 rcp: rcp as u32,
                 rcp_shift: shift - 1,
                 bias: cum,
-                cmpl: SCALE - f,
+                cmpl: scale - f,
             }
         };
         cum += f;
     }
 }
 
-/// Estimated rANS block size in bytes (without the block header), from counts and frequencies.
-fn estimate_coded(counts: &[u32; 256], freqs: &[u16; 256], table_len: usize) -> u64 {
+/// Estimated coded size of counted symbols under `freqs`, in bits as 16.16 fixed point.
+fn estimate_bits_q16(counts: &[u32; 256], freqs: &[u16; 256], scale_bits: u32) -> u64 {
     let mut bits_q16: u64 = 0;
     for s in 0..256 {
         if counts[s] > 0 {
-            let cost = (SCALE_BITS << 16) - log2_q16(u32::from(freqs[s]));
+            let cost = (scale_bits << 16) - log2_q16(u32::from(freqs[s]));
             bits_q16 += u64::from(counts[s]) * u64::from(cost);
         }
     }
-    (bits_q16 >> 19) + table_len as u64 + 4 * LANES as u64
+    bits_q16
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,34 +583,59 @@ pub fn encode_with_histogram(
     encode_counted(symbols, out, scratch)
 }
 
-fn encode_counted(
-    symbols: &[u8],
-    out: &mut [u8],
-    scratch: &mut EncoderScratch,
-) -> Result<usize, CodecError> {
+/// Writes a constant or raw block when that is what the counts call for; `None` otherwise.
+fn encode_trivial(symbols: &[u8], n: u32, hist: &Histogram, out: &mut [u8]) -> Option<usize> {
+    let (distinct, any) = hist.distinct();
+    if n > 0 && distinct == 1 && hist.counts[any as usize] == n {
+        let h = write_header(out, MODE_CONSTANT, n);
+        out[h] = any;
+        return Some(h + 1);
+    }
+    (distinct < 2).then(|| store_raw(symbols, n, out))
+}
+
+fn store_raw(symbols: &[u8], n: u32, out: &mut [u8]) -> usize {
+    let h = write_header(out, MODE_RAW, n);
+    out[h..h + symbols.len()].copy_from_slice(symbols);
+    h + symbols.len()
+}
+
+fn check_capacity(symbols: &[u8], out: &[u8]) -> Result<u32, CodecError> {
     let n = u32::try_from(symbols.len()).map_err(|_| CodecError::TooLarge)?;
     let needed = max_encoded_len(symbols.len());
     if out.len() < needed {
         return Err(CodecError::BufferTooSmall(needed));
     }
-    let raw_len = header_len(n) + symbols.len();
-    let (distinct, any) = scratch.hist.distinct();
-    if n > 0 && distinct == 1 && scratch.hist.counts[any as usize] == n {
-        let h = write_header(out, MODE_CONSTANT, n);
-        out[h] = any;
-        return Ok(h + 1);
+    Ok(n)
+}
+
+fn encode_counted(
+    symbols: &[u8],
+    out: &mut [u8],
+    scratch: &mut EncoderScratch,
+) -> Result<usize, CodecError> {
+    let n = check_capacity(symbols, out)?;
+    if let Some(len) = encode_trivial(symbols, n, &scratch.hist, out) {
+        return Ok(len);
     }
-    if distinct >= 2 {
-        if let Some(len) = try_rans(symbols, n, raw_len, out, scratch)? {
+    let raw_len = header_len(n) + symbols.len();
+    normalize(&scratch.hist.counts, &mut scratch.freqs, SCALE_BITS);
+    let h = write_header(out, MODE_RANS, n);
+    let limit = raw_len.min(out.len());
+    let table_len = write_table(&scratch.freqs, &mut out[h..limit]);
+    let est = estimate_bits_q16(&scratch.hist.counts, &scratch.freqs, SCALE_BITS) >> 19;
+    if let Some(t) = table_len.filter(|t| (h + t + 4 * LANES) as u64 + est < raw_len as u64) {
+        build_encoder(&scratch.freqs, SCALE_BITS, &mut scratch.syms);
+        let syms = &scratch.syms;
+        let enc = |s: u8, _key: u8| &syms[s as usize];
+        if let Some(len) = rans_encode(symbols, symbols, enc, out, h + t, limit) {
             return Ok(len);
         }
     }
-    let h = write_header(out, MODE_RAW, n);
-    out[h..h + symbols.len()].copy_from_slice(symbols);
-    Ok(raw_len)
+    Ok(store_raw(symbols, n, out))
 }
 
-/// One encoder step of a lane, for the quad loop of [`try_rans`]: `k` words emitted so far in
+/// One encoder step of a lane, for the quad loop of [`rans_encode`]: `k` words emitted so far in
 /// this quad sit in the top of `acc`.
 #[inline(always)]
 fn enc_step(x: &mut u32, e: &EncSym, acc: &mut u64, k: &mut u32) {
@@ -593,82 +648,166 @@ fn enc_step(x: &mut u32, e: &EncSym, acc: &mut u64, k: &mut u32) {
     *x = xi + e.bias + q * e.cmpl;
 }
 
-/// rANS-codes into `out` when that is smaller than `raw_len`; `Ok(None)` means "store raw".
-fn try_rans(
+/// The rANS pass shared by both block kinds: `enc(symbol, key)` gives a symbol's encoder
+/// constants (`keys` has one byte per symbol; plain blocks pass the symbols again). Header and
+/// tables are already in `out[..front]`; states and words follow. `None` when the result would
+/// not fit below `limit` (the raw size), meaning "store raw".
+fn rans_encode<'a, F>(
     symbols: &[u8],
-    n: u32,
-    raw_len: usize,
+    keys: &[u8],
+    enc: F,
     out: &mut [u8],
-    scratch: &mut EncoderScratch,
-) -> Result<Option<usize>, CodecError> {
-    normalize(&scratch.hist.counts, &mut scratch.freqs);
-    let h = write_header(out, MODE_RANS, n);
-    let limit = raw_len.min(out.len());
-    let Some(table_len) = write_table(&scratch.freqs, &mut out[h..limit]) else {
-        return Ok(None);
-    };
-    let front = h + table_len;
-    let estimate = front as u64 + estimate_coded(&scratch.hist.counts, &scratch.freqs, 0);
-    if estimate >= raw_len as u64 {
-        return Ok(None);
-    }
-    build_encoder(&scratch.freqs, &mut scratch.syms);
-
+    front: usize,
+    limit: usize,
+) -> Option<usize>
+where
+    F: Fn(u8, u8) -> &'a EncSym,
+{
     // Words are written backwards from `limit`; running into the states area means the coded
     // form is not smaller than raw.
     let words_floor = front + 4 * LANES;
     let mut w = limit;
     let mut x = [RANS_L; LANES];
-    let syms = &scratch.syms;
-    let mut step = |lane: usize, s: u8, w: &mut usize| -> bool {
-        let e = syms[s as usize];
-        let mut xi = x[lane];
-        if xi >= e.x_max {
-            if *w < words_floor + 2 {
-                return false;
-            }
-            *w -= 2;
-            out[*w..*w + 2].copy_from_slice(&(xi as u16).to_le_bytes());
-            xi >>= 16;
-        }
-        let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-        x[lane] = xi + e.bias + q * e.cmpl;
-        true
-    };
     let full = symbols.len() / LANES * LANES;
     for i in (full..symbols.len()).rev() {
-        if !step(i % LANES, symbols[i], &mut w) {
-            return Ok(None);
+        if w < words_floor + 2 {
+            return None;
         }
+        let mut acc = 0u64;
+        let mut k = 0u32;
+        enc_step(
+            &mut x[i % LANES],
+            enc(symbols[i], keys[i]),
+            &mut acc,
+            &mut k,
+        );
+        out[w - 2..w].copy_from_slice(&((acc >> 48) as u16).to_le_bytes());
+        w -= 2 * k as usize;
     }
-    let syms = &scratch.syms;
     // Hot loop, branch-free: whether a lane emits is close to random, so a branch would
     // mispredict often. The words a quad emits (at most four) are gathered in a u64, first word
     // in the top bits, and stored with one 8-byte write ending at `w`; bytes below the words
     // actually emitted are scratch that later quads overwrite.
     let [mut x0, mut x1, mut x2, mut x3] = x;
-    for quad in symbols[..full].chunks_exact(LANES).rev() {
+    let quads = symbols[..full].chunks_exact(LANES).rev();
+    for (quad, key) in quads.zip(keys[..full].chunks_exact(LANES).rev()) {
         if w < words_floor + 2 * LANES {
-            return Ok(None);
+            return None;
         }
         let mut acc = 0u64;
         let mut k = 0u32;
-        enc_step(&mut x3, &syms[quad[3] as usize], &mut acc, &mut k);
-        enc_step(&mut x2, &syms[quad[2] as usize], &mut acc, &mut k);
-        enc_step(&mut x1, &syms[quad[1] as usize], &mut acc, &mut k);
-        enc_step(&mut x0, &syms[quad[0] as usize], &mut acc, &mut k);
+        enc_step(&mut x3, enc(quad[3], key[3]), &mut acc, &mut k);
+        enc_step(&mut x2, enc(quad[2], key[2]), &mut acc, &mut k);
+        enc_step(&mut x1, enc(quad[1], key[1]), &mut acc, &mut k);
+        enc_step(&mut x0, enc(quad[0], key[0]), &mut acc, &mut k);
         out[w - 8..w].copy_from_slice(&acc.to_le_bytes());
         w -= 2 * k as usize;
     }
-    let x = [x0, x1, x2, x3];
-    for (lane, xi) in x.iter().enumerate() {
+    for (lane, xi) in [x0, x1, x2, x3].iter().enumerate() {
         let at = front + 4 * lane;
         out[at..at + 4].copy_from_slice(&xi.to_le_bytes());
     }
     let words = limit - w;
     out.copy_within(w..limit, words_floor);
     let len = words_floor + words;
-    Ok((len < raw_len).then_some(len))
+    (len < limit).then_some(len)
+}
+
+/// Encodes `symbols` where symbol `i` is modelled in context `lut[keys[i]]` (0..4), each context
+/// with its own frequency table: for data whose distribution depends on a side byte the decoder
+/// already has (ZipNN codes mantissas in contexts of their exponent). Chooses the smallest of
+/// raw, constant, one table or per-context tables; decode with [`decode_with_context`] and the
+/// same `keys` and `lut`. `keys.len()` must equal `symbols.len()`.
+pub fn encode_with_context(
+    symbols: &[u8],
+    keys: &[u8],
+    lut: &[u8; 256],
+    out: &mut [u8],
+    scratch: &mut EncoderScratch,
+) -> Result<usize, CodecError> {
+    let n = check_capacity(symbols, out)?;
+    if keys.len() != symbols.len() || lut.iter().any(|&c| c as usize >= MAX_CONTEXTS) {
+        return Err(CodecError::Corrupted);
+    }
+    for h in scratch.ctx_hist.iter_mut() {
+        h.counts = [0; 256];
+    }
+    // Counting per context: a 2-D histogram indexed by (context, symbol).
+    for (&s, &k) in symbols.iter().zip(keys) {
+        let c = &mut scratch.ctx_hist[(lut[k as usize] & 3) as usize].counts[s as usize];
+        *c += 1;
+    }
+    for s in 0..256 {
+        scratch.hist.counts[s] = scratch.ctx_hist.iter().map(|h| h.counts[s]).sum();
+    }
+    if let Some(len) = encode_trivial(symbols, n, &scratch.hist, out) {
+        return Ok(len);
+    }
+    let raw_len = header_len(n) + symbols.len();
+    let limit = raw_len.min(out.len());
+
+    // Per-context tables at CTX_SCALE_BITS. A context with one distinct symbol gets a second,
+    // unused one so every table has the two symbols the table format needs.
+    let h = write_header(out, MODE_RANS_CTX, n);
+    let mut front = h + 1;
+    let mut mask = 0u8;
+    let mut est_q16 = 0u64;
+    for c in 0..MAX_CONTEXTS {
+        let mut counts = scratch.ctx_hist[c].counts;
+        let (distinct, any) = scratch.ctx_hist[c].distinct();
+        if distinct == 0 {
+            continue;
+        }
+        if distinct == 1 {
+            counts[(any ^ 1) as usize] = 1;
+        }
+        mask |= 1 << c;
+        normalize(&counts, &mut scratch.ctx_freqs[c], CTX_SCALE_BITS);
+        est_q16 += estimate_bits_q16(&counts, &scratch.ctx_freqs[c], CTX_SCALE_BITS);
+        let Some(t) = write_table(&scratch.ctx_freqs[c], &mut out[front..limit]) else {
+            front = usize::MAX;
+            break;
+        };
+        front += t;
+    }
+    let ctx_total = front
+        .saturating_add(4 * LANES)
+        .saturating_add((est_q16 >> 19) as usize);
+
+    // The one-table alternative, for data the contexts do not help.
+    normalize(&scratch.hist.counts, &mut scratch.freqs, SCALE_BITS);
+    let one_est = estimate_bits_q16(&scratch.hist.counts, &scratch.freqs, SCALE_BITS) >> 19;
+    let one_total = write_table(&scratch.freqs, &mut scratch.table_tmp)
+        .map_or(usize::MAX, |t| h + t + 4 * LANES + one_est as usize);
+
+    if ctx_total < one_total && ctx_total < raw_len {
+        out[h] = mask;
+        for c in 0..MAX_CONTEXTS {
+            if mask & (1 << c) != 0 {
+                build_encoder(
+                    &scratch.ctx_freqs[c],
+                    CTX_SCALE_BITS,
+                    &mut scratch.ctx_syms[c],
+                );
+            }
+        }
+        let ctx_syms = &scratch.ctx_syms;
+        let enc = |s: u8, k: u8| &ctx_syms[(lut[k as usize] & 3) as usize][s as usize];
+        if let Some(len) = rans_encode(symbols, keys, enc, out, front, limit) {
+            return Ok(len);
+        }
+    } else if one_total < raw_len {
+        let h = write_header(out, MODE_RANS, n);
+        let t = one_total - h - 4 * LANES - one_est as usize;
+        out[h..h + t].copy_from_slice(&scratch.table_tmp[..t]);
+        build_encoder(&scratch.freqs, SCALE_BITS, &mut scratch.syms);
+        let syms = &scratch.syms;
+        let enc = |s: u8, _key: u8| &syms[s as usize];
+        if let Some(len) = rans_encode(symbols, symbols, enc, out, h + t, limit) {
+            return Ok(len);
+        }
+    }
+    Ok(store_raw(symbols, n, out))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,9 +820,31 @@ pub fn symbol_count(input: &[u8]) -> Result<usize, CodecError> {
 }
 
 /// Decodes one whole block into `out[..n]`; returns `n`. Every byte of `input` must belong to
-/// the block. Corrupt input gives `Err(Corrupted)`, never a panic, and bounded work.
+/// the block. Corrupt input gives `Err(Corrupted)`, never a panic, and bounded work. A block made
+/// by [`encode_with_context`] with per-context tables needs [`decode_with_context`].
 pub fn decode(
     input: &[u8],
+    out: &mut [u8],
+    tables: &mut DecoderTables,
+) -> Result<usize, CodecError> {
+    decode_inner(input, None, out, tables)
+}
+
+/// Decodes a block made by [`encode_with_context`] (or any other block) given the same `keys`
+/// (at least `n` bytes) and `lut` the encoder used.
+pub fn decode_with_context(
+    input: &[u8],
+    keys: &[u8],
+    lut: &[u8; 256],
+    out: &mut [u8],
+    tables: &mut DecoderTables,
+) -> Result<usize, CodecError> {
+    decode_inner(input, Some((keys, lut)), out, tables)
+}
+
+fn decode_inner(
+    input: &[u8],
+    context: Option<(&[u8], &[u8; 256])>,
     out: &mut [u8],
     tables: &mut DecoderTables,
 ) -> Result<usize, CodecError> {
@@ -704,17 +865,48 @@ pub fn decode(
             }
             out.fill(body[0]);
         }
-        MODE_RANS => decode_rans(body, out, tables)?,
+        MODE_RANS => {
+            let table_len = read_table(body, SCALE_BITS, &mut tables.slots)?;
+            let x = read_states(body, table_len)?;
+            let words = &body[table_len + 4 * LANES..];
+            let slots = &tables.slots;
+            rans_decode::<SCALE_BITS, false>(words, x, out, &[], &[0; 256], slots)?;
+        }
+        MODE_RANS_CTX => {
+            let (keys, lut) = context.ok_or(CodecError::Corrupted)?;
+            let keys = keys.get(..n).ok_or(CodecError::Corrupted)?;
+            let mask = *body.first().ok_or(CodecError::Corrupted)?;
+            if mask == 0 || mask >> MAX_CONTEXTS != 0 {
+                return Err(CodecError::Corrupted);
+            }
+            let mut at = 1;
+            let ctx_slots = 1usize << CTX_SCALE_BITS;
+            for c in 0..MAX_CONTEXTS {
+                let slots = &mut tables.slots[c * ctx_slots..(c + 1) * ctx_slots];
+                if mask & (1 << c) != 0 {
+                    at += read_table(&body[at..], CTX_SCALE_BITS, slots)?;
+                } else {
+                    // A context the encoder never used: any valid table keeps decoding of
+                    // corrupt keys bounded; the final state check then reports it.
+                    for (j, e) in slots.iter_mut().enumerate() {
+                        *e = 4 | ((j as u32 & 3) << 12) | ((j as u32 >> 2) << 24);
+                    }
+                }
+            }
+            let x = read_states(body, at)?;
+            let words = &body[at + 4 * LANES..];
+            let base: [u32; 256] =
+                core::array::from_fn(|k| u32::from(lut[k] & 3) << CTX_SCALE_BITS);
+            let slots = &tables.slots;
+            rans_decode::<CTX_SCALE_BITS, true>(words, x, out, keys, &base, slots)?;
+        }
         _ => return Err(CodecError::Corrupted),
     }
     Ok(n)
 }
 
-fn decode_rans(body: &[u8], out: &mut [u8], tables: &mut DecoderTables) -> Result<(), CodecError> {
-    let table_len = read_table(body, tables)?;
-    let states = body
-        .get(table_len..table_len + 4 * LANES)
-        .ok_or(CodecError::Corrupted)?;
+fn read_states(body: &[u8], at: usize) -> Result<[u32; LANES], CodecError> {
+    let states = body.get(at..at + 4 * LANES).ok_or(CodecError::Corrupted)?;
     let mut x = [0u32; LANES];
     for (lane, xi) in x.iter_mut().enumerate() {
         let b: [u8; 4] = states[4 * lane..4 * lane + 4].try_into().unwrap_or([0; 4]);
@@ -723,59 +915,82 @@ fn decode_rans(body: &[u8], out: &mut [u8], tables: &mut DecoderTables) -> Resul
             return Err(CodecError::Corrupted);
         }
     }
-    let words = &body[table_len + 4 * LANES..];
+    Ok(x)
+}
+
+/// The rANS decoding loop. With `CTX`, symbol `i` uses the table at `base[keys[i]]` within
+/// `slots` (each `2^SB` entries); without, the table at 0 and `keys` is unused.
+fn rans_decode<const SB: u32, const CTX: bool>(
+    words: &[u8],
+    mut x: [u32; LANES],
+    out: &mut [u8],
+    keys: &[u8],
+    base: &[u32; 256],
+    slots: &[u32; SLOTS],
+) -> Result<(), CodecError> {
     if words.len() & 1 != 0 {
         return Err(CodecError::Corrupted);
     }
-    let slots = &tables.slots;
+    let mask = (1u32 << SB) - 1;
     let mut pos = 0usize;
 
+    // `(b | slot) & (SLOTS − 1)` lets the compiler drop the bounds check; b and slot never
+    // overlap (b is a multiple of 2^SB), so it is the table entry.
     #[inline(always)]
-    fn step(x: &mut u32, slots: &[u32; SCALE as usize]) -> u8 {
-        let e = slots[(*x & SCALE_MASK) as usize];
-        *x = (e & SCALE_MASK) * (*x >> SCALE_BITS) + ((e >> 12) & SCALE_MASK);
+    fn step<const SB: u32>(x: &mut u32, b: u32, slots: &[u32; SLOTS]) -> u8 {
+        let mask = (1u32 << SB) - 1;
+        let e = slots[((b | (*x & mask)) as usize) & (SLOTS - 1)];
+        *x = (e & 0xfff) * (*x >> SB) + ((e >> 12) & 0xfff);
         (e >> 24) as u8
     }
+    let key_base = |i: usize| if CTX { base[keys[i] as usize] } else { 0 };
 
-    let mut quads = out.chunks_exact_mut(LANES);
+    let full = out.len() / LANES * LANES;
+    let mut i = 0usize;
     // Fast path: while 8 bytes remain, the four lanes' refills cannot overrun.
-    for quad in &mut quads {
+    while i < full {
         let Some(w8) = words.get(pos..pos + 8) else {
-            // Slow path for the last few words: checked refills.
-            for (lane, o) in quad.iter_mut().enumerate() {
-                *o = step(&mut x[lane], slots);
-                if x[lane] < RANS_L {
-                    let w = words.get(pos..pos + 2).ok_or(CodecError::Corrupted)?;
-                    x[lane] = (x[lane] << 16) | u32::from(u16::from_le_bytes([w[0], w[1]]));
-                    pos += 2;
-                }
-            }
-            continue;
+            break;
+        };
+        let ahead = u64::from_le_bytes(w8.try_into().map_err(|_| CodecError::Corrupted)?);
+        let quad = &mut out[i..i + LANES];
+        let bases = if CTX {
+            let k = &keys[i..i + LANES];
+            [
+                base[k[0] as usize],
+                base[k[1] as usize],
+                base[k[2] as usize],
+                base[k[3] as usize],
+            ]
+        } else {
+            [0; LANES]
         };
         // Branch-free refill (the refill pattern is close to random): the next 8 bytes hold
         // every word the four lanes can take; each lane takes the one at `off` or none.
-        let ahead = u64::from_le_bytes(w8.try_into().map_err(|_| CodecError::Corrupted)?);
         let mut off = 0u32;
         for lane in 0..LANES {
             let xi = x[lane];
-            let e = slots[(xi & SCALE_MASK) as usize];
+            let e = slots[((bases[lane] | (xi & mask)) as usize) & (SLOTS - 1)];
             quad[lane] = (e >> 24) as u8;
-            let xi = (e & SCALE_MASK) * (xi >> SCALE_BITS) + ((e >> 12) & SCALE_MASK);
+            let xi = (e & 0xfff) * (xi >> SB) + ((e >> 12) & 0xfff);
             let refill = (xi < RANS_L) as u32;
             let word = (ahead >> (8 * off)) as u32 & 0xffff;
             x[lane] = (xi << (16 * refill)) | (word & refill.wrapping_neg());
             off += 2 * refill;
         }
-        let off = off as usize;
-        pos += off;
+        pos += off as usize;
+        i += LANES;
     }
-    for (lane, o) in quads.into_remainder().iter_mut().enumerate() {
-        *o = step(&mut x[lane], slots);
+    // The last few symbols: checked refills.
+    while i < out.len() {
+        let lane = i % LANES;
+        out[i] = step::<SB>(&mut x[lane], key_base(i), slots);
         if x[lane] < RANS_L {
             let w = words.get(pos..pos + 2).ok_or(CodecError::Corrupted)?;
             x[lane] = (x[lane] << 16) | u32::from(u16::from_le_bytes([w[0], w[1]]));
             pos += 2;
         }
+        i += 1;
     }
     if pos != words.len() || x.iter().any(|&xi| xi != RANS_L) {
         return Err(CodecError::Corrupted);
@@ -819,7 +1034,7 @@ mod tests {
             freqs[0] = f as u16;
             freqs[1] = (SCALE - f) as u16;
             let mut syms = [EncSym::default(); 256];
-            build_encoder(&freqs, &mut syms);
+            build_encoder(&freqs, SCALE_BITS, &mut syms);
             let e = syms[0];
             for _ in 0..64 {
                 let x = (rng.next() as u32 % (e.x_max - RANS_L)) + RANS_L;
@@ -962,6 +1177,100 @@ mod tests {
             if let Ok(n) = decode(&m[..l], &mut back, &mut tables) {
                 assert!(n <= back.len());
             }
+        }
+    }
+
+    /// Symbols whose distribution depends on a key byte: per-context tables must code them
+    /// smaller than one table, decode back exactly, and wrong keys must not decode silently.
+    #[test]
+    fn context_blocks_round_trip_and_beat_one_table() {
+        let mut rng = Rng(31);
+        let keys: [u8; 40_000] = core::array::from_fn(|_| 120 + (rng.next() % 6) as u8);
+        let lut: [u8; 256] = core::array::from_fn(|k| (k as u8).saturating_sub(121).min(3));
+        // Context c favours symbol range c*50..: strongly key-dependent, uniform overall.
+        let symbols: [u8; 40_000] = core::array::from_fn(|i| {
+            let c = lut[keys[i] as usize];
+            c * 50 + (rng.next() % 40) as u8
+        });
+        let mut scratch = EncoderScratch::new();
+        let mut one = [0u8; 40_100];
+        let one_len = encode(&symbols, &mut one, &mut scratch).unwrap();
+        let mut ctx = [0u8; 40_100];
+        let ctx_len = encode_with_context(&symbols, &keys, &lut, &mut ctx, &mut scratch).unwrap();
+        assert_eq!(ctx[0], MODE_RANS_CTX);
+        assert!(
+            ctx_len < one_len * 9 / 10,
+            "contexts {ctx_len} vs one table {one_len}"
+        );
+        let mut back = [0u8; 40_000];
+        let mut tables = DecoderTables::new();
+        let n = decode_with_context(&ctx[..ctx_len], &keys, &lut, &mut back, &mut tables);
+        assert_eq!(n, Ok(40_000));
+        assert!(back == symbols);
+        // Without the keys the block cannot be decoded; with other keys it must not pass.
+        assert_eq!(
+            decode(&ctx[..ctx_len], &mut back, &mut tables),
+            Err(CodecError::Corrupted)
+        );
+        let mut wrong = keys;
+        wrong[7] = if wrong[7] == 120 { 125 } else { 120 };
+        let r = decode_with_context(&ctx[..ctx_len], &wrong, &lut, &mut back, &mut tables);
+        assert!(
+            r.is_err() || back != symbols,
+            "wrong keys decoded to the original"
+        );
+        // Keys that carry no information: no worse than one table (a single 10-bit context
+        // table may even be smaller than a 12-bit one).
+        let flat = [7u8; 40_000];
+        let len = encode_with_context(&symbols, &flat, &lut, &mut ctx, &mut scratch).unwrap();
+        assert!(len <= one_len, "{len} vs {one_len}");
+        assert_eq!(
+            decode_with_context(&ctx[..len], &flat, &lut, &mut back, &mut tables),
+            Ok(40_000)
+        );
+        assert!(back == symbols);
+        // Small and degenerate inputs, contexts with a single symbol.
+        for n in [0usize, 1, 3, 5, 9, 100] {
+            let sym: [u8; 100] =
+                core::array::from_fn(|i| if keys[i] < 122 { 9 } else { (i % 3) as u8 });
+            let len =
+                encode_with_context(&sym[..n], &keys[..n], &lut, &mut ctx, &mut scratch).unwrap();
+            let got = decode_with_context(&ctx[..len], &keys[..n], &lut, &mut back, &mut tables);
+            assert_eq!(got, Ok(n));
+            assert_eq!(&back[..n], &sym[..n]);
+        }
+        let bad_lut = [4u8; 256];
+        assert!(encode_with_context(&symbols, &keys, &bad_lut, &mut ctx, &mut scratch).is_err());
+    }
+
+    #[test]
+    fn mutated_context_blocks_never_panic() {
+        let mut rng = Rng(77);
+        let keys: [u8; 3000] = core::array::from_fn(|_| (rng.next() % 4) as u8);
+        let lut: [u8; 256] = core::array::from_fn(|k| (k % 4) as u8);
+        let symbols: [u8; 3000] = core::array::from_fn(|i| keys[i] * 60 + (rng.next() % 9) as u8);
+        let mut coded = [0u8; 3100];
+        let len = encode_with_context(
+            &symbols,
+            &keys,
+            &lut,
+            &mut coded,
+            &mut EncoderScratch::new(),
+        )
+        .unwrap();
+        assert_eq!(coded[0], MODE_RANS_CTX);
+        let mut tables = DecoderTables::new();
+        let mut back = [0u8; 4000];
+        for _ in 0..3000 {
+            let mut m = coded;
+            let i = (rng.next() as usize) % len;
+            m[i] ^= 1 << (rng.next() % 8);
+            let l = if rng.next() & 3 == 0 {
+                (rng.next() as usize) % len
+            } else {
+                len
+            };
+            let _ = decode_with_context(&m[..l], &keys, &lut, &mut back, &mut tables);
         }
     }
 }

@@ -17,9 +17,9 @@
 //!
 //! In every plane byte the sign, when present, is the top bit. Moving the sign next to the
 //! mantissa is what makes plane 0 a pure exponent for BF16/FP32. For those two, plane 1 is
-//! further split into four streams by the element's exponent relative to the chunk's most
+//! coded with four context tables chosen by the element's exponent relative to the chunk's most
 //! frequent one (below, equal, one above, higher): the mantissa's distribution depends on the
-//! exponent, so this beats plane 1's order-0 entropy (BF16 fixture: 0.6607 against the 0.6616
+//! exponent, so this beats plane 1's order-0 entropy (BF16 fixture: 0.6603 against the 0.6616
 //! order-0 bound of the planes).
 //!
 //! This module owns the container format (see `docs/format/zipnn.md`): a header with the
@@ -389,34 +389,22 @@ fn merge(dtype: Dtype, planes: &[u8], dst: &mut [u8]) {
 // ---------------------------------------------------------------------------------------------
 // Chunk records.
 
-/// Number of sign+mantissa context streams (see [`context_lut`]).
-const CONTEXTS: usize = 4;
-
 /// Whether the dtype's plane 1 (sign and top mantissa bits) is coded in exponent contexts: for
 /// BF16 and FP32, where plane 0 is exactly the exponent. The mantissa's distribution depends on
 /// the exponent (near the top of the weight distribution larger mantissas are rarer), so coding
-/// it in a few exponent classes saves ~0.5% of the plane beyond its order-0 entropy.
+/// it with a table per exponent class saves ~0.5% of the plane beyond its order-0 entropy.
 const fn has_contexts(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::Bf16 | Dtype::Fp32)
-}
-
-/// Entropy blocks in a chunk of `dtype`: the planes, with plane 1 split into its contexts.
-const fn streams(dtype: Dtype) -> usize {
-    if has_contexts(dtype) {
-        dtype.planes() - 1 + CONTEXTS
-    } else {
-        dtype.planes()
-    }
 }
 
 /// Context of a sign+mantissa byte from its exponent `e`, relative to the chunk's most frequent
 /// exponent `r`: 0 below `r`, 1 at `r`, 2 at `r + 1`, 3 above.
 fn context_lut(r: u8) -> [u8; 256] {
-    core::array::from_fn(|e| (e as i32 - i32::from(r) + 1).clamp(0, CONTEXTS as i32 - 1) as u8)
+    core::array::from_fn(|e| (e as i32 - i32::from(r) + 1).clamp(0, 3) as u8)
 }
 
-/// The most frequent exponent (lowest on ties) and the per-context element counts.
-fn contexts_of(exps: &[u8]) -> (u8, [u8; 256], [usize; CONTEXTS]) {
+/// The most frequent exponent of a chunk, lowest on ties.
+fn most_frequent(exps: &[u8]) -> u8 {
     let mut hist = entropy::Histogram::new();
     hist.count(exps);
     let mut r = 0usize;
@@ -425,84 +413,12 @@ fn contexts_of(exps: &[u8]) -> (u8, [u8; 256], [usize; CONTEXTS]) {
             r = e;
         }
     }
-    let lut = context_lut(r as u8);
-    let mut counts = [0usize; CONTEXTS];
-    for e in 0..256 {
-        counts[lut[e] as usize] += hist.counts[e] as usize;
-    }
-    (r as u8, lut, counts)
-}
-
-/// Start of each context's stream inside the context region.
-fn context_offsets(counts: &[usize; CONTEXTS]) -> [usize; CONTEXTS] {
-    let mut off = [0usize; CONTEXTS];
-    for c in 1..CONTEXTS {
-        off[c] = off[c - 1] + counts[c - 1];
-    }
-    off
-}
-
-/// BF16/FP32 grouping with contexts. Scratch layout for `n` elements: exponents `[0, n)`,
-/// sign+mantissa bytes ordered by context `[n, 2n)`, then (FP32) bits 15..8 and 7..0.
-/// Returns the reference exponent and the context counts.
-fn split_ctx(dtype: Dtype, src: &[u8], planes: &mut [u8]) -> (u8, [usize; CONTEXTS]) {
-    let size = dtype.size();
-    let n = src.len() / size;
-    let (exps, rest) = planes.split_at_mut(n);
-    let (ctx, low) = rest.split_at_mut(n);
-    if size == 4 {
-        let (p2, rest) = low.split_at_mut(n);
-        let p3 = &mut rest[..n];
-        for (((x, e), b1), b0) in src.chunks_exact(4).zip(exps.iter_mut()).zip(p2).zip(p3) {
-            *e = (x[3] << 1) | (x[2] >> 7);
-            *b1 = x[1];
-            *b0 = x[0];
-        }
-    } else {
-        for (x, e) in src.chunks_exact(2).zip(exps.iter_mut()) {
-            *e = (x[1] << 1) | (x[0] >> 7);
-        }
-    }
-    let (r, lut, counts) = contexts_of(exps);
-    let mut cur = context_offsets(&counts);
-    for (x, &e) in src.chunks_exact(size).zip(exps.iter()) {
-        let (hi, lo) = (x[size - 1], x[size - 2]);
-        let c = lut[e as usize] as usize;
-        ctx[cur[c]] = (hi & 0x80) | (lo & 0x7f);
-        cur[c] += 1;
-    }
-    (r, counts)
-}
-
-/// Inverse of [`split_ctx`]; `counts` must be the context counts of the exponents.
-fn merge_ctx(dtype: Dtype, planes: &[u8], r: u8, counts: &[usize; CONTEXTS], dst: &mut [u8]) {
-    let size = dtype.size();
-    let n = dst.len() / size;
-    let lut = context_lut(r);
-    let (exps, rest) = planes.split_at(n);
-    let (ctx, low) = rest.split_at(n);
-    let mut cur = context_offsets(counts);
-    for (x, &e) in dst.chunks_exact_mut(size).zip(exps.iter()) {
-        let c = lut[e as usize] as usize;
-        let m = ctx[cur[c]];
-        cur[c] += 1;
-        x[size - 1] = (m & 0x80) | (e >> 1);
-        x[size - 2] = (e << 7) | (m & 0x7f);
-    }
-    if size == 4 {
-        let (p2, rest) = low.split_at(n);
-        let p3 = &rest[..n];
-        for ((x, &b1), &b0) in dst.chunks_exact_mut(4).zip(p2).zip(p3) {
-            x[1] = b1;
-            x[0] = b0;
-        }
-    }
+    r as u8
 }
 
 /// Largest chunk record (header included) for `chunk_len` original bytes of `dtype`.
 pub const fn max_chunk_record_len(dtype: Dtype, chunk_len: usize) -> usize {
-    let streams = streams(dtype);
-    CHUNK_HEADER_LEN + 1 + chunk_len + streams * (4 + entropy::MAX_HEADER_LEN)
+    CHUNK_HEADER_LEN + 1 + chunk_len + dtype.planes() * (4 + entropy::MAX_HEADER_LEN)
 }
 
 /// CRC of a chunk record: its index (so records cannot be swapped unnoticed), its payload
@@ -513,31 +429,6 @@ fn chunk_crc(index: u64, payload_len: u32, payload: &[u8]) -> u32 {
     crc.update(&payload_len.to_le_bytes());
     crc.update(payload);
     crc.finalize()
-}
-
-/// The scratch ranges of a chunk's entropy streams, in payload order, for `n` elements.
-fn stream_ranges(
-    dtype: Dtype,
-    n: usize,
-    counts: &[usize; CONTEXTS],
-) -> ([core::ops::Range<usize>; 7], usize) {
-    let mut r: [core::ops::Range<usize>; 7] = Default::default();
-    let k = streams(dtype);
-    if has_contexts(dtype) {
-        r[0] = 0..n;
-        let off = context_offsets(counts);
-        for c in 0..CONTEXTS {
-            r[1 + c] = n + off[c]..n + off[c] + counts[c];
-        }
-        for p in 2..dtype.planes() {
-            r[CONTEXTS + p - 1] = p * n..(p + 1) * n;
-        }
-    } else {
-        for (p, range) in r.iter_mut().enumerate().take(k) {
-            *range = p * n..(p + 1) * n;
-        }
-    }
-    (r, k)
 }
 
 /// Encodes one chunk (`src`, at most the container's chunk size) as the record of chunk number
@@ -566,27 +457,30 @@ pub fn encode_chunk(
         let planes = planes
             .get_mut(..body_len)
             .ok_or(ZipnnError::BufferTooSmall(body_len))?;
-        let mut counts = [0usize; CONTEXTS];
+        split(dtype, &src[..body_len], planes);
+        let mut lut = None;
         if has_contexts(dtype) {
-            let (r, c) = split_ctx(dtype, &src[..body_len], planes);
-            counts = c;
+            let r = most_frequent(&planes[..n]);
             out[at] = r;
             at += 1;
-        } else {
-            split(dtype, &src[..body_len], planes);
+            lut = Some(context_lut(r));
         }
-        let (ranges, k) = stream_ranges(dtype, n, &counts);
+        let count = dtype.planes();
         let lens_at = at;
-        at += 4 * k;
-        for (s, range) in ranges[..k].iter().enumerate() {
-            let len =
-                entropy::encode(&planes[range.clone()], &mut out[at..], scratch).map_err(|e| {
-                    match e {
-                        CodecError::BufferTooSmall(k) => ZipnnError::BufferTooSmall(k),
-                        _ => ZipnnError::TooLarge,
-                    }
-                })?;
-            out[lens_at + 4 * s..lens_at + 4 * s + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        at += 4 * count;
+        for p in 0..count {
+            let plane = &planes[p * n..(p + 1) * n];
+            let coded = match lut {
+                Some(ref lut) if p == 1 => {
+                    entropy::encode_with_context(plane, &planes[..n], lut, &mut out[at..], scratch)
+                }
+                _ => entropy::encode(plane, &mut out[at..], scratch),
+            };
+            let len = coded.map_err(|e| match e {
+                CodecError::BufferTooSmall(k) => ZipnnError::BufferTooSmall(k),
+                _ => ZipnnError::TooLarge,
+            })?;
+            out[lens_at + 4 * p..lens_at + 4 * p + 4].copy_from_slice(&(len as u32).to_le_bytes());
             at += len;
         }
     }
@@ -645,47 +539,41 @@ pub fn decode_chunk(
         let planes = planes
             .get_mut(..body_len)
             .ok_or(ZipnnError::BufferTooSmall(body_len))?;
-        let mut r = 0u8;
+        let mut lut = None;
         if has_contexts(dtype) {
-            r = *payload.first().ok_or(corrupt(index, "payload truncated"))?;
+            let r = *payload.first().ok_or(corrupt(index, "payload truncated"))?;
+            lut = Some(context_lut(r));
             at = 1;
         }
-        let k = streams(dtype);
+        let count = dtype.planes();
         let lens = payload
-            .get(at..at + 4 * k)
-            .ok_or(corrupt(index, "stream lengths truncated"))?;
-        at += 4 * k;
-        let mut decode_stream = |s: usize, dst: &mut [u8], at: &mut usize| {
-            let len = le_u32(lens, 4 * s) as usize;
+            .get(at..at + 4 * count)
+            .ok_or(corrupt(index, "plane lengths truncated"))?;
+        at += 4 * count;
+        // Plane 0 first: it is the context of plane 1.
+        let (exps, rest) = planes.split_at_mut(n);
+        for p in 0..count {
+            let len = le_u32(lens, 4 * p) as usize;
             let block = payload
-                .get(*at..at.saturating_add(len))
-                .ok_or(corrupt(index, "stream block overruns the record"))?;
-            match entropy::decode(block, dst, tables) {
-                Ok(k) if k == dst.len() => {}
-                Ok(_) | Err(CodecError::BufferTooSmall(_)) => {
-                    return Err(corrupt(index, "stream has the wrong symbol count"))
+                .get(at..at.saturating_add(len))
+                .ok_or(corrupt(index, "plane block overruns the record"))?;
+            let decoded = match (p, &lut) {
+                (0, _) => entropy::decode(block, exps, tables),
+                (1, Some(lut)) => {
+                    entropy::decode_with_context(block, exps, lut, &mut rest[..n], tables)
                 }
-                Err(_) => return Err(corrupt(index, "stream block does not decode")),
+                _ => entropy::decode(block, &mut rest[(p - 1) * n..p * n], tables),
+            };
+            match decoded {
+                Ok(k) if k == n => {}
+                Ok(_) | Err(CodecError::BufferTooSmall(_)) => {
+                    return Err(corrupt(index, "plane has the wrong symbol count"))
+                }
+                Err(_) => return Err(corrupt(index, "plane block does not decode")),
             }
-            *at += len;
-            Ok(())
-        };
-        // Plane 0 first: with contexts, the exponents give the context streams' lengths.
-        decode_stream(0, &mut planes[..n], &mut at)?;
-        let counts = if has_contexts(dtype) {
-            contexts_of(&planes[..n]).2
-        } else {
-            [0; CONTEXTS]
-        };
-        let (ranges, k) = stream_ranges(dtype, n, &counts);
-        for (s, range) in ranges[..k].iter().enumerate().skip(1) {
-            decode_stream(s, &mut planes[range.clone()], &mut at)?;
+            at += len;
         }
-        if has_contexts(dtype) {
-            merge_ctx(dtype, planes, r, &counts, &mut out[..body_len]);
-        } else {
-            merge(dtype, planes, &mut out[..body_len]);
-        }
+        merge(dtype, planes, &mut out[..body_len]);
     }
     let tail = &mut out[body_len..];
     if payload.len() - at != tail.len() {

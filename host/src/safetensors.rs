@@ -190,8 +190,7 @@ pub fn header_len(prefix: &[u8]) -> Option<u64> {
 pub fn looks_like_safetensors(prefix: &[u8], file_len: u64) -> bool {
     match header_len(prefix) {
         Some(n) => {
-            n >= 2
-                && n <= MAX_HEADER_LEN
+            (2..=MAX_HEADER_LEN).contains(&n)
                 && n <= file_len.saturating_sub(8)
                 && prefix.get(8) == Some(&b'{')
         }

@@ -13,7 +13,9 @@
 //! reads and `--report-bytes-read` prints them. Byte layouts: docs/format/qstore.md.
 //!
 //! 2-D BF16/F16 tensors are quantized. Everything else (1-D biases and norms, F32 tensors of any
-//! shape, other dtypes) is stored ZipNN-coded when its dtype is a float and raw otherwise.
+//! shape, other dtypes) is stored plain: ZipNN-coded when its dtype is a float and that is
+//! smaller, raw otherwise. A 2-D BF16/F16 tensor so small that its INT8 records alone outweigh
+//! its plain form is stored plain too, and the INT8 load quantizes it (same exact quantizer).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -31,8 +33,8 @@ use nandbox_core::codec::qstore::chunk::{
 };
 use nandbox_core::codec::qstore::format::{DirEntry, FileHeader, Storage, HEADER_LEN, MAX_DIMS};
 use nandbox_core::codec::qstore::{
-    chunk_elems, decode_hp, decode_int8, encode_chunk, encode_int8, row_scale, HalfKind,
-    QstoreError, Workspace,
+    chunk_elems, decode_hp, decode_int8, encode_chunk, encode_int8, quantize_row, row_scale,
+    HalfKind, QstoreError, Workspace,
 };
 use nandbox_core::codec::zipnn;
 
@@ -174,6 +176,11 @@ fn dtype_code(d: Dtype) -> u8 {
 
 fn dtype_from_code(c: u8) -> Option<Dtype> {
     DTYPE_CODES.get(c as usize).copied()
+}
+
+/// 2-D BF16/F16 tensors with no zero dimension: the INT8 model holds them as I8 + scales.
+fn quantizable(d: Dtype, shape: &[u64]) -> bool {
+    half_kind(d).is_some() && shape.len() == 2 && shape.iter().all(|&x| x > 0)
 }
 
 fn half_kind(d: Dtype) -> Option<HalfKind> {
@@ -344,7 +351,7 @@ fn zipnn_decode(src: &[u8], expected_len: u64) -> Result<Vec<u8>> {
     let h = zipnn::ContainerHeader::parse(src).map_err(|e| anyhow!("{e}"))?;
     if h.total_len != expected_len {
         bail!(
-            "ZipNN container holds {} bytes, the directory says {expected_len}",
+            "corrupted: ZipNN container holds {} bytes, the directory says {expected_len}",
             h.total_len
         );
     }
@@ -456,27 +463,30 @@ fn pack_tensor(
     given_file: Option<&(Vec<u8>, safetensors::Header)>,
     threads: usize,
 ) -> Result<Stored> {
-    let kind = half_kind(t.dtype);
-    let quantizable = kind.is_some() && t.shape.len() == 2 && t.shape.iter().all(|&d| d > 0);
-    if !quantizable {
-        return Ok(match zipnn_dtype(t.dtype) {
-            Some(zd) if !data.is_empty() => Stored {
-                storage: Storage::Zipnn,
-                int8: zipnn_code(zd, data)?,
-                hp: Vec::new(),
-            },
-            _ => {
-                let mut int8 = data.to_vec();
-                int8.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-                Stored {
-                    storage: Storage::Raw,
-                    int8,
+    // Plain storage: ZipNN when it is smaller than the bytes themselves (not for tiny tensors,
+    // whose container header outweighs them), raw otherwise.
+    let plain = || -> Result<Stored> {
+        let mut raw = data.to_vec();
+        raw.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        if let Some(zd) = zipnn_dtype(t.dtype).filter(|_| !data.is_empty()) {
+            let z = zipnn_code(zd, data)?;
+            if z.len() < raw.len() {
+                return Ok(Stored {
+                    storage: Storage::Zipnn,
+                    int8: z,
                     hp: Vec::new(),
-                }
+                });
             }
-        });
-    }
-    let kind = kind.expect("checked above");
+        }
+        Ok(Stored {
+            storage: Storage::Raw,
+            int8: raw,
+            hp: Vec::new(),
+        })
+    };
+    let Some(kind) = half_kind(t.dtype).filter(|_| quantizable(t.dtype, &t.shape)) else {
+        return plain();
+    };
     let (rows, cols) = (t.shape[0], t.shape[1]);
     if cols > u32::MAX as u64 {
         bail!("rows wider than 2^32 elements are not supported");
@@ -536,6 +546,16 @@ fn pack_tensor(
         for (a, b) in coded.into_iter().flatten() {
             s.int8.extend_from_slice(&a);
             s.hp.extend_from_slice(&b);
+        }
+        // A tiny tensor's record headers can outweigh its data. When even the INT8 records
+        // alone are larger than the plain tensor, keep it plain in the INT8 section and let the
+        // INT8 load quantize it (the quantizer is exact, so the INT8 model is the same): both
+        // loads then read less. Not for given INT8 values, which may differ from the quantizer's.
+        if given.is_none() {
+            let p = plain()?;
+            if p.int8.len() <= s.int8.len() {
+                return Ok(p);
+            }
         }
         return Ok(s);
     }
@@ -752,6 +772,23 @@ fn decode_plain(e: &Entry, part: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// Quantizes a plainly stored 2-D tensor, for the INT8 load: I8 bytes and row scales.
+fn quantize_plain(kind: HalfKind, cols: u64, data: &[u8]) -> (Vec<u8>, Vec<f32>) {
+    let w: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let mut q = vec![0i8; w.len()];
+    let mut scales = Vec::with_capacity(w.len() / cols as usize);
+    for (row, qr) in w
+        .chunks_exact(cols as usize)
+        .zip(q.chunks_exact_mut(cols as usize))
+    {
+        scales.push(quantize_row(kind, row, qr));
+    }
+    (q.into_iter().map(|v| v as u8).collect(), scales)
+}
+
 /// INT8 values and row scales of a quantized tensor.
 fn decode_int8_tensor(e: &Entry, part: &[u8], threads: usize) -> Result<(Vec<u8>, Vec<f32>)> {
     let (rows, cols) = (e.shape[0], e.shape[1]);
@@ -936,7 +973,19 @@ fn extract_to(
                     Storage::Raw | Storage::Zipnn => {
                         let data = decode_plain(e, &part)
                             .with_context(|| format!("tensor {:?}", e.name))?;
-                        tensors.push((e.name.clone(), e.dtype, e.shape.clone(), data));
+                        match half_kind(e.dtype).filter(|_| quantizable(e.dtype, &e.shape)) {
+                            Some(kind) => {
+                                let (q, s) = quantize_plain(kind, e.shape[1], &data);
+                                tensors.push((e.name.clone(), Dtype::I8, e.shape.clone(), q));
+                                tensors.push((
+                                    format!("{}.SCB", e.name),
+                                    Dtype::F32,
+                                    vec![e.shape[0]],
+                                    s.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                                ));
+                            }
+                            None => tensors.push((e.name.clone(), e.dtype, e.shape.clone(), data)),
+                        }
                     }
                     Storage::Qstore | Storage::QstoreFallback => {
                         let (q, s) = decode_int8_tensor(e, &part, threads)

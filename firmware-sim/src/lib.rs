@@ -6,6 +6,7 @@
 //! - [`profile`]: named geometries and timings (`tlc`, `femu`, `slc`).
 #![forbid(unsafe_code)]
 
+pub mod firmware;
 pub mod image;
 pub mod latency;
 pub mod memory;

@@ -1,5 +1,6 @@
 //! `nandbox`: an emulated flash SSD served over NBD, and the tools around it.
 
+mod backend;
 mod check;
 mod control;
 mod device;

@@ -1,0 +1,718 @@
+//! The firmware runner: the FTL on its own thread, fed through a bounded submission queue.
+//!
+//! Host threads (one per NBD connection worker) submit byte-addressed requests; the firmware
+//! thread turns them into 4 KiB FTL operations (read-modify-write for unaligned edges), replies
+//! through a per-request channel, and when the queue is empty spends its time on background work
+//! (`Ftl::idle`: cost-benefit garbage collection, wear levelling, checkpoints).
+//!
+//! Requests are executed one at a time in arrival order, so a FLUSH covers every write that was
+//! completed before it, whichever connection sent it.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nandbox_core::ftl::{blocks_for_capacity, Error as FtlError, Ftl, FtlConfig, Lba};
+use nandbox_core::nand::{Geometry, Nand, SLOT_BYTES};
+use nandbox_core::stats::Stats;
+
+use crate::latency::{LatencyMode, LatencyModel, Timed};
+use crate::memory::OwnedFtlMemory;
+use crate::profile::Profile;
+use crate::SimNand;
+
+const BLOCK: u64 = SLOT_BYTES as u64;
+
+/// How to build the device.
+#[derive(Clone, Debug)]
+pub struct FirmwareConfig {
+    /// NAND part.
+    pub profile: Profile,
+    /// Logical capacity in bytes (a multiple of 4096).
+    pub logical_bytes: u64,
+    /// Persist to this image file (reopened when it exists, created otherwise).
+    pub image: Option<PathBuf>,
+    /// What modelled NAND time is used for.
+    pub latency: LatencyMode,
+    /// Node pages kept in RAM.
+    pub node_cache_slots: u32,
+    /// Over-provisioning, percent of the logical size.
+    pub op_percent: u32,
+    /// Requests that may wait in the submission queue.
+    pub queue_depth: usize,
+}
+
+impl FirmwareConfig {
+    /// A RAM device of `logical_bytes` on `profile` with the default settings.
+    pub fn new(profile: Profile, logical_bytes: u64) -> Self {
+        FirmwareConfig {
+            profile,
+            logical_bytes,
+            image: None,
+            latency: LatencyMode::Off,
+            node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
+            op_percent: crate::profile::DEFAULT_OP_PERCENT,
+            queue_depth: 256,
+        }
+    }
+}
+
+/// Node cache slots unless configured: 1,024 node pages (4 MiB of RAM).
+pub const DEFAULT_NODE_CACHE_SLOTS: u32 = 1024;
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirmwareError {
+    /// Out of range or malformed.
+    Invalid(String),
+    /// The device cannot take more data.
+    NoSpace,
+    /// The FTL or the NAND failed.
+    Io(String),
+    /// The firmware thread has stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for FirmwareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(why) => write!(f, "invalid request: {why}"),
+            Self::NoSpace => f.write_str("no space left on device"),
+            Self::Io(why) => write!(f, "device error: {why}"),
+            Self::Stopped => f.write_str("firmware stopped"),
+        }
+    }
+}
+
+impl std::error::Error for FirmwareError {}
+
+/// Counters of a running device.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The FTL's counters by cause.
+    pub stats: Stats,
+    /// Erase count of every block.
+    pub erase_counts: Vec<u32>,
+    /// Bad blocks.
+    pub bad_blocks: u32,
+    /// The array's shape.
+    pub geometry: Geometry,
+    /// The NAND part.
+    pub profile: Profile,
+    /// Logical capacity in bytes.
+    pub logical_bytes: u64,
+    /// Modelled latency of reads and writes (empty when the mode is `off`).
+    pub latency: LatencySummary,
+    /// Seconds since the device started.
+    pub uptime_s: f64,
+}
+
+/// Modelled request latencies, nanoseconds.
+#[derive(Clone, Debug, Default)]
+pub struct LatencySummary {
+    /// Reads measured.
+    pub reads: u64,
+    /// Mean read latency.
+    pub read_mean_ns: u64,
+    /// 99th percentile read latency.
+    pub read_p99_ns: u64,
+    /// Writes measured.
+    pub writes: u64,
+    /// Mean write latency.
+    pub write_mean_ns: u64,
+    /// 99th percentile write latency.
+    pub write_p99_ns: u64,
+}
+
+/// A completed request: its result and, in `real` latency mode, when the reply may go out.
+pub struct Completion<T> {
+    /// The result.
+    pub result: Result<T, FirmwareError>,
+    /// Reply no earlier than this.
+    pub not_before: Option<Instant>,
+}
+
+impl<T> Completion<T> {
+    /// Waits until the modelled completion time (real latency mode), then gives the result.
+    pub fn wait(self) -> Result<T, FirmwareError> {
+        if let Some(at) = self.not_before {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        self.result
+    }
+}
+
+enum Job {
+    Read(u64, usize, SyncSender<Completion<Vec<u8>>>),
+    Write(u64, Vec<u8>, bool, SyncSender<Completion<()>>),
+    Trim(u64, u64, bool, SyncSender<Completion<()>>),
+    Zero(u64, u64, bool, bool, SyncSender<Completion<()>>),
+    Flush(SyncSender<Completion<()>>),
+    Mapped(u64, u64, SyncSender<Completion<Vec<(u64, bool)>>>),
+    Stats(SyncSender<Snapshot>),
+    Shutdown(SyncSender<Completion<()>>),
+}
+
+/// A running device: the firmware thread and the queue into it.
+pub struct Firmware {
+    tx: SyncSender<Job>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    logical_bytes: u64,
+}
+
+type Dev = Timed<SimNand>;
+
+/// Opens or creates the NAND array the config asks for.
+fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> {
+    let logical_blocks = u32::try_from(config.logical_bytes / BLOCK)
+        .map_err(|_| FirmwareError::Invalid("device too large".into()))?;
+    let p = config.profile;
+    let blocks = blocks_for_capacity(
+        p.page_bytes,
+        p.pages_per_block,
+        logical_blocks,
+        config.op_percent,
+    );
+    let geometry = p.geometry(blocks);
+    geometry
+        .validate()
+        .map_err(|e| FirmwareError::Invalid(e.to_string()))?;
+    match &config.image {
+        None => Ok((SimNand::new_ram(geometry), false)),
+        Some(path) if path.exists() => {
+            let sim = SimNand::open_image(path)
+                .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
+            Ok((sim, true))
+        }
+        Some(path) => {
+            let sim = SimNand::create_image(path, geometry)
+                .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
+            Ok((sim, false))
+        }
+    }
+}
+
+impl Firmware {
+    /// Builds the device (formatting a new array or mounting an existing image) and starts the
+    /// firmware thread. Errors (a corrupt image, a bad size) are reported before any thread runs.
+    pub fn start(config: FirmwareConfig) -> Result<Firmware, FirmwareError> {
+        if config.logical_bytes == 0 || config.logical_bytes % BLOCK != 0 {
+            return Err(FirmwareError::Invalid(format!(
+                "size {} is not a non-zero multiple of 4096",
+                config.logical_bytes
+            )));
+        }
+        let (tx, rx) = mpsc::sync_channel(config.queue_depth.max(1));
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let cfg = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("nandbox-firmware".into())
+            .spawn(move || run_thread(cfg, rx, ready_tx))
+            .map_err(|e| FirmwareError::Io(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(logical_bytes)) => Ok(Firmware {
+                tx,
+                thread: Mutex::new(Some(thread)),
+                logical_bytes,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(FirmwareError::Io(
+                    "firmware thread died while starting".into(),
+                ))
+            }
+        }
+    }
+
+    /// Logical capacity in bytes (from the image when one was reopened).
+    pub fn size(&self) -> u64 {
+        self.logical_bytes
+    }
+
+    fn call<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Completion<T>>) -> Job,
+    ) -> Result<T, FirmwareError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(make(reply))
+            .map_err(|_| FirmwareError::Stopped)?;
+        rx.recv().map_err(|_| FirmwareError::Stopped)?.wait()
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), FirmwareError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.logical_bytes => Ok(()),
+            _ => Err(FirmwareError::Invalid(format!(
+                "range {offset}+{len} beyond the device"
+            ))),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FirmwareError> {
+        self.check(offset, len as u64)?;
+        self.call(|r| Job::Read(offset, len, r))
+    }
+
+    /// Writes `data` at `offset`; durable before returning when `fua`.
+    pub fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), FirmwareError> {
+        self.check(offset, data.len() as u64)?;
+        self.call(|r| Job::Write(offset, data, fua, r))
+    }
+
+    /// Discards a range: whole 4 KiB blocks are unmapped, partial edges are zeroed.
+    pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), FirmwareError> {
+        self.check(offset, len)?;
+        self.call(|r| Job::Trim(offset, len, fua, r))
+    }
+
+    /// Writes zeroes over a range: as unmapped blocks, which read as zeroes, unless `no_hole`
+    /// asks for the zeroes to be allocated, in which case zero blocks are written.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), FirmwareError> {
+        self.check(offset, len)?;
+        self.call(|r| Job::Zero(offset, len, fua, no_hole, r))
+    }
+
+    /// Makes every write completed so far durable.
+    pub fn flush(&self) -> Result<(), FirmwareError> {
+        self.call(Job::Flush)
+    }
+
+    /// Allocation of `[offset, offset+len)` as runs of (bytes, mapped).
+    pub fn mapping(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, FirmwareError> {
+        self.check(offset, len)?;
+        self.call(|r| Job::Mapped(offset, len, r))
+    }
+
+    /// The device's counters.
+    pub fn snapshot(&self) -> Result<Snapshot, FirmwareError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Job::Stats(reply))
+            .map_err(|_| FirmwareError::Stopped)?;
+        rx.recv().map_err(|_| FirmwareError::Stopped)
+    }
+
+    /// Flushes and stops the firmware thread. Later calls fail with `Stopped`.
+    pub fn shutdown(&self) -> Result<(), FirmwareError> {
+        let result = self.call(Job::Shutdown);
+        if let Some(t) = self
+            .thread
+            .lock()
+            .map_err(|_| FirmwareError::Stopped)?
+            .take()
+        {
+            let _ = t.join();
+        }
+        match result {
+            Err(FirmwareError::Stopped) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for Firmware {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Latency samples kept for percentiles: a bounded reservoir, so memory does not grow.
+struct LatencyLog {
+    count: u64,
+    sum: u128,
+    samples: Vec<u64>,
+    rng: crate::SplitMix64,
+}
+
+const RESERVOIR: usize = 16_384;
+
+impl LatencyLog {
+    fn new() -> Self {
+        LatencyLog {
+            count: 0,
+            sum: 0,
+            samples: Vec::new(),
+            rng: crate::SplitMix64::new(1),
+        }
+    }
+
+    fn record(&mut self, ns: u64) {
+        self.count += 1;
+        self.sum += ns as u128;
+        if self.samples.len() < RESERVOIR {
+            self.samples.push(ns);
+        } else {
+            let i = self.rng.next() % self.count;
+            if (i as usize) < RESERVOIR {
+                self.samples[i as usize] = ns;
+            }
+        }
+    }
+
+    fn mean_p99(&self) -> (u64, u64) {
+        if self.count == 0 {
+            return (0, 0);
+        }
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        let p99 = s[((s.len() - 1) as f64 * 0.99).round() as usize];
+        ((self.sum / self.count as u128) as u64, p99)
+    }
+}
+
+struct Runner<'a> {
+    ftl: Ftl<'a, Dev>,
+    config: FirmwareConfig,
+    started: Instant,
+    reads: LatencyLog,
+    writes: LatencyLog,
+    block: Vec<u8>,
+}
+
+fn run_thread(
+    config: FirmwareConfig,
+    rx: Receiver<Job>,
+    ready: SyncSender<Result<u64, FirmwareError>>,
+) {
+    let (sim, existing) = match open_nand(&config) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let geometry = sim.geometry();
+    let model = match config.latency {
+        LatencyMode::Off => None,
+        _ => Some(LatencyModel::new(config.profile, &geometry)),
+    };
+    let mut nand = Timed::new(sim, model);
+    let ftl_config = if existing {
+        // An image carries its own configuration: size the memory from what is on flash.
+        let mut scratch = vec![0u8; (geometry.page_bytes + geometry.spare_bytes) as usize];
+        match Ftl::probe(&mut nand, &mut scratch) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(FirmwareError::Io(format!("mount: {e}"))));
+                return;
+            }
+        }
+    } else {
+        let slots_per_block = geometry.slots_per_page() * geometry.pages_per_block;
+        FtlConfig {
+            logical_blocks: (config.logical_bytes / BLOCK) as u32,
+            node_cache_slots: config.node_cache_slots.min(slots_per_block),
+        }
+    };
+    let mut memory = OwnedFtlMemory::new(&geometry, &ftl_config);
+    let ftl = if existing {
+        Ftl::mount(nand, memory.lend()).map_err(|e| FirmwareError::Io(format!("mount: {e}")))
+    } else {
+        Ftl::format(nand, ftl_config, memory.lend())
+            .map_err(|e| FirmwareError::Io(format!("format: {e}")))
+    };
+    let ftl = match ftl {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let logical_bytes = ftl.logical_blocks() as u64 * BLOCK;
+    if ready.send(Ok(logical_bytes)).is_err() {
+        return;
+    }
+    let mut runner = Runner {
+        ftl,
+        config,
+        started: Instant::now(),
+        reads: LatencyLog::new(),
+        writes: LatencyLog::new(),
+        block: vec![0; SLOT_BYTES],
+    };
+    runner.serve(rx);
+}
+
+fn io<E: std::fmt::Display>(e: FtlError<E>) -> FirmwareError {
+    match e {
+        FtlError::NoSpace => FirmwareError::NoSpace,
+        FtlError::OutOfRange { .. } => FirmwareError::Invalid(e.to_string()),
+        other => FirmwareError::Io(other.to_string()),
+    }
+}
+
+impl Runner<'_> {
+    fn serve(&mut self, rx: Receiver<Job>) {
+        let mut background_pending = true;
+        loop {
+            let job = if background_pending {
+                match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        background_pending = self.ftl.idle().unwrap_or(false);
+                        continue;
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        background_pending = true;
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            background_pending = true;
+            if !self.handle(job) {
+                return;
+            }
+        }
+        let _ = self.ftl.flush();
+    }
+
+    /// Starts the latency clock for a request.
+    fn begin(&mut self) -> u64 {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if let Some(m) = self.ftl.nand_mut().model() {
+            m.begin(now);
+        }
+        now
+    }
+
+    /// Ends a request: records its modelled latency and says when its reply may go out.
+    fn end(&mut self, began: u64, is_read: bool) -> Option<Instant> {
+        let done = self.ftl.nand_mut().model().map(|m| m.completion())?;
+        let latency = done.saturating_sub(began);
+        if is_read {
+            self.reads.record(latency)
+        } else {
+            self.writes.record(latency)
+        }
+        match self.config.latency {
+            LatencyMode::Real => Some(self.started + Duration::from_nanos(done)),
+            _ => None,
+        }
+    }
+
+    /// Handles one job; false once the device is shut down.
+    fn handle(&mut self, job: Job) -> bool {
+        match job {
+            Job::Read(offset, len, reply) => {
+                let t = self.begin();
+                let result = self.read(offset, len);
+                let not_before = self.end(t, true);
+                let _ = reply.send(Completion { result, not_before });
+            }
+            Job::Write(offset, data, fua, reply) => {
+                let t = self.begin();
+                let mut result = self.write(offset, &data);
+                if fua && result.is_ok() {
+                    result = self.ftl.flush().map_err(io);
+                }
+                let not_before = self.end(t, false);
+                let _ = reply.send(Completion { result, not_before });
+            }
+            Job::Trim(offset, len, fua, reply) | Job::Zero(offset, len, fua, false, reply) => {
+                let t = self.begin();
+                let mut result = self.discard(offset, len);
+                if fua && result.is_ok() {
+                    result = self.ftl.flush().map_err(io);
+                }
+                let not_before = self.end(t, false);
+                let _ = reply.send(Completion { result, not_before });
+            }
+            Job::Zero(offset, len, fua, true, reply) => {
+                let t = self.begin();
+                let mut result = self.write_zero_blocks(offset, len);
+                if fua && result.is_ok() {
+                    result = self.ftl.flush().map_err(io);
+                }
+                let not_before = self.end(t, false);
+                let _ = reply.send(Completion { result, not_before });
+            }
+            Job::Flush(reply) => {
+                let t = self.begin();
+                let result = self.ftl.flush().map_err(io);
+                let not_before = self.end(t, false);
+                let _ = reply.send(Completion { result, not_before });
+            }
+            Job::Mapped(offset, len, reply) => {
+                let result = self.mapping(offset, len);
+                let _ = reply.send(Completion {
+                    result,
+                    not_before: None,
+                });
+            }
+            Job::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Job::Shutdown(reply) => {
+                let mut result = self.ftl.flush().map_err(io);
+                if result.is_ok() {
+                    let sync = self.ftl.nand_mut().inner_mut().sync();
+                    result = sync.map_err(|e| FirmwareError::Io(e.to_string()));
+                }
+                let _ = reply.send(Completion {
+                    result,
+                    not_before: None,
+                });
+                return false;
+            }
+        }
+        true
+    }
+
+    fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FirmwareError> {
+        let mut out = vec![0u8; len];
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            let lba = Lba((at / BLOCK) as u32);
+            let skip = (at % BLOCK) as usize;
+            let take = (SLOT_BYTES - skip).min(len - done);
+            if skip == 0 && take == SLOT_BYTES {
+                let dst: &mut [u8; SLOT_BYTES] = (&mut out[done..done + SLOT_BYTES])
+                    .try_into()
+                    .expect("4 KiB");
+                self.ftl.read(lba, dst).map_err(io)?;
+            } else {
+                let buf: &mut [u8; SLOT_BYTES] =
+                    self.block.as_mut_slice().try_into().expect("4 KiB");
+                self.ftl.read(lba, buf).map_err(io)?;
+                out[done..done + take].copy_from_slice(&self.block[skip..skip + take]);
+            }
+            done += take;
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FirmwareError> {
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let lba = Lba((at / BLOCK) as u32);
+            let skip = (at % BLOCK) as usize;
+            let take = (SLOT_BYTES - skip).min(data.len() - done);
+            if skip == 0 && take == SLOT_BYTES {
+                let src: &[u8; SLOT_BYTES] =
+                    data[done..done + SLOT_BYTES].try_into().expect("4 KiB");
+                self.ftl.write(lba, src).map_err(io)?;
+            } else {
+                // Read-modify-write of a partial block, inside the device.
+                let buf: &mut [u8; SLOT_BYTES] =
+                    self.block.as_mut_slice().try_into().expect("4 KiB");
+                self.ftl.read(lba, buf).map_err(io)?;
+                buf[skip..skip + take].copy_from_slice(&data[done..done + take]);
+                self.ftl.write(lba, buf).map_err(io)?;
+            }
+            done += take;
+        }
+        Ok(())
+    }
+
+    /// Unmaps whole blocks and zeroes partial edges.
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), FirmwareError> {
+        let end = offset + len;
+        let first_whole = offset.div_ceil(BLOCK);
+        let last_whole = end / BLOCK;
+        if first_whole >= last_whole {
+            return self.write(offset, &vec![0; len as usize]);
+        }
+        if offset % BLOCK != 0 {
+            let edge = first_whole * BLOCK - offset;
+            self.write(offset, &vec![0; edge as usize])?;
+        }
+        let count = (last_whole - first_whole) as u32;
+        self.ftl.trim(Lba(first_whole as u32), count).map_err(io)?;
+        if end % BLOCK != 0 {
+            let tail = end - last_whole * BLOCK;
+            self.write(last_whole * BLOCK, &vec![0; tail as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Writes allocated zeroes, a block at a time so no buffer grows with the request.
+    fn write_zero_blocks(&mut self, offset: u64, len: u64) -> Result<(), FirmwareError> {
+        let zeros = vec![0u8; SLOT_BYTES];
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let piece = (BLOCK - at % BLOCK).min(end - at);
+            self.write(at, &zeros[..piece as usize])?;
+            at += piece;
+        }
+        Ok(())
+    }
+
+    fn mapping(&mut self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, FirmwareError> {
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let lba = Lba((at / BLOCK) as u32);
+            let next = ((at / BLOCK) + 1) * BLOCK;
+            let piece = next.min(end) - at;
+            let mapped = self.ftl.is_mapped(lba).map_err(io)?;
+            match runs.last_mut() {
+                Some((n, m)) if *m == mapped => *n += piece,
+                _ => runs.push((piece, mapped)),
+            }
+            at += piece;
+        }
+        Ok(runs)
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let geometry = self.ftl.nand_mut().geometry();
+        let erase_counts = self.ftl.nand_mut().inner().erase_counts().to_vec();
+        let mut bad_blocks = 0;
+        for b in 0..geometry.blocks {
+            if self
+                .ftl
+                .nand_mut()
+                .is_bad(nandbox_core::nand::BlockId(b))
+                .unwrap_or(false)
+            {
+                bad_blocks += 1;
+            }
+        }
+        let (read_mean_ns, read_p99_ns) = self.reads.mean_p99();
+        let (write_mean_ns, write_p99_ns) = self.writes.mean_p99();
+        Snapshot {
+            stats: self.ftl.stats().clone(),
+            erase_counts,
+            bad_blocks,
+            geometry,
+            profile: self.config.profile,
+            logical_bytes: self.ftl.logical_blocks() as u64 * BLOCK,
+            latency: LatencySummary {
+                reads: self.reads.count,
+                read_mean_ns,
+                read_p99_ns,
+                writes: self.writes.count,
+                write_mean_ns,
+                write_p99_ns,
+            },
+            uptime_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The firmware runner: byte-addressed requests over the FTL, on its own thread.
+
+use nandbox_sim::firmware::{Firmware, FirmwareConfig, FirmwareError};
+use nandbox_sim::latency::LatencyMode;
+use nandbox_sim::profile;
+
+const MIB: u64 = 1 << 20;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn unaligned_writes_read_back_and_untouched_bytes_stay_zero() {
+    let fw = Firmware::start(FirmwareConfig::new(profile::FEMU, 16 * MIB)).unwrap();
+    assert_eq!(fw.size(), 16 * MIB);
+    let data = pattern(10_000, 3);
+    fw.write(4096 * 5 + 100, data.clone(), false).unwrap();
+    let back = fw.read(4096 * 5, 10_300).unwrap();
+    assert!(back[..100].iter().all(|&b| b == 0));
+    assert_eq!(&back[100..10_100], &data[..]);
+    assert!(back[10_100..].iter().all(|&b| b == 0));
+    let one = fw.read(4096 * 5 + 101, 1).unwrap();
+    assert_eq!(one, vec![data[1]]);
+}
+
+#[test]
+fn trim_and_zeroes_read_as_zero_and_show_as_holes() {
+    let fw = Firmware::start(FirmwareConfig::new(profile::TLC, 64 * MIB)).unwrap();
+    fw.write(0, vec![0xAB; 64 * 1024], false).unwrap();
+    fw.trim(4096 + 10, 3 * 4096, false).unwrap();
+    let back = fw.read(0, 64 * 1024).unwrap();
+    assert!(back[..4096 + 10].iter().all(|&b| b == 0xAB));
+    assert!(back[4096 + 10..4 * 4096 + 10].iter().all(|&b| b == 0));
+    assert!(back[4 * 4096 + 10..].iter().all(|&b| b == 0xAB));
+    // Blocks 2 and 3 are wholly trimmed: unmapped; 1 and 4 were zeroed partly: still mapped.
+    assert_eq!(
+        fw.mapping(0, 6 * 4096).unwrap(),
+        vec![(2 * 4096, true), (2 * 4096, false), (2 * 4096, true)]
+    );
+    fw.write_zeroes(0, 4096, false, true).unwrap();
+    assert_eq!(fw.mapping(0, 4096).unwrap(), vec![(4096, true)]);
+    fw.write_zeroes(0, 4096, false, false).unwrap();
+    assert_eq!(fw.mapping(0, 4096).unwrap(), vec![(4096, false)]);
+    // A trim of the whole device is one request.
+    fw.trim(0, 64 * MIB, true).unwrap();
+    assert_eq!(fw.mapping(0, 64 * MIB).unwrap(), vec![(64 * MIB, false)]);
+}
+
+#[test]
+fn out_of_range_requests_are_refused() {
+    let fw = Firmware::start(FirmwareConfig::new(profile::FEMU, 8 * MIB)).unwrap();
+    assert!(matches!(
+        fw.read(8 * MIB - 1, 2),
+        Err(FirmwareError::Invalid(_))
+    ));
+    assert!(matches!(
+        fw.write(u64::MAX, vec![1], false),
+        Err(FirmwareError::Invalid(_))
+    ));
+    assert!(matches!(
+        fw.trim(8 * MIB, 1, false),
+        Err(FirmwareError::Invalid(_))
+    ));
+    assert!(Firmware::start(FirmwareConfig::new(profile::FEMU, 4095)).is_err());
+}
+
+#[test]
+fn counters_follow_the_workload() {
+    let fw = Firmware::start(FirmwareConfig::new(profile::FEMU, 8 * MIB)).unwrap();
+    fw.write(0, vec![7; 8 * 4096], false).unwrap();
+    fw.flush().unwrap();
+    let s = fw.snapshot().unwrap();
+    assert_eq!(s.stats.host_write_bytes, 8 * 4096);
+    assert!(s.stats.nand_program_bytes() >= 8 * 4096);
+    assert_eq!(s.logical_bytes, 8 * MIB);
+    assert_eq!(s.erase_counts.len(), s.geometry.blocks as usize);
+}
+
+#[test]
+fn virtual_latency_is_accounted() {
+    let mut config = FirmwareConfig::new(profile::TLC, 64 * MIB);
+    config.latency = LatencyMode::Virtual;
+    let fw = Firmware::start(config).unwrap();
+    fw.write(0, vec![1; 4096], true).unwrap();
+    fw.read(0, 4096).unwrap();
+    let s = fw.snapshot().unwrap();
+    assert_eq!(s.latency.writes, 1);
+    assert!(
+        s.latency.write_mean_ns >= profile::TLC.program_ns,
+        "{:?}",
+        s.latency
+    );
+    assert_eq!(s.latency.reads, 1);
+}
+
+#[test]
+fn an_image_keeps_flushed_data_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("nandbox-fw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dev.img");
+    let data = pattern(3 * 4096 + 17, 9);
+    {
+        let mut config = FirmwareConfig::new(profile::FEMU, 32 * MIB);
+        config.image = Some(path.clone());
+        let fw = Firmware::start(config).unwrap();
+        fw.write(12_345, data.clone(), false).unwrap();
+        fw.flush().unwrap();
+        fw.shutdown().unwrap();
+        assert!(matches!(fw.read(0, 1), Err(FirmwareError::Stopped)));
+    }
+    // Reopened with a different --size: the image's own size wins.
+    let mut config = FirmwareConfig::new(profile::FEMU, 4 * MIB);
+    config.image = Some(path.clone());
+    let fw = Firmware::start(config).unwrap();
+    assert_eq!(fw.size(), 32 * MIB);
+    assert_eq!(fw.read(12_345, data.len()).unwrap(), data);
+    drop(fw);
+    std::fs::write(&path, b"not an image").unwrap();
+    let mut config = FirmwareConfig::new(profile::FEMU, 32 * MIB);
+    config.image = Some(path.clone());
+    let err = Firmware::start(config)
+        .err()
+        .expect("a damaged image is refused");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

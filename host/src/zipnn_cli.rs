@@ -163,6 +163,24 @@ struct Job {
     len: usize,
 }
 
+/// Slot `i` of the job pool, created on first use; buffers are reused from batch to batch so
+/// big chunks are not allocated (and page-faulted in) again for every chunk.
+fn take_job(jobs: &mut Vec<Job>, i: usize, index: u64, dtype: Dtype) -> &mut Job {
+    if jobs.len() <= i {
+        jobs.push(Job {
+            index,
+            dtype,
+            input: Vec::new(),
+            output: Vec::new(),
+            len: 0,
+        });
+    }
+    let j = &mut jobs[i];
+    j.index = index;
+    j.dtype = dtype;
+    j
+}
+
 /// Runs `work` over the jobs on up to `workers.len()` threads; returns the first error.
 fn run_batch<F>(jobs: &mut [Job], workers: &mut [Worker], work: F) -> Result<(), ZipnnError>
 where
@@ -258,27 +276,26 @@ fn compress(a: &CompressArgs) -> Result<()> {
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new()).collect();
     let batch = threads * CHUNKS_PER_THREAD;
     let mut index = 0u64;
+    let mut jobs: Vec<Job> = Vec::with_capacity(batch);
     for seg in &segments {
         let mut left = seg.len;
         while left > 0 {
-            let mut jobs = Vec::with_capacity(batch);
-            while left > 0 && jobs.len() < batch {
+            let mut used = 0;
+            while left > 0 && used < batch {
                 let n = left.min(u64::from(chunk)) as usize;
-                let mut buf = vec![0u8; n];
+                let j = take_job(&mut jobs, used, index, seg.dtype);
+                j.input.resize(n, 0);
                 input
-                    .read_exact(&mut buf)
+                    .read_exact(&mut j.input)
                     .with_context(|| format!("{} changed while reading", a.input.display()))?;
-                jobs.push(Job {
-                    index,
-                    dtype: seg.dtype,
-                    output: vec![0u8; zipnn::max_chunk_record_len(seg.dtype, n)],
-                    input: buf,
-                    len: 0,
-                });
+                j.output
+                    .resize(zipnn::max_chunk_record_len(seg.dtype, n), 0);
+                used += 1;
                 index += 1;
                 left -= n as u64;
             }
-            run_batch(&mut jobs, &mut workers, |j, w| {
+            let jobs = &mut jobs[..used];
+            run_batch(jobs, &mut workers, |j, w| {
                 j.len = zipnn::encode_chunk(
                     j.dtype,
                     j.index,
@@ -290,7 +307,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
                 Ok(())
             })
             .map_err(|e| anyhow!("{e}"))?;
-            for j in &jobs {
+            for j in jobs.iter() {
                 out.write_all(&j.output[..j.len])?;
                 bar.inc(j.input.len() as u64);
             }
@@ -346,11 +363,12 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
     let batch = threads * CHUNKS_PER_THREAD;
     let chunk = u64::from(header.chunk_size);
     let mut index = 0u64;
+    let mut jobs: Vec<Job> = Vec::with_capacity(batch);
     for seg in &segments {
         let mut left = seg.len;
         while left > 0 {
-            let mut jobs = Vec::with_capacity(batch);
-            while left > 0 && jobs.len() < batch {
+            let mut used = 0;
+            while left > 0 && used < batch {
                 let n = left.min(chunk) as usize;
                 let truncated = |_| {
                     anyhow!(
@@ -361,25 +379,23 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
                         }
                     )
                 };
-                let mut rec = vec![0u8; zipnn::CHUNK_HEADER_LEN];
-                input.read_exact(&mut rec).map_err(truncated)?;
-                let payload = zipnn::chunk_payload_len(seg.dtype, index, &rec, n)
+                let j = take_job(&mut jobs, used, index, seg.dtype);
+                j.input.resize(zipnn::CHUNK_HEADER_LEN, 0);
+                input.read_exact(&mut j.input).map_err(truncated)?;
+                let payload = zipnn::chunk_payload_len(seg.dtype, index, &j.input, n)
                     .map_err(|e| anyhow!("{name}: {e}"))?;
-                rec.resize(zipnn::CHUNK_HEADER_LEN + payload, 0);
+                j.input.resize(zipnn::CHUNK_HEADER_LEN + payload, 0);
                 input
-                    .read_exact(&mut rec[zipnn::CHUNK_HEADER_LEN..])
+                    .read_exact(&mut j.input[zipnn::CHUNK_HEADER_LEN..])
                     .map_err(truncated)?;
-                jobs.push(Job {
-                    index,
-                    dtype: seg.dtype,
-                    input: rec,
-                    output: vec![0u8; n],
-                    len: n,
-                });
+                j.output.resize(n, 0);
+                j.len = n;
+                used += 1;
                 index += 1;
                 left -= n as u64;
             }
-            run_batch(&mut jobs, &mut workers, |j, w| {
+            let jobs = &mut jobs[..used];
+            run_batch(jobs, &mut workers, |j, w| {
                 zipnn::decode_chunk(
                     j.dtype,
                     j.index,
@@ -390,7 +406,7 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
                 )
             })
             .map_err(|e| anyhow!("{name}: {e}"))?;
-            for j in &jobs {
+            for j in jobs.iter() {
                 out.write_all(&j.output[..j.len])?;
                 bar.inc(j.len as u64);
             }

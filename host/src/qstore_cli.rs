@@ -551,7 +551,8 @@ fn pack_tensor(
         // alone are larger than the plain tensor, keep it plain in the INT8 section and let the
         // INT8 load quantize it (the quantizer is exact, so the INT8 model is the same): both
         // loads then read less. Not for given INT8 values, which may differ from the quantizer's.
-        if given.is_none() {
+        // Only a one-chunk tensor can be that small; skip the trial coding of the others.
+        if given.is_none() && chunks.len() == 1 {
             let p = plain()?;
             if p.int8.len() <= s.int8.len() {
                 return Ok(p);

@@ -794,10 +794,12 @@ mod tests {
         let mut rng = Rng(0x5eed);
         let mut src = [0u8; 10_001];
         for e in src.chunks_exact_mut(2) {
-            // BF16-like: exponents clustered around 2^-4, random sign and mantissa.
+            // BF16-like: exponents clustered around 2^-4, random sign; the mantissa's spread
+            // depends on the exponent, as in real weights, so plane 1 is coded with contexts.
             let r = rng.next();
             let exp = 123 - (r.trailing_zeros().min(6) as u16);
-            let v = ((r >> 32) as u16 & 0x807f) | (exp << 7);
+            let mant = ((r >> 32) as u16 & 0x7f) >> (exp & 3);
+            let v = ((r >> 48) as u16 & 0x8000) | mant | (exp << 7);
             e.copy_from_slice(&v.to_le_bytes());
         }
         let mut container = [0u8; 11_000];
@@ -813,6 +815,11 @@ mod tests {
         )
         .unwrap();
         assert!(len < src.len() * 8 / 10, "test data should compress: {len}");
+        // Chunk 0's plane-1 block (after r and two lengths) must be a context block, so the
+        // mutations exercise that decoder too.
+        let payload = HEADER_LEN + SEGMENT_ENTRY_LEN + CHUNK_HEADER_LEN;
+        let len0 = le_u32(&container, payload + 1) as usize;
+        assert_eq!(container[payload + 9 + len0], entropy::MODE_RANS_CTX);
         let mut tables = DecoderTables::new();
         let mut segs = [Segment {
             dtype: Dtype::Raw,

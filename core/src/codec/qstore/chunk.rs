@@ -231,7 +231,6 @@ pub fn encode_chunk(
             }
             i += 1;
         }
-        debug_assert!(row_start <= row_end);
     }
     let radix_len = radix.finish()?;
 

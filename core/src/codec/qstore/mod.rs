@@ -90,12 +90,10 @@ impl fmt::Display for QstoreError {
 
 impl core::error::Error for QstoreError {}
 
-/// Maps an entropy-coder error met while decoding `what`.
-fn decode_err(e: CodecError, what: &'static str) -> QstoreError {
-    match e {
-        CodecError::BufferTooSmall(_) | CodecError::Corrupted => QstoreError::Corrupted(what),
-        _ => QstoreError::Corrupted(what),
-    }
+/// Maps an entropy-coder error met while decoding `what`: whatever the coder found, the
+/// stored block is wrong, and `what` says which one.
+fn decode_err(_: CodecError, what: &'static str) -> QstoreError {
+    QstoreError::Corrupted(what)
 }
 
 /// Maps an entropy-coder error met while encoding.

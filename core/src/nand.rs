@@ -171,8 +171,7 @@ pub trait Nand {
     fn geometry(&self) -> Geometry;
 
     /// Reads one page's data and spare area.
-    fn read(&mut self, page: PageId, data: &mut [u8], spare: &mut [u8])
-        -> Result<(), Self::Error>;
+    fn read(&mut self, page: PageId, data: &mut [u8], spare: &mut [u8]) -> Result<(), Self::Error>;
 
     /// Reads only the spare area of a page (cheaper on real parts: no data transfer).
     fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), Self::Error>;

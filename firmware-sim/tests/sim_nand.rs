@@ -211,7 +211,11 @@ fn read_only_image_never_changes_the_file() {
     let (d, s) = page(&sim, 0x55);
     assert_eq!(read(&mut sim, PageId(0)).0, page(&sim, 0x44).0);
     sim.program(PageId(1), &d, &s).unwrap();
-    assert_eq!(read(&mut sim, PageId(1)).0, d, "the overlay holds the new page");
+    assert_eq!(
+        read(&mut sim, PageId(1)).0,
+        d,
+        "the overlay holds the new page"
+    );
     sim.erase(BlockId(0)).unwrap();
     assert!(read(&mut sim, PageId(0)).0.iter().all(|&b| b == 0xFF));
     drop(sim);

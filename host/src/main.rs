@@ -6,7 +6,6 @@ mod control;
 mod device;
 mod nbd;
 mod qstore_cli;
-mod ramdisk;
 mod safetensors;
 mod serve;
 mod zipnn_cli;

@@ -125,7 +125,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         latency: format!("{:?}", args.latency).to_lowercase(),
         read_only: args.read_only,
     };
-    let device = crate::ramdisk::open(&options).context("opening the device")?;
+    let device = crate::backend::open(&options).context("opening the device")?;
 
     let listen = match (args.listen, &args.unix) {
         (Some(addr), _) => Some(addr),
@@ -239,13 +239,19 @@ fn install_signal_handler(
                 );
             }
             let mut code = 0;
+            // Flush first and take the counters then: a stopped device can no longer report them,
+            // and shutting down after a flush adds no NAND work they would miss.
+            if let Err(e) = device.flush() {
+                eprintln!("nandbox: final flush failed: {e}");
+                code = 1;
+            }
+            let stats = device.stats_json();
             if let Err(e) = device.shutdown() {
                 eprintln!("nandbox: device shutdown failed: {e}");
                 code = 1;
             }
             if let Some(path) = stats_out {
-                let json =
-                    serde_json::to_string_pretty(&device.stats_json()).unwrap_or_default() + "\n";
+                let json = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";
                 if let Err(e) = std::fs::write(&path, json) {
                     eprintln!("nandbox: writing {}: {e}", path.display());
                     code = 1;

@@ -160,7 +160,6 @@ print("ALL OK")
 }
 
 #[test]
-#[ignore = "needs backend: the temporary RAM device does not persist --image"]
 fn flushed_data_survives_kill_9_and_restart_with_image() {
     let dir = nandbox_tests::scratch_dir();
     let image = dir.path().join("dev.img");

@@ -154,7 +154,10 @@ fn sigterm_with_a_client_still_connected_exits_cleanly() {
     let dir = nandbox_tests::scratch_dir();
     let out = dir.path().join("final.json");
     let out_s = out.to_str().unwrap().to_string();
-    let mut server = Server::start(&["--size", "16MiB", "--stats-out", &out_s]);
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap().to_string();
+    let args = ["--size", "16MiB", "--image", &image_s];
+    let mut server = Server::start(&[&args[..], &["--stats-out", &out_s]].concat());
     let mut client = Command::new("/usr/bin/python3")
         .args([
             "-c",

@@ -183,6 +183,22 @@ fn sigterm_with_a_client_still_connected_exits_cleanly() {
         stats["host_write_bytes"].as_u64().unwrap() >= 1 << 20,
         "{stats}"
     );
+    assert!(
+        stats["nand_program_pages"].as_u64().unwrap() > 0,
+        "the final flush programmed nothing: {stats}"
+    );
+    // The client never flushed: the shutdown's flush is what makes its write survive.
+    server.restart(&args);
+    let out = run_ok(
+        Command::new("/usr/bin/python3").args([
+            "-c",
+            "import sys, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             assert h.pread(1048576, 0) == b'y' * 1048576\nprint('ok')",
+            &server.uri(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("ok"));
 }
 
 #[test]

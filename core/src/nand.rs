@@ -64,7 +64,7 @@ pub const SPARE_BYTES_PER_SLOT: u32 = 64;
 impl Geometry {
     /// Checks the geometry once, up front, so a bad one fails before any flash is touched.
     pub const fn validate(&self) -> Result<(), GeometryError> {
-        if self.page_bytes == 0 || self.page_bytes % SLOT_BYTES as u32 != 0 {
+        if self.page_bytes == 0 || !self.page_bytes.is_multiple_of(SLOT_BYTES as u32) {
             return Err(GeometryError::PageNotSlotMultiple);
         }
         if self.pages_per_block == 0 || self.blocks == 0 {

@@ -201,7 +201,7 @@ impl Firmware {
     /// Builds the device (formatting a new array or mounting an existing image) and starts the
     /// firmware thread. Errors (a corrupt image, a bad size) are reported before any thread runs.
     pub fn start(config: FirmwareConfig) -> Result<Firmware, FirmwareError> {
-        if config.logical_bytes == 0 || config.logical_bytes % BLOCK != 0 {
+        if config.logical_bytes == 0 || !config.logical_bytes.is_multiple_of(BLOCK) {
             return Err(FirmwareError::Invalid(format!(
                 "size {} is not a non-zero multiple of 4096",
                 config.logical_bytes
@@ -359,7 +359,7 @@ impl LatencyLog {
         if self.samples.len() < RESERVOIR {
             self.samples.push(ns);
         } else {
-            let i = self.rng.next() % self.count;
+            let i = self.rng.next_u64() % self.count;
             if (i as usize) < RESERVOIR {
                 self.samples[i as usize] = ns;
             }
@@ -637,13 +637,13 @@ impl Runner<'_> {
         if first_whole >= last_whole {
             return self.write(offset, &vec![0; len as usize]);
         }
-        if offset % BLOCK != 0 {
+        if !offset.is_multiple_of(BLOCK) {
             let edge = first_whole * BLOCK - offset;
             self.write(offset, &vec![0; edge as usize])?;
         }
         let count = (last_whole - first_whole) as u32;
         self.ftl.trim(Lba(first_whole as u32), count).map_err(io)?;
-        if end % BLOCK != 0 {
+        if !end.is_multiple_of(BLOCK) {
             let tail = end - last_whole * BLOCK;
             self.write(last_whole * BLOCK, &vec![0; tail as usize])?;
         }
@@ -698,7 +698,7 @@ impl Runner<'_> {
         let (read_mean_ns, read_p99_ns) = self.reads.mean_p99();
         let (write_mean_ns, write_p99_ns) = self.writes.mean_p99();
         Snapshot {
-            stats: self.ftl.stats().clone(),
+            stats: *self.ftl.stats(),
             erase_counts,
             bad_blocks,
             geometry,

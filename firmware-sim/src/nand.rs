@@ -184,7 +184,7 @@ impl SimNand {
         let wanted = self.faults.factory_bad_blocks.min(blocks);
         let mut marked = 0;
         while marked < wanted {
-            let b = (self.rng.next() % blocks as u64) as usize;
+            let b = (self.rng.next_u64() % blocks as u64) as usize;
             if !self.bad[b] {
                 self.bad[b] = true;
                 marked += 1;
@@ -375,7 +375,7 @@ impl SimNand {
 
     fn maybe_flip(&mut self, bytes: &mut [u8]) {
         if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
-            let bit = self.rng.next() % (bytes.len() as u64 * 8);
+            let bit = self.rng.next_u64() % (bytes.len() as u64 * 8);
             bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
             self.counters.injected_bit_flips += 1;
         }
@@ -385,11 +385,11 @@ impl SimNand {
     /// bytes, then erased bytes — an interrupted program sequence.
     fn torn_image(&mut self, raw: &[u8]) -> Vec<u8> {
         let mut out = vec![0xFF; raw.len()];
-        let keep = (self.rng.next() % (raw.len() as u64 + 1)) as usize;
+        let keep = (self.rng.next_u64() % (raw.len() as u64 + 1)) as usize;
         out[..keep].copy_from_slice(&raw[..keep]);
         let garbage_end = (keep + 16).min(raw.len());
         for byte in &mut out[keep..garbage_end] {
-            *byte = self.rng.next() as u8;
+            *byte = self.rng.next_u64() as u8;
         }
         out
     }
@@ -413,7 +413,7 @@ impl Nand for SimNand {
         // One flip anywhere in the page, data or spare, in proportion to their sizes.
         if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
             let bits = (data.len() + spare.len()) as u64 * 8;
-            let bit = self.rng.next() % bits;
+            let bit = self.rng.next_u64() % bits;
             let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
             match byte.checked_sub(data.len()) {
                 None => data[byte] ^= mask,
@@ -510,7 +510,7 @@ impl Nand for SimNand {
             // Undefined: some pages erased, some not; nothing may be programmed until a
             // complete erase, so the write point stays at the end of the block.
             for n in 0..ppb {
-                if self.rng.next() % 2 == 0 {
+                if self.rng.next_u64().is_multiple_of(2) {
                     self.erase_page(self.geometry.page(block, n))?;
                 }
             }

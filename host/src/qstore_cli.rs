@@ -232,42 +232,80 @@ fn chunks_of(rows: u64, cols: u64) -> Vec<ChunkPos> {
         .collect()
 }
 
-/// Runs `f(workspace, job)` for every job on `threads` threads, each with its own workspace;
-/// results come back in job order. The first error wins.
-fn par_map<T: Send>(
-    jobs: usize,
-    threads: usize,
-    f: impl Fn(&mut Workspace, usize) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..jobs).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(jobs.max(1)) {
-            s.spawn(|| {
-                let mut ws = Box::new(Workspace::new());
-                loop {
-                    let j = next.fetch_add(1, Ordering::Relaxed);
-                    if j >= jobs {
-                        break;
-                    }
-                    let r = f(&mut ws, j);
-                    let failed = r.is_err();
-                    results.lock().expect("no worker panics")[j] = Some(r);
-                    if failed {
-                        next.store(jobs, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    let mut out = Vec::with_capacity(jobs);
-    for r in results.into_inner().expect("no worker panics") {
-        match r {
-            Some(r) => out.push(r?),
-            None => bail!("a chunk was not processed after an earlier error"),
+/// One worker thread's memory, reused by every tensor of a command: a chunk workspace and the
+/// two record buffers, so no chunk allocates and zeroes half a megabyte.
+struct Scratch {
+    ws: Box<Workspace>,
+    int8: Vec<u8>,
+    hp: Vec<u8>,
+}
+
+/// The worker threads' memory; `map` runs jobs on one thread per slot.
+struct Workers {
+    slots: Vec<Mutex<Scratch>>,
+}
+
+impl Workers {
+    fn new(threads: usize) -> Workers {
+        Workers {
+            slots: (0..threads.max(1))
+                .map(|_| {
+                    Mutex::new(Scratch {
+                        ws: Box::new(Workspace::new()),
+                        int8: Vec::new(),
+                        hp: Vec::new(),
+                    })
+                })
+                .collect(),
         }
     }
-    Ok(out)
+
+    /// Runs `f(scratch, job)` for every job; results come back in job order, the first error
+    /// wins.
+    fn map<T: Send>(
+        &self,
+        jobs: usize,
+        f: impl Fn(&mut Scratch, usize) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<T>>>> = Mutex::new((0..jobs).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for slot in self.slots.iter().take(jobs.max(1)) {
+                let (next, results, f) = (&next, &results, &f);
+                s.spawn(move || {
+                    let mut scratch = slot.lock().expect("no worker panics");
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        if j >= jobs {
+                            break;
+                        }
+                        let r = f(&mut scratch, j);
+                        let failed = r.is_err();
+                        results.lock().expect("no worker panics")[j] = Some(r);
+                        if failed {
+                            next.store(jobs, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(jobs);
+        for r in results.into_inner().expect("no worker panics") {
+            match r {
+                Some(r) => out.push(r?),
+                None => bail!("a chunk was not processed after an earlier error"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Grows `buf` to at least `n` bytes (contents unspecified: the coders overwrite or clear).
+fn at_least(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    &mut buf[..n]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,11 +420,12 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
     let header =
         safetensors::parse(&file).with_context(|| format!("parsing {}", model.display()))?;
     let given_file = int8.map(read_given).transpose()?;
+    let workers = Workers::new(threads);
 
     let mut stored = Vec::with_capacity(header.tensors.len());
     for t in &header.tensors {
         let data = &file[t.range.start as usize..t.range.end as usize];
-        let s = pack_tensor(t, data, given_file.as_ref(), threads)
+        let s = pack_tensor(t, data, given_file.as_ref(), &workers)
             .with_context(|| format!("tensor {:?}", t.name))?;
         stored.push(s);
     }
@@ -461,7 +500,7 @@ fn pack_tensor(
     t: &safetensors::TensorInfo,
     data: &[u8],
     given_file: Option<&(Vec<u8>, safetensors::Header)>,
-    threads: usize,
+    workers: &Workers,
 ) -> Result<Stored> {
     // Plain storage: ZipNN when it is smaller than the bytes themselves (not for tiny tensors,
     // whose container header outweighs them), raw otherwise.
@@ -507,7 +546,7 @@ fn pack_tensor(
             .collect(),
     };
     let chunks = chunks_of(rows, cols);
-    let coded = par_map(chunks.len(), threads, |ws, k| {
+    let coded = workers.map(chunks.len(), |scratch, k| {
         let c = chunks[k];
         let r0 = c.first_row();
         let ws_w = &w[c.start as usize..c.start as usize + c.len];
@@ -515,24 +554,11 @@ fn pack_tensor(
         let gq = given
             .as_ref()
             .map(|g| &g.q[c.start as usize..c.start as usize + c.len]);
-        let mut i8b = vec![0u8; max_int8_len(c.len, c.rows())];
-        let mut hpb = vec![0u8; max_hp_len(c.len)];
-        match encode_chunk(
-            kind,
-            cols as u32,
-            c.col0(),
-            ws_w,
-            sc,
-            gq,
-            ws,
-            &mut i8b,
-            &mut hpb,
-        ) {
-            Ok((a, b)) => {
-                i8b.truncate(a);
-                hpb.truncate(b);
-                Ok(Some((i8b, hpb)))
-            }
+        let Scratch { ws, int8, hp } = scratch;
+        let i8b = at_least(int8, max_int8_len(c.len, c.rows()));
+        let hpb = at_least(hp, max_hp_len(c.len));
+        match encode_chunk(kind, cols as u32, c.col0(), ws_w, sc, gq, ws, i8b, hpb) {
+            Ok((a, b)) => Ok(Some((i8b[..a].to_vec(), hpb[..b].to_vec()))),
             Err(QstoreError::NotContained(_)) if given.is_some() => Ok(None),
             Err(e) => Err(anyhow!("chunk {k}: {e}")),
         }
@@ -565,7 +591,8 @@ fn pack_tensor(
     let g = given
         .as_ref()
         .expect("only given values can fail containment");
-    let mut ws = Box::new(Workspace::new());
+    let mut scratch = workers.slots[0].lock().expect("no worker panics");
+    let ws = &mut scratch.ws;
     let mut int8 = Vec::new();
     for c in &chunks {
         let r0 = c.first_row();
@@ -575,7 +602,7 @@ fn pack_tensor(
             c.col0(),
             &g.q[c.start as usize..c.start as usize + c.len],
             &scales[r0..r0 + c.rows()],
-            &mut ws,
+            ws,
             &mut i8b,
         )
         .map_err(|e| anyhow!("{e}"))?;
@@ -791,11 +818,12 @@ fn quantize_plain(kind: HalfKind, cols: u64, data: &[u8]) -> (Vec<u8>, Vec<f32>)
 }
 
 /// INT8 values and row scales of a quantized tensor.
-fn decode_int8_tensor(e: &Entry, part: &[u8], threads: usize) -> Result<(Vec<u8>, Vec<f32>)> {
+fn decode_int8_tensor(e: &Entry, part: &[u8], workers: &Workers) -> Result<(Vec<u8>, Vec<f32>)> {
     let (rows, cols) = (e.shape[0], e.shape[1]);
     let chunks = chunks_of(rows, cols);
     let recs = split_records(part, chunks.len(), int8_record_len, "INT8 record")?;
-    let parts = par_map(chunks.len(), threads, |ws, k| {
+    let parts = workers.map(chunks.len(), |scratch, k| {
+        let ws = &mut scratch.ws;
         let c = chunks[k];
         let mut q = vec![0i8; c.len];
         let mut s = vec![0f32; c.rows()];
@@ -830,7 +858,7 @@ fn decode_hp_tensor(
     e: &Entry,
     int8_part: &[u8],
     hp_part: &[u8],
-    threads: usize,
+    workers: &Workers,
 ) -> Result<Vec<u8>> {
     if e.storage == Storage::QstoreFallback {
         return zipnn_decode(hp_part, e.bytes()?);
@@ -845,7 +873,8 @@ fn decode_hp_tensor(
         hp_record_len,
         "high-precision record",
     )?;
-    let parts = par_map(chunks.len(), threads, |ws, k| {
+    let parts = workers.map(chunks.len(), |scratch, k| {
+        let ws = &mut scratch.ws;
         let c = chunks[k];
         let mut out = vec![0u16; c.len];
         let n = decode_hp(
@@ -907,6 +936,7 @@ fn extract_to(
         header,
         entries,
     } = open(input)?;
+    let workers = Workers::new(threads);
     let int8_base = header.int8_start();
     let hp_base = header.hp_start();
     let mut w = std::io::BufWriter::new(
@@ -958,7 +988,7 @@ fn extract_to(
                             bail!("tensor {:?}: corrupted: overlaps the header record", e.name);
                         }
                         let hp_part = src.read_at(hp_base + e.hp_off, e.hp_len, &e.name)?;
-                        decode_hp_tensor(e, &int8_part, &hp_part, threads)
+                        decode_hp_tensor(e, &int8_part, &hp_part, &workers)
                     }
                 }
                 .with_context(|| format!("tensor {:?}", e.name))?;
@@ -989,7 +1019,7 @@ fn extract_to(
                         }
                     }
                     Storage::Qstore | Storage::QstoreFallback => {
-                        let (q, s) = decode_int8_tensor(e, &part, threads)
+                        let (q, s) = decode_int8_tensor(e, &part, &workers)
                             .with_context(|| format!("tensor {:?}", e.name))?;
                         tensors.push((e.name.clone(), Dtype::I8, e.shape.clone(), q));
                         let sb: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -8,8 +8,37 @@ mod ftl_support;
 
 use ftl_support::*;
 use nandbox_core::ftl::{Ftl, FtlConfig, Lba};
-use nandbox_core::nand::Geometry;
-use nandbox_sim::{OwnedFtlMemory, SimNand};
+use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
+use nandbox_sim::{OwnedFtlMemory, SimError, SimNand};
+
+/// Lends a `SimNand` to an FTL so a mount that fails (power cut during recovery) leaves the
+/// array with the test.
+struct Lent<'n>(&'n mut SimNand);
+
+impl Nand for Lent<'_> {
+    type Error = SimError;
+    fn geometry(&self) -> Geometry {
+        self.0.geometry()
+    }
+    fn read(&mut self, p: PageId, d: &mut [u8], s: &mut [u8]) -> Result<(), SimError> {
+        self.0.read(p, d, s)
+    }
+    fn read_spare(&mut self, p: PageId, s: &mut [u8]) -> Result<(), SimError> {
+        self.0.read_spare(p, s)
+    }
+    fn program(&mut self, p: PageId, d: &[u8], s: &[u8]) -> Result<(), SimError> {
+        self.0.program(p, d, s)
+    }
+    fn erase(&mut self, b: BlockId) -> Result<(), SimError> {
+        self.0.erase(b)
+    }
+    fn is_bad(&mut self, b: BlockId) -> Result<bool, SimError> {
+        self.0.is_bad(b)
+    }
+    fn mark_bad(&mut self, b: BlockId) -> Result<(), SimError> {
+        self.0.mark_bad(b)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -164,6 +193,22 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let mut nand = ftl.into_nand();
     nand.restore_power();
     let at = format!("cut {cut}");
+    // Every third cut point also cuts power during the recovery that follows, at a varying
+    // depth: recovery must survive its own interruption.
+    let mut second = String::new();
+    if cut % 3 == 0 {
+        let depth = (cut / 3) % 160;
+        nand.power_cut_after(depth);
+        match Ftl::mount(Lent(&mut nand), mem.lend()) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(nand.power_lost(), "{at}: mount failed without a cut: {e}");
+                second = format!(" (recovery cut after {depth} ops)");
+            }
+        }
+        nand.restore_power();
+    }
+    let at = format!("{at}{second}");
     let mut ftl =
         Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: mount failed: {e}"));
     let seen = verify(&mut ftl, &model, logical, &at);

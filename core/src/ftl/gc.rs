@@ -175,33 +175,37 @@ impl<N: Nand> Ftl<'_, N> {
         cold.filter(|_| max.saturating_sub(cold_ec) > WL_SPREAD)
     }
 
-    /// One bounded step of background work.
+    /// One bounded step of background work: move a retiring block's data; when space is short,
+    /// release prefree blocks or collect the best cost-benefit victim; checkpoint when
+    /// roll-forward grows; level wear. A barrier pads partly filled pages, so it is only taken
+    /// when space is short, not on every idle call.
     pub(super) fn idle_step(&mut self) -> R<bool, N::Error> {
         if self.in_gc {
             return Ok(false);
         }
-        if self.prefree_count > 0 {
+        let retiring =
+            (0..self.blocks.len() as u32).find(|&b| self.blocks[b as usize].state == st::RETIRING);
+        let short = self.free_count < GC_LOW + 2;
+        if retiring.is_none() && short && self.prefree_count > 0 {
             if self.barrier()? == 0 {
                 self.checkpoint()?;
             }
             return Ok(true);
         }
-        if self.blocks_since_cp >= CP_INTERVAL / 2 {
+        let mut victim = retiring;
+        if victim.is_none() && short {
+            victim = self.cost_benefit_victim();
+        }
+        if victim.is_none() && self.blocks_since_cp >= CP_INTERVAL / 2 {
             self.checkpoint()?;
             return Ok(true);
         }
-        let victim = if self.free_count < GC_LOW + 2 {
-            self.cost_benefit_victim()
-        } else {
-            None
-        };
-        let victim = victim.or_else(|| {
-            let v = self.wear_victim();
-            if v.is_some() {
+        if victim.is_none() {
+            victim = self.wear_victim();
+            if victim.is_some() {
                 self.stats.wear_level_moves += 1;
             }
-            v
-        });
+        }
         match victim {
             Some(v) => {
                 self.in_gc = true;

@@ -33,7 +33,10 @@ impl fmt::Display for CodecError {
             CodecError::Corrupted => write!(f, "corrupted coded data"),
             CodecError::TooLarge => write!(f, "input too large for the format"),
             CodecError::SymbolNotInModel(s) => {
-                write!(f, "symbol {s:#04x} has no probability in the supplied histogram")
+                write!(
+                    f,
+                    "symbol {s:#04x} has no probability in the supplied histogram"
+                )
             }
         }
     }

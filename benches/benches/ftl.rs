@@ -74,7 +74,7 @@ fn bench_ftl(c: &mut Criterion) {
     g.bench_function("raw_simnand_page_program", |b| {
         b.iter(|| {
             let n = next % geo.total_pages();
-            if n % geo.pages_per_block == 0 {
+            if n.is_multiple_of(geo.pages_per_block) {
                 raw.erase(BlockId(n / geo.pages_per_block)).unwrap();
             }
             raw.program(PageId(n), &page, &spare).unwrap();
@@ -99,7 +99,7 @@ fn bench_ftl(c: &mut Criterion) {
     let t = Instant::now();
     for _ in 0..n / slots {
         let n = next % geo.total_pages();
-        if n % geo.pages_per_block == 0 {
+        if n.is_multiple_of(geo.pages_per_block) {
             raw.erase(BlockId(n / geo.pages_per_block)).unwrap();
         }
         raw.program(PageId(n), &page, &spare).unwrap();

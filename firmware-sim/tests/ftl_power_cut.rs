@@ -196,7 +196,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     // Every third cut point also cuts power during the recovery that follows, at a varying
     // depth: recovery must survive its own interruption.
     let mut second = String::new();
-    if cut % 3 == 0 {
+    if cut.is_multiple_of(3) {
         let depth = (cut / 3) % 160;
         nand.power_cut_after(depth);
         match Ftl::mount(Lent(&mut nand), mem.lend()) {
@@ -228,7 +228,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let nand = ftl.into_nand();
     let mut ftl = Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: remount: {e}"));
     verify(&mut ftl, &model, logical, &format!("{at}, after recovery"));
-    if cut % 97 == 0 {
+    if cut.is_multiple_of(97) {
         let report = ftl.check().unwrap();
         assert_eq!(report.problems(), 0, "{at}: {report:?}");
     }

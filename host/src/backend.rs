@@ -78,6 +78,16 @@ impl BlockDevice for FirmwareDevice {
         self.firmware.write(offset, data.to_vec(), fua).map_err(dev)
     }
 
+    // The firmware thread hands back and takes owned buffers: pass them through, no copy.
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, DevError> {
+        self.firmware.read(offset, len).map_err(dev)
+    }
+
+    fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DevError> {
+        self.writable()?;
+        self.firmware.write(offset, data, fua).map_err(dev)
+    }
+
     fn flush(&self) -> Result<(), DevError> {
         self.firmware.flush().map_err(dev)
     }

@@ -65,6 +65,17 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError>;
     /// Writes `data` at `offset` (any alignment); durable before return when `fua`.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError>;
+    /// Reads `len` bytes at `offset` into a buffer of its own. A device that produces an owned
+    /// buffer anyway (e.g. from another thread) overrides this to save the NBD layer a copy.
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, DevError> {
+        let mut buf = vec![0u8; len];
+        self.read(offset, &mut buf)?;
+        Ok(buf)
+    }
+    /// Like [`BlockDevice::write`] but takes the buffer, for devices that queue it elsewhere.
+    fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DevError> {
+        self.write(offset, &data, fua)
+    }
     /// Makes every write completed so far, on any connection, durable.
     fn flush(&self) -> Result<(), DevError>;
     /// Discards a range; later reads of it return zeroes.

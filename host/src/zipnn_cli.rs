@@ -182,12 +182,12 @@ fn take_job(jobs: &mut Vec<Job>, i: usize, index: u64, dtype: Dtype) -> &mut Job
 }
 
 /// Runs `work` over the jobs on up to `workers.len()` threads; returns the first error.
-fn run_batch<F>(jobs: &mut [Job], workers: &mut [Worker], work: F) -> Result<(), ZipnnError>
+fn run_batch<F>(jobs: &mut [Job], workers: &mut [Worker], work: F) -> Result<()>
 where
     F: Fn(&mut Job, &mut Worker) -> Result<(), ZipnnError> + Sync,
 {
     if workers.len() == 1 || jobs.len() == 1 {
-        return jobs.iter_mut().try_for_each(|j| work(j, &mut workers[0]));
+        return Ok(jobs.iter_mut().try_for_each(|j| work(j, &mut workers[0]))?);
     }
     let per = jobs.len().div_ceil(workers.len());
     std::thread::scope(|s| {
@@ -199,9 +199,13 @@ where
                 s.spawn(move || part.iter_mut().try_for_each(|j| work(j, w)))
             })
             .collect();
+        // Join every thread; report the error of the lowest chunks first.
         let mut first = Ok(());
         for h in handles {
-            let r = h.join().unwrap_or(Err(ZipnnError::TooLarge));
+            let r = match h.join() {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow!("a worker thread panicked")),
+            };
             if first.is_ok() {
                 first = r;
             }
@@ -305,8 +309,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
                     &mut w.enc,
                 )?;
                 Ok(())
-            })
-            .map_err(|e| anyhow!("{e}"))?;
+            })?;
             for j in jobs.iter() {
                 out.write_all(&j.output[..j.len])?;
                 bar.inc(j.input.len() as u64);
@@ -405,7 +408,7 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
                     &mut w.dec,
                 )
             })
-            .map_err(|e| anyhow!("{name}: {e}"))?;
+            .with_context(|| name.to_string())?;
             for j in jobs.iter() {
                 out.write_all(&j.output[..j.len])?;
                 bar.inc(j.len as u64);

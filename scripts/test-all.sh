@@ -30,6 +30,10 @@ rustup component add rustfmt clippy >/dev/null
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "docs/FORMAT.md is assembled from docs/format/"
+scripts/format-doc.sh >/dev/null
+git diff --exit-code -- docs/FORMAT.md || { echo "run scripts/format-doc.sh and commit docs/FORMAT.md"; exit 1; }
+
 step "clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings
 

@@ -128,13 +128,52 @@ const COUNTERS: &[(&str, &str, &str)] = &[
         "nandbox_nand_erase_blocks_total",
         "NAND block erases.",
     ),
+    (
+        "host_reads",
+        "nandbox_host_reads_total",
+        "NBD read requests.",
+    ),
+    (
+        "host_writes",
+        "nandbox_host_writes_total",
+        "NBD write requests.",
+    ),
+    (
+        "host_flushes",
+        "nandbox_host_flushes_total",
+        "NBD flush requests.",
+    ),
+    (
+        "host_trims",
+        "nandbox_host_trims_total",
+        "NBD trim requests.",
+    ),
+];
+
+/// Per-cause breakdowns, exported as one counter with a `cause` label each.
+const BY_CAUSE: &[(&str, &str, &str)] = &[
+    (
+        "nand_program_bytes",
+        "nandbox_nand_program_bytes_total",
+        "Bytes programmed to NAND, by cause.",
+    ),
+    (
+        "nand_program_pages_by_cause",
+        "nandbox_nand_program_pages_by_cause_total",
+        "NAND page programs, by cause.",
+    ),
+    (
+        "nand_read_pages_by_cause",
+        "nandbox_nand_read_pages_by_cause_total",
+        "NAND page reads, by cause.",
+    ),
 ];
 
 /// Renders the stats JSON in the Prometheus text exposition format.
 ///
-/// Known keys get conventional names and types; `nand_program_bytes` becomes one counter with a
-/// `cause` label (its `total` entry is left out, as `sum()` gives it and a label value that
-/// double-counts would break that). Any other numeric key, nested keys joined by `_`, is
+/// Known keys get conventional names and types; per-cause objects (`nand_program_bytes`, ...)
+/// become one counter with a `cause` label (their `total` entry is left out, as `sum()` gives
+/// it and a label value that double-counts would break that). Any other numeric key, nested keys joined by `_`, is
 /// exported as a gauge named after it, so new counters show up without a change here.
 pub fn render_metrics(stats: &Value) -> String {
     let mut out = String::new();
@@ -146,20 +185,16 @@ pub fn render_metrics(stats: &Value) -> String {
             known.push(key);
         }
     }
-    if let Some(Value::Object(causes)) = stats.get("nand_program_bytes") {
-        let name = "nandbox_nand_program_bytes_total";
-        metric_head(
-            &mut out,
-            name,
-            "Bytes programmed to NAND, by cause.",
-            "counter",
-        );
-        for (cause, v) in causes {
-            if let (false, Some(v)) = (cause == "total", number(v)) {
-                let _ = writeln!(out, "{name}{{cause=\"{}\"}} {v}", escape_label(cause));
+    for (key, name, help) in BY_CAUSE {
+        if let Some(Value::Object(causes)) = stats.get(key) {
+            metric_head(&mut out, name, help, "counter");
+            for (cause, v) in causes {
+                if let (false, Some(v)) = (cause == "total", number(v)) {
+                    let _ = writeln!(out, "{name}{{cause=\"{}\"}} {v}", escape_label(cause));
+                }
             }
+            known.push(key);
         }
-        known.push("nand_program_bytes");
     }
     if let Some(v) = stats.get("waf").and_then(number) {
         metric_head(
@@ -286,6 +321,8 @@ mod tests {
             "waf": 2.5,
             "erase_count": {"min": 1, "max": 9, "mean": 4.5},
             "delta": {"inline_hits": 7, "name": "x"},
+            "host_flushes": 3,
+            "nand_read_pages_by_cause": {"gc": 5, "total": 5},
         });
         let m = render_metrics(&stats);
         assert!(m.contains(
@@ -297,5 +334,7 @@ mod tests {
         assert!(m.contains("nandbox_erase_count_max 9\n"));
         assert!(m.contains("nandbox_delta_inline_hits 7\n"));
         assert!(!m.contains("delta_name"));
+        assert!(m.contains("nandbox_host_flushes_total 3\n"));
+        assert!(m.contains("nandbox_nand_read_pages_by_cause_total{cause=\"gc\"} 5\n"));
     }
 }

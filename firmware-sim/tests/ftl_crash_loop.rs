@@ -8,17 +8,31 @@ mod ftl_support;
 
 use ftl_support::*;
 use nandbox_core::ftl::{Ftl, Lba};
+use nandbox_core::nand::Nand;
 use nandbox_sim::{FaultConfig, OwnedFtlMemory, SimNand};
 
 fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles: u32) {
-    let geo = small_geometry(slots, pages_per_block, logical);
-    let cfg = config(logical, 3);
-    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let faults = FaultConfig {
         seed,
         bit_flip_per_read: 0.01,
         ..FaultConfig::default()
     };
+    crash_loop_with(faults, 0, slots, pages_per_block, logical, cycles);
+}
+
+fn crash_loop_with(
+    faults: FaultConfig,
+    extra_blocks: u32,
+    slots: u32,
+    pages_per_block: u32,
+    logical: u32,
+    cycles: u32,
+) {
+    let seed = faults.seed;
+    let mut geo = small_geometry(slots, pages_per_block, logical);
+    geo.blocks += extra_blocks;
+    let cfg = config(logical, 3);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let mut ftl = Ftl::format(SimNand::with_faults(geo, faults), cfg, mem.lend()).unwrap();
     let mut flushed = vec![0u32; logical as usize];
     let mut since: Vec<Vec<u32>> = vec![Vec::new(); logical as usize];
@@ -26,6 +40,7 @@ fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles:
     let mut version = 0u32;
     let mut buf = [0u8; BLOCK];
     let mut cuts_in_recovery = 0;
+    let mut retired = 0;
     for cycle in 0..cycles {
         let cut = rng.below(3000);
         ftl.nand_mut().power_cut_after(cut);
@@ -66,13 +81,21 @@ fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles:
                 _ => ftl.idle().map(|_| ()),
             };
             if let Err(e) = result {
-                assert!(
-                    ftl.nand().power_lost(),
-                    "cycle {cycle}: failed without a cut: {e}"
-                );
+                if !ftl.nand().power_lost() {
+                    let bad: Vec<u32> = (0..geo.blocks)
+                        .filter(|&b| ftl.is_bad_block(nandbox_core::nand::BlockId(b)))
+                        .collect();
+                    panic!(
+                        "seed {seed} cycle {cycle}: failed without a cut: {e}; free {} bad {bad:?} of {} {:?}",
+                        ftl.free_blocks(),
+                        geo.blocks,
+                        ftl.stats()
+                    );
+                }
                 break;
             }
         }
+        retired += ftl.stats().retired_blocks;
         let mut nand = ftl.into_nand();
         nand.restore_power();
         if rng.below(4) == 0 {
@@ -86,6 +109,12 @@ fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles:
                 cuts_in_recovery += 1;
             }
             nand.restore_power();
+        }
+        if let Err(e) = Ftl::mount(Lent(&mut nand), mem.lend()) {
+            let bad: Vec<u32> = (0..geo.blocks)
+                .filter(|&b| nand.is_bad(nandbox_core::nand::BlockId(b)).unwrap())
+                .collect();
+            panic!("seed {seed} cycle {cycle}: mount: {e}; bad blocks {bad:?} of {}, retired {retired} {:?}", geo.blocks, nand.counters());
         }
         ftl = Ftl::mount(nand, mem.lend())
             .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: mount: {e}"));
@@ -109,6 +138,9 @@ fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles:
     let report = ftl.check().unwrap();
     assert_eq!(report.problems(), 0, "seed {seed}: {report:?}");
     assert!(cuts_in_recovery > 10, "seed {seed}: recoveries were cut");
+    if faults.program_fail_rate > 0.0 {
+        assert!(retired >= 2, "seed {seed}: blocks were retired ({retired})");
+    }
 }
 
 #[test]
@@ -122,5 +154,19 @@ fn crash_loop_one_slot_pages() {
 fn crash_loop_four_slot_pages() {
     for seed in 4..=6 {
         crash_loop(seed, 4, 8, 384, 150);
+    }
+}
+
+#[test]
+fn crash_loop_with_program_and_erase_failures() {
+    for seed in 7..=8 {
+        let faults = FaultConfig {
+            seed,
+            bit_flip_per_read: 0.01,
+            program_fail_rate: 0.00005,
+            erase_fail_rate: 0.0005,
+            factory_bad_blocks: 2,
+        };
+        crash_loop_with(faults, 24, 1, 16, 256, 120);
     }
 }

@@ -377,3 +377,31 @@ fn connections_over_the_limit_are_closed_and_the_rest_served() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn byte_granular_writes_and_whole_device_trims_and_zeroes() {
+    // A client that did not ask for block sizes may use any alignment; the kernel sends trims
+    // as large as the device.
+    let server = Server::start(&["--size", "1GiB"]);
+    let mut c = Raw::greet(server.port(), 0b11);
+    c.go(false);
+    c.request(0, 1, 1, 4096, 8192, &[7u8; 8192]);
+    assert_eq!(c.simple(), (0, 1));
+    c.request(0, 1, 2, 4097, 3, b"xyz");
+    assert_eq!(c.simple(), (0, 2));
+    c.request(0, 0, 3, 4095, 6, &[]);
+    assert_eq!(c.simple(), (0, 3));
+    assert_eq!(c.bytes(6), vec![0, 7, b'x', b'y', b'z', 7]);
+    c.request(0, 4, 4, 0, 1 << 30, &[]); // TRIM 1 GiB
+    assert_eq!(c.simple(), (0, 4));
+    c.request(0, 0, 5, 4096, 8192, &[]);
+    assert_eq!(c.simple(), (0, 5));
+    assert_eq!(c.bytes(8192), vec![0u8; 8192]);
+    c.request(0, 1, 6, (1 << 30) - 4096, 4096, &[9u8; 4096]);
+    assert_eq!(c.simple(), (0, 6));
+    c.request(1, 6, 7, 0, 1 << 30, &[]); // WRITE_ZEROES 1 GiB with FUA
+    assert_eq!(c.simple(), (0, 7));
+    c.request(0, 0, 8, (1 << 30) - 4096, 4096, &[]);
+    assert_eq!(c.simple(), (0, 8));
+    assert_eq!(c.bytes(4096), vec![0u8; 4096]);
+}

@@ -2,9 +2,10 @@
 //!
 //! A small pool of workers per connection takes turns reading a request (under a mutex on the
 //! read half), then calls the device and writes the reply itself under a mutex on the write
-//! half, so replies leave as soon as they are ready (matched by cookie, possibly out of order). Memory is bounded per connection by a budget of in-flight payload bytes and requests
-//! that the reader takes *before* it allocates a buffer, so a header that claims a huge length
-//! costs nothing until it has been checked and admitted.
+//! half, so replies leave as soon as they are ready (matched by cookie, possibly out of order).
+//! Memory is bounded per connection by a budget of in-flight payload bytes and requests that a
+//! worker takes *before* it allocates a buffer, so a header that claims a huge length costs
+//! nothing until it has been checked and admitted.
 //!
 //! Every request is checked here against the export (range, flags, read-only) and answered
 //! with the error the protocol names; the device only ever sees valid, in-range requests.

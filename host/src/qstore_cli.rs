@@ -12,6 +12,11 @@
 //! the header, the directory and the INT8 section and nothing else; the tool counts the bytes it
 //! reads and `--report-bytes-read` prints them. Byte layouts: docs/format/qstore.md.
 //!
+//! Memory: one tensor at a time (plus per-thread chunk workspaces). `pack` streams the INT8
+//! section into the output and the high-precision section into a side file appended at the end,
+//! then writes the header and directory; the INT8 extraction streams tensor data into a side
+//! file and writes the safetensors header, which needs every length, in front of it.
+//!
 //! 2-D BF16/F16 tensors are quantized. Everything else (1-D biases and norms, F32 tensors of any
 //! shape, other dtypes) is stored plain: ZipNN-coded when its dtype is a float and that is
 //! smaller, raw otherwise. A 2-D BF16/F16 tensor so small that its INT8 records alone outweigh
@@ -38,7 +43,7 @@ use nandbox_core::codec::qstore::{
 };
 use nandbox_core::codec::zipnn;
 
-use crate::safetensors::{self, Dtype, TensorRef};
+use crate::safetensors::{self, Dtype};
 
 /// The QStore file tool's commands.
 #[derive(Subcommand)]
@@ -415,81 +420,124 @@ struct Stored {
     hp: Vec<u8>,
 }
 
+/// Packs `model` into `out`, one tensor in memory at a time: the INT8 section streams into the
+/// output behind a placeholder header and directory (their size depends only on the tensor
+/// names and ranks), the high-precision section into a side file appended at the end, and the
+/// header and directory are written last.
 fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result<PackSummary> {
-    let file = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
-    let header =
-        safetensors::parse(&file).with_context(|| format!("parsing {}", model.display()))?;
+    let mut input = File::open(model).with_context(|| format!("opening {}", model.display()))?;
+    let header = safetensors::read_header(&mut input)
+        .with_context(|| format!("parsing {}", model.display()))?;
     let given_file = int8.map(read_given).transpose()?;
     let workers = Workers::new(threads);
-
-    let mut stored = Vec::with_capacity(header.tensors.len());
-    for t in &header.tensors {
-        let data = &file[t.range.start as usize..t.range.end as usize];
-        let s = pack_tensor(t, data, given_file.as_ref(), &workers)
-            .with_context(|| format!("tensor {:?}", t.name))?;
-        stored.push(s);
+    let tmp = out.with_extension("qst.partial");
+    let hp_tmp = out.with_extension("qst.hp.partial");
+    let result = pack_to(
+        &mut input,
+        &header,
+        given_file.as_ref(),
+        &workers,
+        &tmp,
+        &hp_tmp,
+    )
+    .and_then(|s| {
+        std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+        Ok(s)
+    });
+    let _ = std::fs::remove_file(&hp_tmp);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    result
+}
 
-    // The high-precision section opens with the original header, so `high` is byte-identical.
-    let mut hp = Vec::new();
-    hp.extend_from_slice(&ST_HEADER_MAGIC);
-    hp.extend_from_slice(&(header.raw_json.len() as u64).to_le_bytes());
-    hp.extend_from_slice(&crc32fast::hash(&header.raw_json).to_le_bytes());
-    hp.extend_from_slice(&header.raw_json);
-    let mut int8_sec = Vec::new();
-    let mut dir = Vec::new();
-    for (t, s) in header.tensors.iter().zip(&stored) {
+fn pack_to(
+    input: &mut File,
+    header: &safetensors::Header,
+    given_file: Option<&(Vec<u8>, safetensors::Header)>,
+    workers: &Workers,
+    tmp: &Path,
+    hp_tmp: &Path,
+) -> Result<PackSummary> {
+    let mut entries = Vec::with_capacity(header.tensors.len());
+    for t in &header.tensors {
         if t.shape.len() > MAX_DIMS {
             bail!("tensor {:?} has more than {MAX_DIMS} dimensions", t.name);
         }
         let mut dims = [0u64; MAX_DIMS];
         dims[..t.shape.len()].copy_from_slice(&t.shape);
-        let e = DirEntry {
+        entries.push(DirEntry {
             name: &t.name,
             dtype: dtype_code(t.dtype),
-            storage: s.storage,
+            storage: Storage::Raw,
             ndim: t.shape.len(),
             dims,
-            int8_off: int8_sec.len() as u64,
-            int8_len: s.int8.len() as u64,
-            hp_off: hp.len() as u64,
-            hp_len: s.hp.len() as u64,
-        };
-        let at = dir.len();
-        dir.resize(at + e.encoded_len(), 0);
-        e.write(&mut dir[at..]).map_err(|e| anyhow!("{e}"))?;
-        int8_sec.extend_from_slice(&s.int8);
-        hp.extend_from_slice(&s.hp);
+            int8_off: 0,
+            int8_len: 0,
+            hp_off: 0,
+            hp_len: 0,
+        });
+    }
+    let dir_len: usize = entries.iter().map(|e| e.encoded_len()).sum();
+    let create = |p: &Path| -> Result<std::io::BufWriter<File>> {
+        Ok(std::io::BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        ))
+    };
+    let mut o = create(tmp)?;
+    o.write_all(&vec![0u8; HEADER_LEN + dir_len])?;
+    let mut hp = create(hp_tmp)?;
+
+    // The high-precision section opens with the original header, so `high` is byte-identical.
+    hp.write_all(&ST_HEADER_MAGIC)?;
+    hp.write_all(&(header.raw_json.len() as u64).to_le_bytes())?;
+    hp.write_all(&crc32fast::hash(&header.raw_json).to_le_bytes())?;
+    hp.write_all(&header.raw_json)?;
+    let mut hp_len = 16 + header.raw_json.len() as u64;
+    let mut int8_len = 0u64;
+    for (t, e) in header.tensors.iter().zip(entries.iter_mut()) {
+        let mut data = vec![0u8; t.len() as usize];
+        input.seek(SeekFrom::Start(t.range.start))?;
+        input
+            .read_exact(&mut data)
+            .with_context(|| format!("reading tensor {:?}", t.name))?;
+        let s = pack_tensor(t, &data, given_file, workers)
+            .with_context(|| format!("tensor {:?}", t.name))?;
+        e.storage = s.storage;
+        e.int8_off = int8_len;
+        e.int8_len = s.int8.len() as u64;
+        e.hp_off = hp_len;
+        e.hp_len = s.hp.len() as u64;
+        o.write_all(&s.int8)?;
+        hp.write_all(&s.hp)?;
+        int8_len += e.int8_len;
+        hp_len += e.hp_len;
+    }
+    hp.into_inner().map_err(|e| e.into_error())?;
+    let mut hp_in = File::open(hp_tmp)?;
+    std::io::copy(&mut hp_in, &mut o).context("appending the high-precision section")?;
+
+    let mut dir = vec![0u8; dir_len];
+    let mut at = 0;
+    for e in &entries {
+        at += e.write(&mut dir[at..]).map_err(|e| anyhow!("{e}"))?;
     }
     let fh = FileHeader {
-        tensors: u32::try_from(header.tensors.len()).context("too many tensors")?,
-        dir_len: dir.len() as u64,
-        int8_len: int8_sec.len() as u64,
-        hp_len: hp.len() as u64,
+        tensors: u32::try_from(entries.len()).context("too many tensors")?,
+        dir_len: dir_len as u64,
+        int8_len,
+        hp_len,
         dir_crc: crc32fast::hash(&dir),
     };
     let mut hb = [0u8; HEADER_LEN];
     fh.write(&mut hb);
-    let tmp = out.with_extension("qst.partial");
-    let write = || -> Result<()> {
-        let mut w = std::io::BufWriter::new(
-            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        );
-        for part in [&hb[..], &dir, &int8_sec, &hp] {
-            w.write_all(part)?;
-        }
-        w.into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()
-            .context("writing the .qst file")?;
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let mut f = o.into_inner().map_err(|e| e.into_error())?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&hb)?;
+    f.write_all(&dir)?;
+    f.sync_all().context("writing the .qst file")?;
     Ok(PackSummary {
-        input_len: file.len() as u64,
+        input_len: header.file_len,
         output_len: HEADER_LEN as u64 + fh.dir_len + fh.int8_len + fh.hp_len,
         int8_len: fh.int8_len,
         hp_len: fh.hp_len,
@@ -997,71 +1045,93 @@ fn extract_to(
             }
         }
         Precision::Int8 => {
-            let mut tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = Vec::new();
-            for e in &entries {
-                let part = src.read_at(int8_base + e.int8_off, e.int8_len, &e.name)?;
-                match e.storage {
-                    Storage::Raw | Storage::Zipnn => {
-                        let data = decode_plain(e, &part)
-                            .with_context(|| format!("tensor {:?}", e.name))?;
-                        match half_kind(e.dtype).filter(|_| quantizable(e.dtype, &e.shape)) {
-                            Some(kind) => {
-                                let (q, s) = quantize_plain(kind, e.shape[1], &data);
-                                tensors.push((e.name.clone(), Dtype::I8, e.shape.clone(), q));
-                                tensors.push((
-                                    format!("{}.SCB", e.name),
-                                    Dtype::F32,
-                                    vec![e.shape[0]],
-                                    s.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                                ));
-                            }
-                            None => tensors.push((e.name.clone(), e.dtype, e.shape.clone(), data)),
-                        }
-                    }
-                    Storage::Qstore | Storage::QstoreFallback => {
-                        let (q, s) = decode_int8_tensor(e, &part, &workers)
-                            .with_context(|| format!("tensor {:?}", e.name))?;
-                        tensors.push((e.name.clone(), Dtype::I8, e.shape.clone(), q));
-                        let sb: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
-                        tensors.push((format!("{}.SCB", e.name), Dtype::F32, vec![e.shape[0]], sb));
-                    }
-                }
-            }
-            let refs: Vec<TensorRef<'_>> = tensors
-                .iter()
-                .map(|(n, d, s, data)| TensorRef {
-                    name: n,
-                    dtype: *d,
-                    shape: s,
-                    data,
-                })
-                .collect();
-            let mut counter = CountingWriter {
-                inner: &mut w,
-                n: 0,
-            };
-            safetensors::write(&mut counter, None, &refs).context("writing the INT8 model")?;
-            written = counter.n;
+            // Tensor data streams into a side file; the header, which needs every length, is
+            // written first once they are all known.
+            let data_tmp = tmp.with_extension("data.partial");
+            let r =
+                int8_data(&mut src, &entries, int8_base, &workers, &data_tmp).and_then(|meta| {
+                    let json = int8_header(&meta)?;
+                    w.write_all(&(json.len() as u64).to_le_bytes())?;
+                    w.write_all(&json)?;
+                    let mut d = File::open(&data_tmp)?;
+                    let n = std::io::copy(&mut d, &mut w).context("writing the INT8 model")?;
+                    Ok(8 + json.len() as u64 + n)
+                });
+            let _ = std::fs::remove_file(&data_tmp);
+            written = r?;
         }
     }
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok((src.read, src.len, written))
 }
 
-struct CountingWriter<'a, W: Write> {
-    inner: &'a mut W,
-    n: u64,
+/// One tensor of the INT8 model: name, dtype, shape, byte length.
+type Int8Meta = (String, Dtype, Vec<u64>, u64);
+
+/// Decodes every tensor an INT8 load needs, in directory order, appending its bytes to the
+/// file `path`; returns what the header must list.
+fn int8_data(
+    src: &mut Source,
+    entries: &[Entry],
+    int8_base: u64,
+    workers: &Workers,
+    path: &Path,
+) -> Result<Vec<Int8Meta>> {
+    let mut d = std::io::BufWriter::new(
+        File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut meta = Vec::new();
+    let mut put = |name: String, dtype: Dtype, shape: Vec<u64>, data: &[u8]| -> Result<()> {
+        d.write_all(data)?;
+        meta.push((name, dtype, shape, data.len() as u64));
+        Ok(())
+    };
+    for e in entries {
+        let part = src.read_at(int8_base + e.int8_off, e.int8_len, &e.name)?;
+        let (q, s) = match e.storage {
+            Storage::Raw | Storage::Zipnn => {
+                let data =
+                    decode_plain(e, &part).with_context(|| format!("tensor {:?}", e.name))?;
+                match half_kind(e.dtype).filter(|_| quantizable(e.dtype, &e.shape)) {
+                    Some(kind) => quantize_plain(kind, e.shape[1], &data),
+                    None => {
+                        put(e.name.clone(), e.dtype, e.shape.clone(), &data)?;
+                        continue;
+                    }
+                }
+            }
+            Storage::Qstore | Storage::QstoreFallback => decode_int8_tensor(e, &part, workers)
+                .with_context(|| format!("tensor {:?}", e.name))?,
+        };
+        put(e.name.clone(), Dtype::I8, e.shape.clone(), &q)?;
+        let sb: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        put(format!("{}.SCB", e.name), Dtype::F32, vec![e.shape[0]], &sb)?;
+    }
+    d.into_inner().map_err(|e| e.into_error())?;
+    Ok(meta)
 }
 
-impl<W: Write> Write for CountingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
+/// The safetensors header of the INT8 model (JSON padded with spaces to a multiple of 8 bytes,
+/// as the reference writer does).
+fn int8_header(meta: &[Int8Meta]) -> Result<Vec<u8>> {
+    let mut obj = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, dtype, shape, len) in meta {
+        if obj.contains_key(name) {
+            bail!("the INT8 model would hold two tensors named {name:?}");
+        }
+        let end = offset + len;
+        obj.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+    let mut raw = serde_json::to_vec(&serde_json::Value::Object(obj))?;
+    while raw.len() % 8 != 0 {
+        raw.push(b' ');
     }
+    Ok(raw)
 }
 
 // ---------------------------------------------------------------------------------------------

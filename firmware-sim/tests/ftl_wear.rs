@@ -79,3 +79,50 @@ fn twenty_device_writes_on_femu_64mib_keep_wear_level() {
         }
     }
 }
+
+#[test]
+fn static_wear_levelling_moves_cold_data() {
+    // 16 MiB femu device. The first 80% of the LBAs are written once and never again; all
+    // later writes hit the last 20%. Without static wear levelling the blocks holding the cold
+    // 80% would never be erased again while the rest wear out.
+    let p = profile::FEMU;
+    let logical = (16 << 20) / BLOCK as u32;
+    let blocks = blocks_for_capacity(p.page_bytes, p.pages_per_block, logical, 7);
+    let geo = p.geometry(blocks);
+    let cfg = FtlConfig::new(logical);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    let cold = logical * 8 / 10;
+    for lba in 0..logical {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    let mut rng = Rng::new(21);
+    let mut last = vec![1u32; logical as usize];
+    for i in 0..30 * logical {
+        let lba = cold + rng.below((logical - cold) as u64) as u32;
+        last[lba as usize] = i + 2;
+        ftl.write(Lba(lba), &content(lba, i + 2)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let counts: Vec<u32> = (0..blocks)
+        .filter(|&b| !ftl.is_bad_block(BlockId(b)) && !ftl.is_reserved_block(BlockId(b)))
+        .map(|b| ftl.erase_count(BlockId(b)))
+        .collect();
+    let max = *counts.iter().max().unwrap();
+    let min = *counts.iter().min().unwrap();
+    let moves = ftl.stats().wear_level_moves;
+    eprintln!(
+        "skewed writes: erase counts min {min} max {max}, {moves} wear-levelling moves, WAF {:.2}",
+        ftl.stats().waf()
+    );
+    assert!(moves > 0, "static wear levelling moved cold blocks");
+    assert!(
+        max - min <= 3 * 8,
+        "erase-count spread {min}..{max} stays bounded"
+    );
+    let mut buf = [0u8; BLOCK];
+    for lba in (0..logical).step_by(5) {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(last[lba as usize]), "LBA {lba}");
+    }
+}

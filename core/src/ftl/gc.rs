@@ -13,6 +13,8 @@ use super::*;
 
 /// Erase-count lag of the coldest full block that triggers static wear levelling.
 pub const WL_SPREAD: u32 = 8;
+/// Blocks allocated between two wear-levelling moves.
+pub const WL_INTERVAL: u32 = 16;
 
 impl<N: Nand> Ftl<'_, N> {
     /// Programs every write buffer and writes nodes holding unlogged changes, then releases the
@@ -99,10 +101,7 @@ impl<N: Nand> Ftl<'_, N> {
                 continue;
             }
             let victim = match self.wear_victim() {
-                Some(v) => {
-                    self.stats.wear_level_moves += 1;
-                    Some(v)
-                }
+                Some(v) => Some(v),
                 None => self.greedy_victim(),
             };
             match victim {
@@ -157,8 +156,12 @@ impl<N: Nand> Ftl<'_, N> {
         best
     }
 
-    /// The coldest full block, if it lags the most-worn block by more than [`WL_SPREAD`].
-    fn wear_victim(&self) -> Option<u32> {
+    /// The coldest full block, if it lags the most-worn block by more than [`WL_SPREAD`] and
+    /// [`WL_INTERVAL`] blocks were allocated since the last move.
+    fn wear_victim(&mut self) -> Option<u32> {
+        if self.blocks_since_wl < WL_INTERVAL {
+            return None;
+        }
         let mut max = 0;
         let mut cold = None;
         let mut cold_ec = u32::MAX;
@@ -172,7 +175,12 @@ impl<N: Nand> Ftl<'_, N> {
                 cold = Some(i as u32);
             }
         }
-        cold.filter(|_| max.saturating_sub(cold_ec) > WL_SPREAD)
+        let victim = cold.filter(|_| max.saturating_sub(cold_ec) > WL_SPREAD);
+        if victim.is_some() {
+            self.blocks_since_wl = 0;
+            self.stats.wear_level_moves += 1;
+        }
+        victim
     }
 
     /// One bounded step of background work: move a retiring block's data; when space is short,
@@ -202,9 +210,6 @@ impl<N: Nand> Ftl<'_, N> {
         }
         if victim.is_none() {
             victim = self.wear_victim();
-            if victim.is_some() {
-                self.stats.wear_level_moves += 1;
-            }
         }
         match victim {
             Some(v) => {

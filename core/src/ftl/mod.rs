@@ -164,6 +164,9 @@ pub struct Ftl<'a, N: Nand> {
     free_count: u32,
     prefree_count: u32,
     blocks_since_cp: u32,
+    /// Blocks allocated since the last wear-levelling move: moves are rate-limited so a cold
+    /// block's data, landing in the least-worn free block, is not moved again at once.
+    blocks_since_wl: u32,
     clock: u64,
     /// During roll-forward: the sequence number node write-backs are stamped with (the last
     /// event applied), and bitmaps are not maintained (they are rebuilt afterwards).
@@ -230,6 +233,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             free_count: 0,
             prefree_count: 0,
             blocks_since_cp: 0,
+            blocks_since_wl: 0,
             clock: 0,
             replay_seq: None,
             in_checkpoint: false,
@@ -890,6 +894,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     let first = (best * self.ppb * self.spp) as usize;
                     self.valid[first..first + (self.ppb * self.spp) as usize].fill(false);
                     self.blocks_since_cp += 1;
+                    self.blocks_since_wl = self.blocks_since_wl.saturating_add(1);
                     return Ok(best);
                 }
                 Err(e) if e.kind() == FaultKind::EraseFailed => {

@@ -431,8 +431,9 @@ fn tensor(name: &str, dtype: &str, shape: &[u64], pats: &[u16]) -> Tensor {
 }
 
 /// A model with every awkward shape and value: zero rows, signed zeros, NaN/Inf rows, 1x1,
-/// a row wider than a chunk, a one-column tensor, subnormals, the largest finite values (whose
-/// `w * 127` overflows f32 in BF16), plus 1-D and 3-D tensors that are not quantized.
+/// rows wider than a chunk (so chunks start mid-row and span two rows), a one-column tensor,
+/// subnormals, the largest finite values (whose `w * 127` overflows f32 in BF16), plus 1-D and
+/// 3-D tensors that are not quantized.
 fn edge_model(dtype: &str, rng: &mut Rng) -> Vec<Tensor> {
     let conv = |v: f32| if dtype == "BF16" { bf16(v) } else { f16(v) };
     let (inf, nan, max, min_sub) = if dtype == "BF16" {
@@ -465,7 +466,7 @@ fn edge_model(dtype: &str, rng: &mut Rng) -> Vec<Tensor> {
         0x0100,
         5,
     ]);
-    let wide: Vec<u16> = (0..100_003).map(|_| conv(rng.weight())).collect();
+    let wide: Vec<u16> = (0..3 * 100_003).map(|_| conv(rng.weight())).collect();
     let narrow: Vec<u16> = (0..70_001).map(|_| conv(rng.weight())).collect();
     let normal: Vec<u16> = (0..(300 * 97)).map(|_| conv(rng.weight())).collect();
     let bias: Vec<u16> = (0..31).map(|_| conv(rng.weight())).collect();
@@ -473,7 +474,7 @@ fn edge_model(dtype: &str, rng: &mut Rng) -> Vec<Tensor> {
     vec![
         tensor("special", dtype, &[6, 8], &special),
         tensor("one", dtype, &[1, 1], &[conv(-0.75)]),
-        tensor("wide", dtype, &[1, 100_003], &wide),
+        tensor("wide", dtype, &[3, 100_003], &wide),
         tensor("narrow", dtype, &[70_001, 1], &narrow),
         tensor("normal", dtype, &[300, 97], &normal),
         tensor("bias", dtype, &[31], &bias),
@@ -501,7 +502,7 @@ fn awkward_shapes_and_values_round_trip_and_quantize_exactly() {
             "{dtype}: high differs"
         );
         let (checked, _) = check_int8(&tensors, &read_st(&int8));
-        assert_eq!(checked, 48 + 1 + 100_003 + 70_001 + 300 * 97);
+        assert_eq!(checked, 48 + 1 + 3 * 100_003 + 70_001 + 300 * 97);
         // A 1x1 tensor's record headers outweigh it: it is kept plain and quantized on load.
         let info = ok(&["qstore", "info", s(&dir.join("m.qst"))]);
         let one = info.lines().find(|l| l.starts_with("one ")).unwrap();

@@ -859,6 +859,15 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// Takes the least-erased free block and erases it (dynamic wear levelling). With none
     /// free, a barrier releases the prefree ones.
     fn allocate(&mut self) -> R<u32, N::Error> {
+        // Backstop for paths that open blocks without the host path's checkpoint trigger (GC
+        // from idle, node write-backs): roll-forward can follow only so many blocks.
+        if self.blocks_since_cp >= 3 * CP_INTERVAL
+            && !self.in_checkpoint
+            && !self.retry_busy
+            && self.replay_seq.is_none()
+        {
+            self.checkpoint()?;
+        }
         loop {
             if self.free_count == 0 && self.prefree_count > 0 {
                 if self.unlogged == 0 && self.logs.iter().all(|l| l.fill == 0) {

@@ -19,7 +19,9 @@ use super::checkpoint::{code, pack_slots, payload_layout};
 use super::*;
 use crate::format::{checkpoint as cpf, CheckpointHeader, RecordError};
 
-/// Most blocks roll-forward can follow (checkpoints come every [`CP_INTERVAL`] blocks).
+/// Most blocks roll-forward can follow: checkpoints come every [`CP_INTERVAL`] blocks on the
+/// host path and at the latest every 3 × [`CP_INTERVAL`] on any path, plus a few blocks opened
+/// while a checkpoint itself writes nodes.
 const MAX_SCAN: usize = 96;
 /// Pack starts considered per mount.
 const MAX_CANDIDATES: usize = 16;

@@ -156,3 +156,18 @@ fn idle_gc_until_done_then_crash_and_recover() {
     }
     assert_eq!(ftl.check().unwrap().problems(), 0);
 }
+
+#[test]
+fn model_real_profiles() {
+    // The shipped geometries themselves: 256-page blocks (1,024 slots on tlc), 64 on slc.
+    use nandbox_core::ftl::blocks_for_capacity;
+    use nandbox_sim::profile;
+    for (p, logical) in [
+        (profile::TLC, 4096),
+        (profile::FEMU, 4096),
+        (profile::SLC, 2048),
+    ] {
+        let blocks = blocks_for_capacity(p.page_bytes, p.pages_per_block, logical, 7);
+        run(31, p.geometry(blocks), logical, 8, 10_000);
+    }
+}

@@ -214,6 +214,12 @@ impl EncoderScratch {
     pub fn last_freqs(&self) -> &[u16; 256] {
         &self.freqs
     }
+
+    /// The symbol counts of the last block given to [`encode`] or [`encode_with_histogram`]
+    /// (after [`encode_with_context`]: of all its symbols), so callers need not count again.
+    pub fn last_histogram(&self) -> &Histogram {
+        &self.hist
+    }
 }
 
 /// Decoding tables (20 KiB), lent by the caller and reusable. One 4096-slot table, or four

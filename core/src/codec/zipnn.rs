@@ -403,10 +403,8 @@ fn context_lut(r: u8) -> [u8; 256] {
     core::array::from_fn(|e| (e as i32 - i32::from(r) + 1).clamp(0, 3) as u8)
 }
 
-/// The most frequent exponent of a chunk, lowest on ties.
-fn most_frequent(exps: &[u8]) -> u8 {
-    let mut hist = entropy::Histogram::new();
-    hist.count(exps);
+/// The most frequent exponent of a chunk (lowest on ties), from the exponent plane's counts.
+fn most_frequent(hist: &entropy::Histogram) -> u8 {
     let mut r = 0usize;
     for e in 1..256 {
         if hist.counts[e] > hist.counts[r] {
@@ -458,13 +456,11 @@ pub fn encode_chunk(
             .get_mut(..body_len)
             .ok_or(ZipnnError::BufferTooSmall(body_len))?;
         split(dtype, &src[..body_len], planes);
-        let mut lut = None;
+        let r_at = at;
         if has_contexts(dtype) {
-            let r = most_frequent(&planes[..n]);
-            out[at] = r;
             at += 1;
-            lut = Some(context_lut(r));
         }
+        let mut lut = None;
         let count = dtype.planes();
         let lens_at = at;
         at += 4 * count;
@@ -480,6 +476,12 @@ pub fn encode_chunk(
                 CodecError::BufferTooSmall(k) => ZipnnError::BufferTooSmall(k),
                 _ => ZipnnError::TooLarge,
             })?;
+            if p == 0 && has_contexts(dtype) {
+                // The exponent plane was just counted: its mode sets plane 1's contexts.
+                let r = most_frequent(scratch.last_histogram());
+                out[r_at] = r;
+                lut = Some(context_lut(r));
+            }
             out[lens_at + 4 * p..lens_at + 4 * p + 4].copy_from_slice(&(len as u32).to_le_bytes());
             at += len;
         }

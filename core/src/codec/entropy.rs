@@ -156,14 +156,17 @@ impl Histogram {
     }
 }
 
-/// Per-symbol encoder constants: renormalisation bound and reciprocal of the frequency.
+/// Per-symbol encoder constants: renormalisation bound and reciprocal of the frequency. 16
+/// bytes, so a table index is one shift and four entries share a cache line.
 #[derive(Clone, Copy, Debug, Default)]
 struct EncSym {
     x_max: u32,
     rcp: u32,
-    rcp_shift: u32,
     bias: u32,
-    cmpl: u32,
+    /// `scale − f` (< 4096).
+    cmpl: u16,
+    /// Post-multiply shift of the reciprocal (< 12).
+    rcp_shift: u16,
 }
 
 /// Working memory of the encoder (about 36 KiB, most of it for per-context tables), lent by the
@@ -542,7 +545,7 @@ fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) 
                 rcp: u32::MAX,
                 rcp_shift: 0,
                 bias: cum + scale - 1,
-                cmpl: scale - f,
+                cmpl: (scale - f) as u16,
             }
         } else {
             // Reciprocal with one bit more than f needs: exact for every x < 2^31.
@@ -551,9 +554,9 @@ fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) 
             EncSym {
                 x_max: ((RANS_L >> scale_bits) << 16) * f,
                 rcp: rcp as u32,
-                rcp_shift: shift - 1,
+                rcp_shift: (shift - 1) as u16,
                 bias: cum,
-                cmpl: scale - f,
+                cmpl: (scale - f) as u16,
             }
         };
         cum += f;
@@ -668,7 +671,7 @@ fn enc_step(x: &mut u32, e: &EncSym, acc: &mut u64, k: &mut u32) {
     *k += emit;
     let xi = *x >> (16 * emit);
     let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-    *x = xi + e.bias + q * e.cmpl;
+    *x = xi + e.bias + q * u32::from(e.cmpl);
 }
 
 /// The rANS pass shared by both block kinds: `enc(symbol, key)` gives a symbol's encoder
@@ -1061,7 +1064,7 @@ mod tests {
             for _ in 0..64 {
                 let x = (rng.next() as u32 % (e.x_max - RANS_L)) + RANS_L;
                 let q = ((u64::from(x) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-                let got = x + e.bias + q * e.cmpl;
+                let got = x + e.bias + q * u32::from(e.cmpl);
                 assert_eq!(got, ((x / f) << SCALE_BITS) + x % f, "f={f} x={x}");
             }
         }

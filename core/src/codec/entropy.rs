@@ -1,13 +1,25 @@
-//! Order-0 entropy coding of byte streams: a 4-lane interleaved rANS coder with 12-bit
-//! probabilities, a compact self-describing block format, and no allocation.
+//! Entropy coding of byte streams: a 4-lane interleaved rANS coder with 12-bit probabilities
+//! (order 0, or one of four 10-bit tables per symbol chosen by a side byte), a compact
+//! self-describing block format, and no allocation.
 //!
 //! # Why rANS
 //!
 //! ZipNN's exponent planes have a few very skewed symbols; Huffman's whole-bit code lengths lose
 //! about 1–3% against the entropy there, while rANS gets within ~0.1% of it at the cost of one
-//! multiply per symbol. Decoding is table driven (one 16 KiB table, one lookup per symbol) and four
+//! multiply per symbol. Decoding is table driven (20 KiB of tables, one slot per symbol) and four
 //! states interleave so the CPU overlaps their dependency chains. Encoding avoids division with a
 //! per-symbol reciprocal.
+//!
+//! # API
+//!
+//! - [`encode`] / [`decode`]: one block from/to caller-lent buffers; `out` for encoding needs
+//!   [`max_encoded_len`]`(n)` bytes, [`symbol_count`] reads `n` back from a block.
+//! - [`encode_with_histogram`]: the table comes from a caller's [`Histogram`] (e.g. shared by
+//!   many small blocks); decoded by [`decode`] as usual.
+//! - [`encode_with_context`] / [`decode_with_context`]: symbol `i` is coded with the table of
+//!   context `lut[keys[i]]` (0..4), where `keys` are bytes both sides already have.
+//! - Memory: [`EncoderScratch`] (~30 KiB) and [`DecoderTables`] (20 KiB), reusable, `const fn
+//!   new()`; every error is a [`CodecError`], corrupt input never panics.
 //!
 //! # Block format
 //!
@@ -169,7 +181,7 @@ struct EncSym {
     rcp_shift: u16,
 }
 
-/// Working memory of the encoder (about 36 KiB, most of it for per-context tables), lent by the
+/// Working memory of the encoder (about 30 KiB, most of it for per-context tables), lent by the
 /// caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {

@@ -469,4 +469,48 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn requests_beyond_the_byte_budget_wait_and_all_complete() {
+        // Four 20 MiB writes and reads against a 32 MiB budget: at most one is in flight.
+        let mib = 1usize << 20;
+        let disk = VecDisk(Mutex::new(vec![0u8; 96 * mib]));
+        let neg = Negotiated {
+            structured: false,
+            base_allocation: false,
+            block_size_agreed: false,
+            tx_flags: super::handshake::transmission_flags(false, false),
+        };
+        let mut input = Vec::new();
+        for i in 0..4u64 {
+            let len = 20 * mib as u32;
+            input.extend_from_slice(&Request::build(0, cmd::WRITE, i, i * 24 * mib as u64, len));
+            input.extend(std::iter::repeat_n(i as u8 + 1, len as usize));
+        }
+        for i in 0..4u64 {
+            let len = 20 * mib as u32;
+            input.extend_from_slice(&Request::build(
+                0,
+                cmd::READ,
+                10 + i,
+                i * 24 * mib as u64,
+                len,
+            ));
+        }
+        let limits = Limits {
+            workers: 4,
+            inflight_bytes: 32 * mib,
+            inflight_requests: 8,
+        };
+        let mut out = Vec::new();
+        transmission::serve(Cursor::new(input), &mut out, &disk, neg, limits).unwrap();
+        // Four 16-byte write replies and four read replies of 16 bytes + 20 MiB, in some order.
+        assert_eq!(out.len(), 8 * 16 + 4 * 20 * mib);
+        let d = disk.0.lock().unwrap();
+        for i in 0..4usize {
+            assert!(d[i * 24 * mib..i * 24 * mib + 20 * mib]
+                .iter()
+                .all(|&b| b == i as u8 + 1));
+        }
+    }
 }

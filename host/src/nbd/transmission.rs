@@ -200,27 +200,41 @@ fn dev_errno(e: &DevError) -> u32 {
 
 /// Counting semaphore over in-flight bytes and requests.
 struct Budget {
-    used: Mutex<(usize, usize)>,
+    used: Mutex<BudgetUse>,
     freed: Condvar,
     max_bytes: usize,
     max_requests: usize,
+}
+
+#[derive(Default)]
+struct BudgetUse {
+    bytes: usize,
+    requests: usize,
+    /// Someone waits in `acquire`: only then is a release worth a wake-up (a syscall).
+    waiting: bool,
 }
 
 impl Budget {
     fn acquire(&self, bytes: usize) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         // A request larger than the whole budget still runs, alone.
-        while used.1 >= self.max_requests || (used.0 > 0 && used.0 + bytes > self.max_bytes) {
+        while used.requests >= self.max_requests
+            || (used.bytes > 0 && used.bytes + bytes > self.max_bytes)
+        {
+            used.waiting = true;
             used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
         }
-        used.0 += bytes;
-        used.1 += 1;
+        used.bytes += bytes;
+        used.requests += 1;
     }
     fn release(&self, bytes: usize) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.0 -= bytes;
-        used.1 -= 1;
-        self.freed.notify_all();
+        used.bytes -= bytes;
+        used.requests -= 1;
+        if std::mem::take(&mut used.waiting) {
+            // Only the worker holding the read half ever waits here: one to wake.
+            self.freed.notify_all();
+        }
     }
 }
 
@@ -347,7 +361,7 @@ pub fn serve<R: Read + Send, W: Write + Send>(
         broken: false.into(),
     };
     let budget = Budget {
-        used: Mutex::new((0, 0)),
+        used: Mutex::new(BudgetUse::default()),
         freed: Condvar::new(),
         max_bytes: limits.inflight_bytes.max(MAX_PAYLOAD as usize),
         max_requests: limits.inflight_requests.max(1),

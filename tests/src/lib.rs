@@ -101,12 +101,25 @@ impl Server {
             log,
             dir,
         };
-        server.spawn(extra);
-        server
+        // A free port can be taken by a parallel test between our probe and the server's bind:
+        // then pick new ports and try again, a bounded number of times.
+        for attempt in 0.. {
+            match server.spawn(extra) {
+                Ok(()) => return server,
+                Err(why) if attempt < 4 && why.contains("Address already in use") => {
+                    if let Endpoint::Tcp(_) = server.endpoint {
+                        server.endpoint = Endpoint::Tcp(free_port());
+                    }
+                    server.control = format!("127.0.0.1:{}", free_port());
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!()
     }
 
     /// (Re)starts the process with the same endpoint and control address.
-    fn spawn(&mut self, extra: &[&str]) {
+    fn spawn(&mut self, extra: &[&str]) -> Result<(), String> {
         let mut cmd = std::process::Command::new(nandbox_bin());
         cmd.arg("serve").args(["--control", &self.control]);
         match &self.endpoint {
@@ -114,6 +127,7 @@ impl Server {
             Endpoint::Unix(path) => cmd.arg("--unix").arg(path),
         };
         cmd.args(extra);
+        let _ = std::fs::remove_file(&self.log);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,34 +138,43 @@ impl Server {
             .stdin(std::process::Stdio::null());
         let child = cmd.spawn().expect("spawn nandbox serve");
         self.child = Some(child);
-        self.wait_until_accepting();
+        self.wait_until_accepting()
     }
 
-    fn wait_until_accepting(&mut self) {
+    /// Waits until the server has printed its startup line (it does so after binding every
+    /// listener) and its NBD socket accepts; a connection alone could reach another test's
+    /// server that took the port.
+    fn wait_until_accepting(&mut self) -> Result<(), String> {
         let start = std::time::Instant::now();
         loop {
-            let up = match &self.endpoint {
-                Endpoint::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-                Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
-            };
+            let started = self.log_text().contains("nandbox: serving");
+            let up = started
+                && match &self.endpoint {
+                    Endpoint::Tcp(port) => {
+                        std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                    }
+                    Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+                };
             if up {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "nandbox serve exited with {status} before accepting:\n{}",
                     self.log_text()
-                );
+                ));
             }
-            assert!(
-                start.elapsed() < START_TIMEOUT,
-                "nandbox serve did not accept within {START_TIMEOUT:?}:\n{}",
-                self.log_text()
-            );
+            if start.elapsed() > START_TIMEOUT {
+                return Err(format!(
+                    "nandbox serve did not accept within {START_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                ));
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -228,7 +251,9 @@ impl Server {
     /// Starts the server again (after `kill9` or a signal) with the same endpoint and `extra`.
     pub fn restart(&mut self, extra: &[&str]) {
         self.kill9();
-        self.spawn(extra);
+        if let Err(why) = self.spawn(extra) {
+            panic!("restart failed: {why}");
+        }
     }
 }
 

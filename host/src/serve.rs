@@ -173,6 +173,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&server),
         Arc::clone(&device),
         args.stats_out.clone(),
+        args.unix.clone(),
     )?;
 
     let mut line =
@@ -222,6 +223,7 @@ fn install_signal_handler(
     server: Arc<nbd::Server>,
     device: Arc<dyn BlockDevice>,
     stats_out: Option<PathBuf>,
+    unix_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
@@ -256,6 +258,10 @@ fn install_signal_handler(
                     eprintln!("nandbox: writing {}: {e}", path.display());
                     code = 1;
                 }
+            }
+            if let Some(path) = unix_socket {
+                // Our own socket file; nobody can connect to it any more.
+                let _ = std::fs::remove_file(path);
             }
             std::process::exit(code);
         })?;

@@ -238,3 +238,15 @@ fn serve_refuses_bad_sizes_and_non_loopback_control() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn sigint_removes_the_unix_socket() {
+    let mut server = Server::start_unix(&["--size", "16MiB"]);
+    let nandbox_tests::Endpoint::Unix(path) = server.endpoint.clone() else {
+        unreachable!()
+    };
+    assert!(path.exists());
+    let status = server.signal_and_wait("INT", Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(!path.exists(), "socket file left behind");
+}

@@ -90,19 +90,21 @@ pub enum RecordError {
     Damaged,
 }
 
-/// The 64-byte spare (out-of-band) record kept for every 4 KiB slot.
+/// The 64-byte spare (out-of-band) record kept for every 4 KiB slot: a 32-byte record and an
+/// identical copy, so a single damaged byte still leaves the slot's owner known (an unknown
+/// owner would turn one flipped bit into a silently lost update at recovery).
 pub mod spare {
-    /// Byte ranges of the record.
+    /// Byte ranges of each 32-byte copy (the second copy starts at [`COPY`]).
     pub mod field {
         use core::ops::Range;
         /// `b"NBSR"`.
         pub const MAGIC: Range<usize> = 0..4;
-        /// Format version, currently 1.
+        /// Format version, currently 2.
         pub const VERSION: usize = 4;
         /// [`super::super::SlotKind`].
         pub const KIND: usize = 5;
         /// Reserved flags, written 0.
-        pub const FLAGS: core::ops::Range<usize> = 6..8;
+        pub const FLAGS: Range<usize> = 6..8;
         /// LBA (data), node id (node), pack slot index (checkpoint), 0 (padding).
         pub const OWNER: Range<usize> = 8..12;
         /// Global sequence number, strictly increasing with every slot written.
@@ -111,17 +113,17 @@ pub mod spare {
         pub const DATA_CRC: Range<usize> = 20..24;
         /// Checkpoint: number of slots in the pack. Otherwise 0.
         pub const AUX: Range<usize> = 24..28;
-        /// Reserved for later versions (delta, compression), written 0.
-        pub const RESERVED: Range<usize> = 28..60;
-        /// CRC32 of bytes 0..60.
-        pub const CRC: Range<usize> = 60..64;
+        /// CRC32 of bytes 0..28 of this copy.
+        pub const CRC: Range<usize> = 28..32;
     }
-    /// Length of one record.
+    /// Length of one copy.
+    pub const COPY: usize = 32;
+    /// Length of the whole record (two copies).
     pub const LEN: usize = 64;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBSR";
     /// The version written.
-    pub const VERSION: u8 = 1;
+    pub const VERSION: u8 = 2;
 }
 
 /// A checked, decoded spare record.
@@ -140,22 +142,28 @@ pub struct SpareRecord {
 }
 
 impl SpareRecord {
-    /// Decodes and checks a record; `bytes` must be at least [`spare::LEN`] long.
+    /// Decodes and checks a record (either copy may be damaged); `bytes` must be at least
+    /// [`spare::LEN`] long.
     pub fn parse(bytes: &[u8]) -> Result<SpareRecord, RecordError> {
-        use spare::field as f;
         let b = bytes.get(..spare::LEN).ok_or(RecordError::Damaged)?;
         if b.iter().all(|&x| x == 0xFF) {
             return Err(RecordError::Erased);
         }
+        Self::parse_copy(&b[..spare::COPY])
+            .or_else(|| Self::parse_copy(&b[spare::COPY..]))
+            .ok_or(RecordError::Damaged)
+    }
+
+    fn parse_copy(b: &[u8]) -> Option<SpareRecord> {
+        use spare::field as f;
         if b[f::MAGIC] != spare::MAGIC || b[f::VERSION] != spare::VERSION {
-            return Err(RecordError::Damaged);
+            return None;
         }
         if crc32(&[&b[..f::CRC.start]]) != get_u32(b, f::CRC.start) {
-            return Err(RecordError::Damaged);
+            return None;
         }
-        let kind = SlotKind::from_u8(b[f::KIND]).ok_or(RecordError::Damaged)?;
-        Ok(SpareRecord {
-            kind,
+        Some(SpareRecord {
+            kind: SlotKind::from_u8(b[f::KIND])?,
             owner: get_u32(b, f::OWNER.start),
             seq: get_u64(b, f::SEQ.start),
             data_crc: get_u32(b, f::DATA_CRC.start),
@@ -163,10 +171,10 @@ impl SpareRecord {
         })
     }
 
-    /// Encodes the record into the first [`spare::LEN`] bytes of `out`.
+    /// Encodes the record (both copies) into the first [`spare::LEN`] bytes of `out`.
     pub fn write(&self, out: &mut [u8]) {
         use spare::field as f;
-        let b = &mut out[..spare::LEN];
+        let b = &mut out[..spare::COPY];
         b.fill(0);
         b[f::MAGIC].copy_from_slice(&spare::MAGIC);
         b[f::VERSION] = spare::VERSION;
@@ -177,6 +185,7 @@ impl SpareRecord {
         put_u32(b, f::AUX.start, self.aux);
         let crc = crc32(&[&b[..f::CRC.start]]);
         put_u32(b, f::CRC.start, crc);
+        out.copy_within(..spare::COPY, spare::COPY);
     }
 }
 

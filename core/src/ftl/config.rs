@@ -108,13 +108,13 @@ impl FtlConfig {
 /// The fewest blocks the FTL can run in: user data with no over-provisioning, node pages, the
 /// checkpoint area, open logs and the GC reserve.
 pub const fn min_blocks(slots_per_block: u32, logical_blocks: u32) -> u32 {
+    // Saturating: the inputs may come from a checkpoint header (checked, but not trusted to be
+    // sensible), and an impossible size must become an error, not an overflow.
     let nodes = logical_blocks.div_ceil(LBAS_PER_NODE);
-    logical_blocks.div_ceil(slots_per_block)
-        + nodes.div_ceil(slots_per_block)
-        + CP_AREA_BLOCKS
-        + LOGS
-        + GC_LOW
-        + 1
+    logical_blocks
+        .div_ceil(slots_per_block)
+        .saturating_add(nodes.div_ceil(slots_per_block))
+        .saturating_add(CP_AREA_BLOCKS + LOGS + GC_LOW + 1)
 }
 
 /// Erase blocks a device exporting `logical_blocks` 4 KiB blocks needs, with `op_percent`
@@ -129,7 +129,9 @@ pub const fn blocks_for_capacity(
     let spb = (page_bytes / SLOT_BYTES as u32) * pages_per_block;
     let user = ((logical_blocks as u64 * (100 + op_percent as u64)).div_ceil(100))
         .div_ceil(spb as u64) as u32;
-    min_blocks(spb, logical_blocks) - logical_blocks.div_ceil(spb) + user
+    min_blocks(spb, logical_blocks)
+        .saturating_sub(logical_blocks.div_ceil(spb))
+        .saturating_add(user)
 }
 
 /// Per-block bookkeeping kept in RAM (erase count, state, valid slots, last write).

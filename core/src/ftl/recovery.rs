@@ -235,10 +235,13 @@ pub(super) fn probe<N: Nand>(nand: &mut N, scratch: &mut [u8]) -> Result<FtlConf
     geo.validate()
         .map_err(|e| MountError::Config(ConfigError::Geometry(e)))?;
     let loc = find_checkpoint(nand, &geo, scratch)?;
-    Ok(FtlConfig {
+    let cfg = FtlConfig {
         logical_blocks: loc.header.logical_blocks,
         node_cache_slots: loc.header.node_cache_slots,
-    })
+    };
+    // Checked before a host sizes memory from it.
+    cfg.check(&geo).map_err(MountError::Config)?;
+    Ok(cfg)
 }
 
 pub(super) fn mount<'a, N: Nand>(
@@ -380,8 +383,20 @@ impl<N: Nand> Ftl<'_, N> {
             )
             .map_err(MountError::Nand)?;
             self.stats.spare_reads[Cause::Checkpoint as usize] += 1;
-            if let Ok(r) = rec {
-                if r.seq > cp_seq {
+            let mut newer = matches!(rec, Ok(r) if r.seq > cp_seq);
+            if matches!(rec, Err(RecordError::Damaged)) && self.ppb > 1 {
+                // Page 0's record is damaged: page 1 tells whether the block is new.
+                let rec1 = read_first_record(
+                    &mut self.nand,
+                    page + 1,
+                    &mut self.bufs[sp..sp + self.geo.spare_bytes as usize],
+                )
+                .map_err(MountError::Nand)?;
+                self.stats.spare_reads[Cause::Checkpoint as usize] += 1;
+                newer = matches!(rec1, Ok(r) if r.seq > cp_seq);
+            }
+            {
+                if newer {
                     if scan.push(Scan::new(b, 0)).is_err() {
                         return Err(mcorrupt("too many blocks written since the checkpoint", b));
                     }
@@ -415,19 +430,31 @@ impl<N: Nand> Ftl<'_, N> {
                 self.stats.reads[Cause::Checkpoint as usize] += 1;
                 // Sequence numbers of any readable record count, torn page or not, so no new
                 // slot ever reuses one.
+                let sp0 = self.spare_offset(SCRATCH);
                 for i in 0..self.spp as usize {
-                    if let Ok(r) = SpareRecord::parse(&spare[i * SPARE..]) {
+                    let at = sp0 + i * SPARE;
+                    if let Ok(r) = SpareRecord::parse(&self.bufs[at..at + SPARE]) {
                         max_seen = max_seen.max(r.seq);
                     }
                 }
-                if !sound {
+                // An unsound page followed by a programmed one was damaged in place, not torn
+                // by a cut (nothing is ever programmed after a torn page): its slots whose
+                // records still check are events (a damaged data slot then reads as a CRC
+                // error instead of silently reverting), and the block goes on. Otherwise the
+                // unsound page is a tear and ends the block.
+                let erased = self.bufs[sp0..sp0 + self.geo.spare_bytes as usize]
+                    .iter()
+                    .all(|&b| b == 0xFF);
+                let damaged = !sound && !erased && self.page_programmed(e.block, page_in + 1)?;
+                if !sound && !damaged {
                     break;
                 }
                 let mut ok = true;
                 for i in 0..self.spp {
-                    let Ok(r) = SpareRecord::parse(&spare[i as usize * SPARE..]) else {
+                    let at = sp0 + i as usize * SPARE;
+                    let Ok(r) = SpareRecord::parse(&self.bufs[at..at + SPARE]) else {
                         ok = false;
-                        break;
+                        continue;
                     };
                     let owner_ok = match r.kind {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
@@ -437,14 +464,8 @@ impl<N: Nand> Ftl<'_, N> {
                     };
                     if r.seq <= cp_seq || !owner_ok {
                         ok = false;
-                        break;
+                        continue;
                     }
-                }
-                if !ok {
-                    break;
-                }
-                for i in 0..self.spp {
-                    let r = SpareRecord::parse(&spare[i as usize * SPARE..]).expect("checked");
                     if r.kind == SlotKind::Node {
                         let rel = (r.seq - cp_seq).min(u32::MAX as u64 - 1) as u32;
                         let cur = self.node_index[r.owner as usize];
@@ -453,6 +474,10 @@ impl<N: Nand> Ftl<'_, N> {
                             self.nat[r.owner as usize] = page * self.spp + i;
                         }
                     }
+                }
+                if sound && !ok {
+                    // A sound page with impossible fields: not this log's page after all.
+                    break;
                 }
                 page_in += 1;
             }
@@ -533,22 +558,48 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(())
     }
 
-    /// Loads the record at an entry's cursor (or ends the entry).
+    /// Whether page `n` of `block` was programmed (its spare is not all erased).
+    fn page_programmed(&mut self, block: u32, n: u32) -> Result<bool, ME<N::Error>> {
+        if n >= self.ppb {
+            return Ok(false);
+        }
+        self.nand_read_spare(block * self.ppb + n, GCBUF, Cause::Checkpoint)?;
+        let sp = self.spare_offset(GCBUF);
+        Ok(self.bufs[sp..sp + self.geo.spare_bytes as usize]
+            .iter()
+            .any(|&b| b != 0xFF))
+    }
+
+    /// Loads the next replayable record at or after an entry's cursor (or ends the entry).
+    /// Slots whose records no longer check (damaged in place) are skipped.
     fn load_head(&mut self, e: &mut Scan) -> Result<(), ME<N::Error>> {
         e.head = None;
-        if e.page >= e.end {
-            return Ok(());
-        }
-        let page = e.block * self.ppb + e.page;
-        for _ in 0..READ_ATTEMPTS {
-            self.nand_read_spare(page, SCRATCH, Cause::Checkpoint)?;
-            let sp = self.spare_offset(SCRATCH) + e.slot as usize * SPARE;
-            if let Ok(r) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
-                e.head = Some((r.kind, r.owner, r.seq));
-                return Ok(());
+        while e.page < e.end {
+            let page = e.block * self.ppb + e.page;
+            for _ in 0..READ_ATTEMPTS {
+                self.nand_read_spare(page, SCRATCH, Cause::Checkpoint)?;
+                let sp = self.spare_offset(SCRATCH) + e.slot as usize * SPARE;
+                if let Ok(r) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
+                    let owner_ok = match r.kind {
+                        SlotKind::Data => r.owner < self.cfg.logical_blocks,
+                        SlotKind::Node => r.owner < self.nodes,
+                        SlotKind::Padding => true,
+                        SlotKind::Checkpoint => false,
+                    };
+                    if r.seq > self.cp_seq && owner_ok {
+                        e.head = Some((r.kind, r.owner, r.seq));
+                        return Ok(());
+                    }
+                    break;
+                }
+            }
+            e.slot += 1;
+            if e.slot == self.spp {
+                e.slot = 0;
+                e.page += 1;
             }
         }
-        Err(mcorrupt("spare record changed while mounting", page))
+        Ok(())
     }
 
     /// Recomputes every valid bit and count from the NAT and the node pages.

@@ -32,7 +32,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            workers: 16,
+            workers: 8,
             inflight_bytes: 2 * MAX_PAYLOAD as usize,
             inflight_requests: 128,
         }

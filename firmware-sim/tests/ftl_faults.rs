@@ -283,7 +283,7 @@ fn program_and_erase_failures_and_factory_bad_blocks_lose_nothing() {
 }
 
 #[test]
-fn random_media_damage_never_panics_or_returns_wrong_data() {
+fn random_media_damage_never_panics_or_returns_garbage() {
     // Flip random bits in programmed pages (data and spare, any structure) of a used device,
     // then mount and read everything: every outcome is an error or correct data.
     let logical = 512;

@@ -49,3 +49,6 @@ if [ -x firmware-sim/embedded/run-qemu.sh ]; then
   step "embedded self-test under qemu-system-arm"
   firmware-sim/embedded/run-qemu.sh
 fi
+
+step "fuzz every cargo-fuzz target for ${FUZZ_SECONDS:-30} s (nightly)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

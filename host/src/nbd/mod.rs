@@ -224,13 +224,17 @@ impl Server {
             return Ok(());
         };
         stream.set_read_timeout(None)?;
-        transmission::serve(
-            stream.try_clone()?,
-            stream.try_clone()?,
-            &*self.device,
-            neg,
-            self.config.limits,
-        )
+        let (device, limits) = (&*self.device, self.config.limits);
+        // Hand over the concrete socket types, not `Stream`: std's own sockets read into
+        // uninitialised capacity, so a write payload is not zero-filled before it is received.
+        match stream {
+            Stream::Tcp(s) => {
+                transmission::serve(s.try_clone()?, s.try_clone()?, device, neg, limits)
+            }
+            Stream::Unix(s) => {
+                transmission::serve(s.try_clone()?, s.try_clone()?, device, neg, limits)
+            }
+        }
     }
 }
 

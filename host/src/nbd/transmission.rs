@@ -367,7 +367,9 @@ pub fn serve<R: Read + Send, W: Write + Send>(
         max_requests: limits.inflight_requests.max(1),
     };
     // `None` once the stream has ended: the other workers then finish what they hold and stop.
-    let input = Mutex::new(Some(BufReader::with_capacity(256 << 10, reader)));
+    // Room for a burst of small requests per read syscall; larger payloads bypass the buffer
+    // once it is drained, so a small one also means less payload copied through it.
+    let input = Mutex::new(Some(BufReader::with_capacity(64 << 10, reader)));
     let failure: Mutex<Option<io::Error>> = Mutex::new(None);
     let work = || loop {
         let job = {
@@ -452,7 +454,7 @@ fn next_job<R: Read, W: Write>(
                 budget.acquire(cost);
                 let mut data = Vec::new();
                 if let Op::Write { len, .. } = op {
-                    // Read straight into reserved capacity: no zero-fill of what is overwritten.
+                    // Read into reserved capacity: std sockets fill it without zeroing it first.
                     data = Vec::with_capacity(len as usize);
                     let got = reader.by_ref().take(u64::from(len)).read_to_end(&mut data);
                     if got.is_err() || data.len() != len as usize {

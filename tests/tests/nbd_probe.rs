@@ -384,9 +384,8 @@ fn hostile_clients_leave_the_server_up_and_other_clients_unharmed() {
                 h[6..8].copy_from_slice(&0x1234u16.to_be_bytes());
             }
             // Keep lengths small so a valid read does not stream megabytes.
-            h[24..28].copy_from_slice(
-                &(u32::from_be_bytes([h[24], h[25], h[26], h[27]]) % 65536).to_be_bytes(),
-            );
+            let len = u32::from_be_bytes([h[24], h[25], h[26], h[27]]) % 65536;
+            h[24..28].copy_from_slice(&len.to_be_bytes());
             r.s.write_all(&h).unwrap();
             r.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut rh = [0u8; 16];

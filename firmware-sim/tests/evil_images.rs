@@ -218,7 +218,7 @@ fn page_map(image: &Path) -> PageMap {
                 }
                 SlotKind::Node => m.nodes.push(p),
                 SlotKind::Data => m.data.push((p, r.owner)),
-                SlotKind::Padding => {}
+                _ => {}
             }
         }
     }

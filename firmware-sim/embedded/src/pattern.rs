@@ -1,10 +1,11 @@
 //! Self-describing page contents for the FTL checks.
 //!
 //! Every page the self-test writes says which logical block and which generation (write count) it
-//! was written for, and its remaining bytes are a pseudo-random stream seeded by both. A read-back
-//! page can therefore be identified exactly: the right block, a generation inside the range the
-//! guarantees allow, and no torn mix of two writes (the stream would not match). A never-written
-//! or trimmed block reads as zeros, which is generation 0.
+//! was written for; the rest is a pseudo-random stream fixed per block with one region that is the
+//! generation's own (so updates are small, as a delta engine expects). A read-back page can
+//! therefore be identified exactly: the right block, a generation inside the range the guarantees
+//! allow, and no torn mix of two writes (a region or the header would not match). A never-written
+//! or trimmed block reads as zeros.
 
 /// What a read-back page turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +31,33 @@ fn stream(lba: u32, generation: u32) -> impl Iterator<Item = u8> {
     })
 }
 
+/// Bytes of a page that change from one generation to the next, besides the header.
+const REGION: usize = 64;
+/// Page bytes after the 8-byte header.
+const BODY: usize = 4096 - 8;
+
+/// Where a generation's own bytes sit in the body.
+fn region(generation: u32) -> core::ops::Range<usize> {
+    let at = (generation as usize % (BODY / REGION)) * REGION;
+    at..at + REGION
+}
+
 /// Fills `page` with the contents written for `lba` at `generation` (>= 1).
+///
+/// The body is a stream fixed per block, except one 64-byte region holding a stream of this
+/// generation: two versions of a block differ in at most 136 bytes, the small update a delta
+/// engine is built for, yet every version is still unique and any torn mix of two is detected.
 pub fn fill(page: &mut [u8], lba: u32, generation: u32) {
     page[0..4].copy_from_slice(&lba.to_le_bytes());
     page[4..8].copy_from_slice(&generation.to_le_bytes());
-    for (b, s) in page[8..].iter_mut().zip(stream(lba, generation)) {
+    let body = &mut page[8..8 + BODY];
+    for (b, s) in body.iter_mut().zip(stream(lba, 0)) {
+        *b = s;
+    }
+    for (b, s) in body[region(generation)]
+        .iter_mut()
+        .zip(stream(lba, generation))
+    {
         *b = s;
     }
 }
@@ -44,23 +67,23 @@ pub fn identify(page: &[u8], lba: u32) -> Seen {
     if page.iter().all(|&b| b == 0) {
         return Seen::Zeros;
     }
-    let at = |r: core::ops::Range<usize>| {
-        u32::from_le_bytes([
-            page[r.start],
-            page[r.start + 1],
-            page[r.start + 2],
-            page[r.start + 3],
-        ])
-    };
-    let (owner, generation) = (at(0..4), at(4..8));
-    if owner != lba || generation == 0 {
+    let word = |at: usize| u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+    let (owner, generation) = (word(0), word(4));
+    if owner != lba || generation == 0 || page.len() != 8 + BODY {
         return Seen::Foreign;
     }
-    if page[8..]
+    let body = &page[8..];
+    let own = region(generation);
+    let base_ok = body
+        .iter()
+        .zip(stream(lba, 0))
+        .enumerate()
+        .all(|(i, (&b, s))| own.contains(&i) || b == s);
+    let own_ok = body[own]
         .iter()
         .zip(stream(lba, generation))
-        .all(|(&b, s)| b == s)
-    {
+        .all(|(&b, s)| b == s);
+    if base_ok && own_ok {
         Seen::Written(generation)
     } else {
         Seen::Foreign

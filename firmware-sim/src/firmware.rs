@@ -18,7 +18,7 @@ use nandbox_core::ftl::{blocks_for_capacity, Error as FtlError, Ftl, FtlConfig, 
 use nandbox_core::nand::{Geometry, Nand, SLOT_BYTES};
 use nandbox_core::stats::Stats;
 
-use crate::latency::{LatencyMode, LatencyModel, Timed};
+use crate::latency::{LatencyMode, LatencyModel, Timed, Wait};
 use crate::memory::OwnedFtlMemory;
 use crate::profile::Profile;
 use crate::SimNand;
@@ -138,12 +138,44 @@ impl<T> Completion<T> {
     /// Waits until the modelled completion time (real latency mode), then gives the result.
     pub fn wait(self) -> Result<T, FirmwareError> {
         if let Some(at) = self.not_before {
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
+            wait_until(at);
         }
         self.result
+    }
+}
+
+/// Waits shorter than this are about as long as a NAND read, where a sleep's overshoot (timer
+/// slack plus wake-up, tens of microseconds on a busy machine) would be a large error: their last
+/// [`SPIN_NS`] is spun. Longer waits (programs, a full write buffer) just sleep, so many waiting
+/// workers do not burn the CPU the firmware thread needs.
+const PRECISE_BELOW_NS: u64 = 250_000;
+/// The spun tail of a short wait.
+const SPIN_NS: u64 = 30_000;
+
+/// Waits until `at`, with a 1 ns timer slack on this thread (the default 50 µs would be half a
+/// NAND read time).
+fn wait_until(at: Instant) {
+    thread_local! {
+        static PRECISE_TIMERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    PRECISE_TIMERS.with(|set| {
+        if !set.get() {
+            // Best effort: without it sleeps are only less precise.
+            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+            set.set(true);
+        }
+    });
+    let left = at.saturating_duration_since(Instant::now());
+    if left >= Duration::from_nanos(PRECISE_BELOW_NS) {
+        std::thread::sleep(left);
+        return;
+    }
+    let spin = Duration::from_nanos(SPIN_NS);
+    if left > spin {
+        std::thread::sleep(left - spin);
+    }
+    while Instant::now() < at {
+        std::hint::spin_loop();
     }
 }
 
@@ -158,9 +190,13 @@ enum Job {
     Shutdown(SyncSender<Completion<()>>),
 }
 
+/// A job and when it was submitted: the modelled NAND time of a request starts at submission,
+/// as a real device's starts when the host rings the doorbell, not when the firmware gets to it.
+type Submitted = (Instant, Job);
+
 /// A running device: the firmware thread and the queue into it.
 pub struct Firmware {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Submitted>,
     thread: Mutex<Option<JoinHandle<()>>>,
     logical_bytes: u64,
 }
@@ -244,7 +280,7 @@ impl Firmware {
     ) -> Result<T, FirmwareError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(make(reply))
+            .send((Instant::now(), make(reply)))
             .map_err(|_| FirmwareError::Stopped)?;
         rx.recv().map_err(|_| FirmwareError::Stopped)?.wait()
     }
@@ -304,7 +340,7 @@ impl Firmware {
     pub fn snapshot(&self) -> Result<Snapshot, FirmwareError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Job::Stats(reply))
+            .send((Instant::now(), Job::Stats(reply)))
             .map_err(|_| FirmwareError::Stopped)?;
         rx.recv().map_err(|_| FirmwareError::Stopped)
     }
@@ -388,7 +424,7 @@ struct Runner<'a> {
 
 fn run_thread(
     config: FirmwareConfig,
-    rx: Receiver<Job>,
+    rx: Receiver<Submitted>,
     ready: SyncSender<Result<u64, FirmwareError>>,
 ) {
     let (sim, existing) = match open_nand(&config) {
@@ -459,13 +495,15 @@ fn io<E: std::fmt::Display>(e: FtlError<E>) -> FirmwareError {
 }
 
 impl Runner<'_> {
-    fn serve(&mut self, rx: Receiver<Job>) {
+    fn serve(&mut self, rx: Receiver<Submitted>) {
         let mut background_pending = true;
         loop {
             let job = if background_pending {
                 match rx.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::TryRecvError::Empty) => {
+                        // Background NAND work starts now, not when the last request did.
+                        self.begin(Instant::now());
                         background_pending = self.ftl.idle().unwrap_or(false);
                         continue;
                     }
@@ -489,9 +527,9 @@ impl Runner<'_> {
         let _ = self.ftl.flush();
     }
 
-    /// Starts the latency clock for a request.
-    fn begin(&mut self) -> u64 {
-        let now = self.started.elapsed().as_nanos() as u64;
+    /// Starts the latency clock for a request submitted at `submitted`.
+    fn begin(&mut self, submitted: Instant) -> u64 {
+        let now = submitted.saturating_duration_since(self.started).as_nanos() as u64;
         if let Some(m) = self.ftl.nand_mut().model() {
             m.begin(now);
         }
@@ -499,10 +537,10 @@ impl Runner<'_> {
     }
 
     /// Ends a request: records its modelled latency and says when its reply may go out.
-    fn end(&mut self, began: u64, is_read: bool) -> Option<Instant> {
-        let done = self.ftl.nand_mut().model().map(|m| m.completion())?;
+    fn end(&mut self, began: u64, wait: Wait) -> Option<Instant> {
+        let done = self.ftl.nand_mut().model().map(|m| m.complete(wait))?;
         let latency = done.saturating_sub(began);
-        if is_read {
+        if wait == Wait::AllOps {
             self.reads.record(latency)
         } else {
             self.writes.record(latency)
@@ -514,45 +552,47 @@ impl Runner<'_> {
     }
 
     /// Handles one job; false once the device is shut down.
-    fn handle(&mut self, job: Job) -> bool {
+    fn handle(&mut self, (submitted, job): Submitted) -> bool {
+        // FUA and flush wait for the flash; plain writes only for room in the write buffer.
+        let write_wait = |fua: bool| if fua { Wait::Durable } else { Wait::Buffered };
         match job {
             Job::Read(offset, len, reply) => {
-                let t = self.begin();
+                let t = self.begin(submitted);
                 let result = self.read(offset, len);
-                let not_before = self.end(t, true);
+                let not_before = self.end(t, Wait::AllOps);
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Write(offset, data, fua, reply) => {
-                let t = self.begin();
+                let t = self.begin(submitted);
                 let mut result = self.write(offset, &data);
                 if fua && result.is_ok() {
                     result = self.ftl.flush().map_err(io);
                 }
-                let not_before = self.end(t, false);
+                let not_before = self.end(t, write_wait(fua));
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Trim(offset, len, fua, reply) | Job::Zero(offset, len, fua, false, reply) => {
-                let t = self.begin();
+                let t = self.begin(submitted);
                 let mut result = self.discard(offset, len);
                 if fua && result.is_ok() {
                     result = self.ftl.flush().map_err(io);
                 }
-                let not_before = self.end(t, false);
+                let not_before = self.end(t, write_wait(fua));
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Zero(offset, len, fua, true, reply) => {
-                let t = self.begin();
+                let t = self.begin(submitted);
                 let mut result = self.write_zero_blocks(offset, len);
                 if fua && result.is_ok() {
                     result = self.ftl.flush().map_err(io);
                 }
-                let not_before = self.end(t, false);
+                let not_before = self.end(t, write_wait(fua));
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Flush(reply) => {
-                let t = self.begin();
+                let t = self.begin(submitted);
                 let result = self.ftl.flush().map_err(io);
-                let not_before = self.end(t, false);
+                let not_before = self.end(t, Wait::Durable);
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Mapped(offset, len, reply) => {

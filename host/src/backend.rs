@@ -24,6 +24,18 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
             opts.latency
         )
     })?;
+    let mut profile = profile;
+    if let Some(dies) = opts.dies {
+        // As many channels as the profile has (at most one per die), dies spread over them.
+        let channels = profile.channels.min(dies);
+        if !dies.is_multiple_of(channels) {
+            return Err(anyhow!(
+                "--dies {dies} does not spread evenly over {channels} channels"
+            ));
+        }
+        profile.channels = channels;
+        profile.dies_per_channel = dies / channels;
+    }
     let mut config = FirmwareConfig::new(profile, opts.size);
     config.image = opts.image.clone();
     config.latency = latency;
@@ -193,6 +205,14 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             "blocks": s.geometry.blocks,
             "pe_cycles": s.profile.pe_cycles,
             "uptime_s": s.uptime_s,
+            "dies": s.profile.dies(),
+            "channels": s.profile.channels,
+            "read_ns": s.profile.read_ns,
+            "program_ns": s.profile.program_ns,
+            "erase_ns": s.profile.erase_ns,
+            "channel_mb_s": s.profile.channel_mb_s,
         },
+        // Per-block erase counts, block 0 first: what `nandbox wear` draws.
+        "erase_counts": ec,
     })
 }

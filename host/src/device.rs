@@ -104,4 +104,6 @@ pub struct DeviceOptions {
     pub latency: String,
     /// Refuse writes.
     pub read_only: bool,
+    /// Dies working in parallel, when not the profile's own (latency model only).
+    pub dies: Option<u32>,
 }

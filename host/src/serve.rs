@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Refuse writes; clients see a read-only export.
     #[arg(long)]
     read_only: bool,
+    /// Dies the latency model runs in parallel [default: the profile's, 32 for tlc]. Fewer
+    /// dies lower the flash's write bound (dies x page size / program time) below what the host
+    /// can drive, so `--latency real` shows the flash's speed rather than the host's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    dies: Option<u32>,
     /// Export name (clients asking for the empty name get this export too).
     #[arg(long, value_name = "NAME", default_value = "")]
     export: String,
@@ -124,6 +129,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         profile: format!("{:?}", args.profile).to_lowercase(),
         latency: format!("{:?}", args.latency).to_lowercase(),
         read_only: args.read_only,
+        dies: args.dies,
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 

@@ -67,6 +67,8 @@ pub enum SlotKind {
     Padding = 3,
     /// Part of a checkpoint pack; the owner is the slot's index inside the pack.
     Checkpoint = 4,
+    /// A compact page of evicted deltas; the owner is its node id.
+    Compact = 5,
 }
 
 impl SlotKind {
@@ -76,6 +78,7 @@ impl SlotKind {
             2 => SlotKind::Node,
             3 => SlotKind::Padding,
             4 => SlotKind::Checkpoint,
+            5 => SlotKind::Compact,
             _ => return None,
         })
     }
@@ -196,7 +199,7 @@ pub mod node {
         use core::ops::Range;
         /// `b"NBND"`.
         pub const MAGIC: Range<usize> = 0..4;
-        /// Format version, currently 1.
+        /// Format version, currently 2 (1 is read: no inline deltas, no compact page).
         pub const VERSION: Range<usize> = 4..6;
         /// Reserved, written 0.
         pub const FLAGS: Range<usize> = 6..8;
@@ -208,8 +211,9 @@ pub mod node {
         pub const EXTENT: Range<usize> = 20..22;
         /// Bytes used by the inline area at the end of the page (0 in version 1).
         pub const INLINE_LEN: Range<usize> = 22..24;
-        /// Reserved, written 0.
-        pub const RESERVED: Range<usize> = 24..28;
+        /// Version 2: slot address of the group's compact page, all-ones = none (version 1:
+        /// reserved, 0).
+        pub const COMPACT: Range<usize> = 24..28;
         /// CRC32 of the whole page with these four bytes taken as zero.
         pub const CRC: Range<usize> = 28..32;
         /// First byte of the pointer area: `extent` little-endian u32 slot addresses.
@@ -219,6 +223,60 @@ pub mod node {
     pub const LBAS: u32 = 256;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBND";
+    /// The version written.
+    pub const VERSION: u16 = 2;
+}
+
+/// One delta entry in a node page's inline area (see `delta::inline`): the encoded delta, then
+/// this 12-byte header, entries stacked from the end of the page towards the pointer area.
+pub mod inline_delta {
+    /// Byte ranges of the entry header.
+    pub mod field {
+        use core::ops::Range;
+        /// LBA offset inside the group (bits 0..15); bit 15 set = the delta lives in the
+        /// group's compact page and this entry (length 0) only marks it live.
+        pub const OFFSET: Range<usize> = 0..2;
+        /// Encoded delta bytes before this header.
+        pub const LEN: Range<usize> = 2..4;
+        /// CRC32 of the base block the delta applies to (its slot's `data_crc`).
+        pub const BASE_CRC: Range<usize> = 4..8;
+        /// CRC32 of the block the delta produces: checked after applying it.
+        pub const NEW_CRC: Range<usize> = 8..12;
+    }
+    /// Header length.
+    pub const HEADER: usize = 12;
+    /// Most bytes of inline area: what a full pointer area (256 pointers) leaves.
+    pub const AREA: usize = 4096 - 32 - 4 * 256;
+    /// Flag in OFFSET: delta in the compact page.
+    pub const IN_COMPACT: u16 = 0x8000;
+}
+
+/// The compact page: deltas evicted from one group's inline area, packed into one 4 KiB slot.
+pub mod compact {
+    /// Byte ranges of the compact page header; entries follow from [`field::ENTRIES`].
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBCM"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: Range<usize> = 4..6;
+        /// Entries held.
+        pub const COUNT: Range<usize> = 6..8;
+        /// Node id of the group whose deltas these are.
+        pub const NODE_ID: Range<usize> = 8..12;
+        /// Bytes of entries after the header.
+        pub const USED: Range<usize> = 12..16;
+        /// Reserved, written 0.
+        pub const RESERVED: Range<usize> = 16..28;
+        /// CRC32 of the whole page with these four bytes taken as zero.
+        pub const CRC: Range<usize> = 28..32;
+        /// First entry: offset u16, length u16, base CRC u32, new CRC u32, then the delta.
+        pub const ENTRIES: usize = 32;
+    }
+    /// Entry header length.
+    pub const ENTRY_HEADER: usize = 12;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBCM";
     /// The version written.
     pub const VERSION: u16 = 1;
 }
@@ -246,7 +304,8 @@ impl<'a> NodeView<'a> {
         if bytes.len() != SLOT_BYTES {
             return Err(NodeError::BadField);
         }
-        if bytes[f::MAGIC] != node::MAGIC || get_u16(bytes, f::VERSION.start) != node::VERSION {
+        let version = get_u16(bytes, f::VERSION.start);
+        if bytes[f::MAGIC] != node::MAGIC || !(1..=node::VERSION).contains(&version) {
             return Err(NodeError::Damaged);
         }
         let stored = get_u32(bytes, f::CRC.start);
@@ -259,7 +318,15 @@ impl<'a> NodeView<'a> {
         let view = NodeView { bytes };
         let extent = view.extent();
         let inline = get_u16(bytes, f::INLINE_LEN.start) as usize;
-        if extent > node::LBAS || f::POINTERS + 4 * extent as usize + inline > SLOT_BYTES {
+        if extent > node::LBAS
+            || f::POINTERS + 4 * extent as usize + inline > SLOT_BYTES
+            || inline > inline_delta::AREA
+            || (version == 1 && inline != 0)
+        {
+            return Err(NodeError::BadField);
+        }
+        let c = view.compact();
+        if c.is_some() && c.0 >= max_ppa {
             return Err(NodeError::BadField);
         }
         for i in 0..extent {
@@ -280,11 +347,34 @@ impl<'a> NodeView<'a> {
     pub fn pointer(&self, i: u32) -> Ppa {
         Ppa(get_u32(self.bytes, node::field::POINTERS + 4 * i as usize))
     }
+
+    /// The inline area (the last `inline_len` bytes of the page; entries parsed by
+    /// `delta::inline`).
+    pub fn inline_area(&self) -> &'a [u8] {
+        let len = get_u16(self.bytes, node::field::INLINE_LEN.start) as usize;
+        &self.bytes[SLOT_BYTES - len..]
+    }
+
+    /// The group's compact page, if any (never in version 1).
+    pub fn compact(&self) -> Ppa {
+        if get_u16(self.bytes, node::field::VERSION.start) < 2 {
+            return Ppa::NONE;
+        }
+        Ppa(get_u32(self.bytes, node::field::COMPACT.start))
+    }
 }
 
 /// Writes a node page for `node_id` from its pointers (all [`node::LBAS`] of them; the extent
-/// is derived) into `out` (4096 bytes).
-pub fn write_node(out: &mut [u8], node_id: u32, seq: u64, pointers: impl Fn(u32) -> Ppa) {
+/// is derived), its inline area (at most [`inline_delta::AREA`] bytes, placed at the end of the
+/// page) and its compact page address into `out` (4096 bytes).
+pub fn write_node(
+    out: &mut [u8],
+    node_id: u32,
+    seq: u64,
+    pointers: impl Fn(u32) -> Ppa,
+    inline: &[u8],
+    compact: Ppa,
+) {
     use node::field as f;
     out.fill(0);
     let mut extent = 0;
@@ -303,7 +393,10 @@ pub fn write_node(out: &mut [u8], node_id: u32, seq: u64, pointers: impl Fn(u32)
     put_u32(out, f::NODE_ID.start, node_id);
     put_u64(out, f::SEQ.start, seq);
     put_u16(out, f::EXTENT.start, extent as u16);
-    put_u16(out, f::INLINE_LEN.start, 0);
+    debug_assert!(inline.len() <= inline_delta::AREA);
+    out[SLOT_BYTES - inline.len()..].copy_from_slice(inline);
+    put_u16(out, f::INLINE_LEN.start, inline.len() as u16);
+    put_u32(out, f::COMPACT.start, compact.0);
     let crc = crc32(&[&out[..]]);
     put_u32(out, f::CRC.start, crc);
 }

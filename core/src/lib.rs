@@ -9,7 +9,8 @@
 //!
 //! 1. [`nand`] — the `Nand` trait and its contract, geometry, addresses.
 //! 2. [`format`] — on-flash byte layouts (spare record, node page, checkpoint), CRC-checked views.
-//! 3. [`codec`] — entropy coding and the model-weight codecs (ZipNN).
+//! 3. [`codec`] — entropy coding and the model-weight codecs (ZipNN); [`delta`] — delta
+//!    encoding, inline deltas, hotness and compact pages (MedFS).
 //! 4. [`stats`] — counters by cause.
 //! 5. [`ftl`] — the log-structured flash translation layer: node pages, NAT, GC, wear levelling,
 //!    checkpoints and roll-forward recovery.
@@ -20,6 +21,7 @@
 pub mod codec;
 pub mod nand;
 
+pub mod delta;
 pub mod format;
 pub mod ftl;
 pub mod stats;

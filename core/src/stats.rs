@@ -8,11 +8,12 @@
 pub enum Cause {
     /// Host data (writes to the hot log, reads for the host).
     Data = 0,
-    /// Delta pages (issue 4; 0 for now).
+    /// The delta engine: base reads of delta writes, node pages written because they carry new
+    /// inline deltas, full pages rebuilt from base + delta (at eviction or idle restore).
     Delta = 1,
     /// Node (mapping) pages.
     Node = 2,
-    /// Compact pages (issue 4; 0 for now).
+    /// Compact pages of evicted deltas (writes, and reads of compacted deltas).
     Compact = 3,
     /// Garbage collection and wear levelling moves.
     Gc = 4,
@@ -90,6 +91,30 @@ pub struct Stats {
     pub node_cache_hits: u64,
     /// Node cache misses.
     pub node_cache_misses: u64,
+    /// Host writes kept as inline deltas.
+    pub deltas_inlined: u64,
+    /// Bytes of inline delta entries written (encoding + 12-byte header).
+    pub delta_inline_bytes: u64,
+    /// Host writes written whole because the delta exceeded the threshold.
+    pub deltas_too_large: u64,
+    /// Host writes written whole because the benefit model refused to evict for them.
+    pub deltas_refused: u64,
+    /// Inline entries evicted (any reason).
+    pub deltas_evicted: u64,
+    /// Inline entries evicted to make room for a new delta (benefit model said yes).
+    pub deltas_replaced: u64,
+    /// Deltas moved into compact pages.
+    pub deltas_compacted: u64,
+    /// Compact pages written.
+    pub compact_pages: u64,
+    /// Full pages rebuilt from base + delta at eviction.
+    pub pages_rebuilt: u64,
+    /// Full pages restored from base + delta while idle (read-hot groups).
+    pub pages_restored: u64,
+    /// Host reads served by applying a delta to a base.
+    pub delta_reads: u64,
+    /// NAND page reads done on behalf of host reads (node, base or data, compact).
+    pub host_read_nand_reads: u64,
     /// Host bytes written over the device's life, as of the last checkpoint plus this mount.
     pub lifetime_host_write_bytes: u64,
     /// NAND bytes programmed over the device's life, as of the last checkpoint plus this mount.
@@ -110,6 +135,15 @@ impl Stats {
     /// All full page reads since mount.
     pub fn nand_reads(&self) -> u64 {
         self.reads.iter().sum()
+    }
+
+    /// NAND page reads per host read (0 with no reads).
+    pub fn nand_reads_per_host_read(&self) -> f64 {
+        if self.host_reads == 0 {
+            0.0
+        } else {
+            self.host_read_nand_reads as f64 / self.host_reads as f64
+        }
     }
 
     /// Write amplification since mount: NAND program bytes / host write bytes (0 with no writes).

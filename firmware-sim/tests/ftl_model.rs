@@ -8,10 +8,43 @@ use nandbox_core::ftl::{Ftl, Lba};
 use nandbox_core::nand::Geometry;
 use nandbox_sim::{OwnedFtlMemory, SimNand};
 
+/// Delta counters summed over every mount of a run.
+#[derive(Default, Debug)]
+struct DeltaTotals {
+    inlined: u64,
+    rebuilt: u64,
+    compact_pages: u64,
+    restored: u64,
+    delta_reads: u64,
+}
+
+impl DeltaTotals {
+    fn add(&mut self, s: &nandbox_core::Stats) {
+        self.inlined += s.deltas_inlined;
+        self.rebuilt += s.pages_rebuilt;
+        self.compact_pages += s.compact_pages;
+        self.restored += s.pages_restored;
+        self.delta_reads += s.delta_reads;
+    }
+}
+
 fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
+    run_with(seed, geo, logical, cache, ops, false);
+}
+
+fn run_with(
+    seed: u64,
+    geo: Geometry,
+    logical: u32,
+    cache: u32,
+    ops: u32,
+    delta: bool,
+) -> DeltaTotals {
     let cfg = config(logical, cache);
     let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, delta);
+    let mut totals = DeltaTotals::default();
     // Reference disk: the version each LBA holds (0 = zeros).
     let mut disk = vec![0u32; logical as usize];
     let mut next_version = 1u32;
@@ -34,7 +67,7 @@ fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
                 let lba = pick(&mut rng);
                 let v = next_version;
                 next_version += 1;
-                ftl.write(Lba(lba), &content(lba, v))
+                ftl.write(Lba(lba), &content_for(delta, lba, v))
                     .unwrap_or_else(|e| panic!("seed {seed} op {op}: write {lba}: {e}"));
                 disk[lba as usize] = v;
             }
@@ -64,9 +97,11 @@ fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
                 ftl.flush().expect("flush");
                 gc_blocks += ftl.stats().gc_blocks;
                 checkpoints += ftl.stats().checkpoints;
+                totals.add(ftl.stats());
                 let nand = ftl.into_nand();
                 ftl = Ftl::mount(nand, mem.lend())
                     .unwrap_or_else(|e| panic!("seed {seed} op {op}: mount: {e}"));
+                set_delta(&mut ftl, delta);
                 remounts += 1;
             }
         }
@@ -83,6 +118,7 @@ fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
     assert_eq!(report.problems(), 0, "seed {seed}: {report:?}");
     gc_blocks += ftl.stats().gc_blocks;
     checkpoints += ftl.stats().checkpoints;
+    totals.add(ftl.stats());
     assert!(gc_blocks > 20, "seed {seed}: the run should exercise GC");
     assert!(
         checkpoints > remounts,
@@ -103,6 +139,7 @@ fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
         );
     }
     assert_eq!(ftl.check().unwrap().problems(), 0);
+    totals
 }
 
 #[test]
@@ -121,6 +158,27 @@ fn model_four_slot_pages() {
     for seed in 11..=13 {
         run(seed, geo, logical, 4, 10_000);
     }
+}
+
+/// The same model with the delta engine on (score cache): updates become inline deltas,
+/// which get evicted (rebuilt or compacted), restored at idle and read back through.
+#[test]
+fn model_delta_on() {
+    let mut all = DeltaTotals::default();
+    for (seed, slots, ppb, logical, cache) in [(41, 1, 32, 1024, 3), (42, 4, 16, 2048, 4)] {
+        let geo = small_geometry(slots, ppb, logical);
+        let t = run_with(seed, geo, logical, cache, 10_000, true);
+        eprintln!("seed {seed}: {t:?}");
+        all.inlined += t.inlined;
+        all.rebuilt += t.rebuilt;
+        all.compact_pages += t.compact_pages;
+        all.restored += t.restored;
+        all.delta_reads += t.delta_reads;
+    }
+    assert!(all.inlined > 1000, "{all:?}");
+    assert!(all.rebuilt > 0 && all.delta_reads > 0, "{all:?}");
+    assert!(all.compact_pages > 0, "{all:?}");
+    assert!(all.restored > 0, "{all:?}");
 }
 
 #[test]

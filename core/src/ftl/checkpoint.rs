@@ -81,7 +81,7 @@ impl<N: Nand> Ftl<'_, N> {
             self.program_log(COLD)?;
             for s in 0..self.cache_meta.len() {
                 if self.cache_meta[s].dirty {
-                    self.writeback(s, Cause::Node)?;
+                    self.writeback(s, self.node_cause(s))?;
                 }
             }
             self.program_log(NODE)?;

@@ -4,6 +4,7 @@
 //! big each must be, so a host can allocate them and firmware can place them statically.
 
 use super::error::ConfigError;
+use crate::delta::hotness::Heat;
 use crate::format::node;
 use crate::nand::{Geometry, SLOT_BYTES};
 
@@ -17,8 +18,9 @@ pub const GC_LOW: u32 = 6;
 pub const CP_RESERVE: u32 = 3;
 /// Largest number of 4 KiB slots per page the FTL handles (a 32 KiB page).
 pub const MAX_SLOTS_PER_PAGE: u32 = 8;
-/// Page buffers the FTL needs: three log pages, a scratch page, a GC page, a retry page.
-pub const PAGE_BUFFERS: usize = 6;
+/// Page buffers the FTL needs: three log pages, a scratch page, a GC page, a retry page, and
+/// two for the delta engine (an encoded delta; a base block being patched).
+pub const PAGE_BUFFERS: usize = 8;
 
 /// Logical blocks (LBAs) mapped by one node page.
 pub const LBAS_PER_NODE: u32 = node::LBAS;
@@ -159,6 +161,15 @@ pub struct CacheSlot {
     /// Sequence number of the copy loaded (or last written): during roll-forward, data slots
     /// no newer than this are already reflected in the node.
     pub(crate) base_seq: u64,
+    /// Bytes of inline deltas held (the tail of the cached image).
+    pub(crate) inline_len: u16,
+    /// The inline area changed since the node was last written (its write-back is counted
+    /// under the `delta` cause).
+    pub(crate) delta_dirty: bool,
+    /// Access frequency for the score policy (decays with age).
+    pub(crate) freq: u32,
+    /// The group's read/write heat.
+    pub(crate) heat: Heat,
 }
 
 impl CacheSlot {

@@ -33,7 +33,7 @@ impl<N: Nand> Ftl<'_, N> {
         for _ in 0..4 {
             for s in 0..self.cache_meta.len() {
                 if self.cache_meta[s].unlogged {
-                    self.writeback(s, Cause::Node)?;
+                    self.writeback(s, self.node_cause(s))?;
                 }
             }
             self.program_log(HOT)?;
@@ -286,6 +286,20 @@ impl<N: Nand> Ftl<'_, N> {
                     self.commit_slot(COLD, SlotKind::Data, rec.owner, rec.data_crc, Cause::Gc);
                 self.set_ptr(s, off, new);
                 self.cache_meta[s].dirty = true;
+                self.invalidate(p);
+            }
+            SlotKind::Compact if rec.owner < self.nodes => {
+                let s = self.room_and_node(COLD, rec.owner)?;
+                if self.compact_ptr(s) != p {
+                    self.invalidate(p);
+                    return Ok(());
+                }
+                let dst = self.slot_offset(COLD, self.logs[COLD].fill);
+                self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+                let new =
+                    self.commit_slot(COLD, SlotKind::Compact, rec.owner, rec.data_crc, Cause::Gc);
+                // Nothing replays a compact page's move: the node is written at the next barrier.
+                self.set_compact_ptr(s, new);
                 self.invalidate(p);
             }
             SlotKind::Node if rec.owner < self.nodes => {

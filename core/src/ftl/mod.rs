@@ -10,7 +10,9 @@
 //! - per-block valid bitmaps and counts, greedy GC in the write path and cost-benefit GC plus
 //!   static wear levelling when idle ([`gc`]);
 //! - checkpoints in rotating packs and roll-forward recovery from spare records ([`checkpoint`],
-//!   [`recovery`]).
+//!   [`recovery`]);
+//! - the delta engine's glue (`delta`): updates kept as inline deltas in the node page, their
+//!   eviction to compact pages or rebuilt full pages, and idle restores.
 //!
 //! # Durability rules (why the order of writes is what it is)
 //!
@@ -29,15 +31,18 @@ pub mod config;
 pub mod error;
 
 mod checkpoint;
+mod delta;
 mod gc;
 mod recovery;
 
 use bitvec::prelude::*;
 
+use crate::delta::hotness::Classifier;
 use crate::format::{crc32, write_node, NodeView, Ppa, SlotKind, SpareRecord};
 use crate::nand::{BlockId, FaultKind, Geometry, Nand, NandFault, PageId, SLOT_BYTES};
 use crate::stats::{Cause, Stats};
-use cache::{EvictionPolicy, Lru};
+pub use cache::CachePolicy;
+use cache::EvictionPolicy;
 pub use config::{
     blocks_for_capacity, min_blocks, BlockInfo, CacheSlot, FtlConfig, FtlMemory, Lba,
     MemoryRequirements, CP_AREA_BLOCKS, LBAS_PER_NODE,
@@ -56,6 +61,13 @@ const NODE: usize = 2;
 const SCRATCH: usize = 3;
 const GCBUF: usize = 4;
 const RETRY: usize = 5;
+/// Delta engine: the encoded delta of the write in progress.
+const DBUF: usize = 6;
+/// Delta engine: a base block being patched.
+const BBUF: usize = 7;
+/// Where a cached node image keeps the group's compact page address (after the 256 pointers;
+/// the inline area, at most `inline_delta::AREA` bytes at the end, never reaches it).
+const CACHE_COMPACT: usize = 4 * LBAS_PER_NODE as usize;
 
 /// Open a checkpoint after this many blocks were opened since the last one: bounds
 /// roll-forward work at mount.
@@ -152,7 +164,10 @@ pub struct Ftl<'a, N: Nand> {
     valid: &'a mut BitSlice<u32, Lsb0>,
     bufs: &'a mut [u8],
     stride: usize,
-    policy: Lru,
+    policy: CachePolicy,
+    /// Keep updates of blocks already on flash as inline deltas.
+    delta_on: bool,
+    classifier: Classifier,
     logs: [Log; 3],
     next_seq: u64,
     cp_seq: u64,
@@ -223,7 +238,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
             valid,
             bufs: &mut page_buffers[..req.page_buffer_bytes],
             stride,
-            policy: Lru,
+            policy: CachePolicy::Lru,
+            delta_on: false,
+            classifier: Classifier::default(),
             logs: [Log::CLOSED; 3],
             next_seq: 1,
             cp_seq: 0,
@@ -377,6 +394,22 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.free_count
     }
 
+    /// Turns delta compression of updates on or off (a RAM choice, off after format and
+    /// mount). Deltas already on flash stay readable either way.
+    pub fn set_delta(&mut self, on: bool) {
+        self.delta_on = on;
+    }
+
+    /// Whether updates are kept as deltas.
+    pub fn delta_enabled(&self) -> bool {
+        self.delta_on
+    }
+
+    /// Chooses the node cache's eviction policy (LRU after format and mount).
+    pub fn set_cache_policy(&mut self, policy: CachePolicy) {
+        self.policy = policy;
+    }
+
     // ----- host operations -------------------------------------------------------------------
 
     fn check_range(&self, lba: u32, count: u32) -> R<(), N::Error> {
@@ -397,9 +430,28 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.check_range(lba.0, 1)?;
         self.stats.host_reads += 1;
         self.stats.host_read_bytes += SLOT_BYTES as u64;
-        let p = self.lookup(lba.0)?;
+        let before = self.stats.nand_reads();
+        let r = self.read_inner(lba, buf);
+        self.stats.host_read_nand_reads += self.stats.nand_reads() - before;
+        r
+    }
+
+    fn read_inner(&mut self, lba: Lba, buf: &mut [u8; SLOT_BYTES]) -> R<(), N::Error> {
+        let g = lba.0 / LBAS_PER_NODE;
+        if self.nat[g as usize] == NONE && self.node_index[g as usize] == NONE {
+            buf.fill(0);
+            return Ok(());
+        }
+        let s = self.node_slot(g)?;
+        let clock = self.clock;
+        self.cache_meta[s].heat.read(clock);
+        let off = lba.0 % LBAS_PER_NODE;
+        let p = self.ptr(s, off);
         if !p.is_some() {
             buf.fill(0);
+            return Ok(());
+        }
+        if self.cache_meta[s].inline_len > 0 && self.read_through_delta(s, lba.0, p, buf)? {
             return Ok(());
         }
         if let Some(log) = self.buffered_log(p) {
@@ -419,7 +471,18 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.check_range(lba.0, 1)?;
         let g = lba.0 / LBAS_PER_NODE;
         let off = lba.0 % LBAS_PER_NODE;
+        if self.delta_on && self.write_delta(lba.0, data)? {
+            self.stats.host_writes += 1;
+            self.stats.host_write_bytes += SLOT_BYTES as u64;
+            self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
+            return Ok(());
+        }
         let s = self.room_and_node(HOT, g)?;
+        if !self.delta_on {
+            // (write_delta counted it otherwise)
+            let clock = self.clock;
+            self.cache_meta[s].heat.write(clock);
+        }
         let at = self.slot_offset(HOT, self.logs[HOT].fill);
         self.bufs[at..at + SLOT_BYTES].copy_from_slice(data);
         let crc = crc32(&[data]);
@@ -430,6 +493,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
         if old.is_some() {
             self.invalidate(old);
         }
+        // The block is whole again: its delta (inline or marker) is dead.
+        self.drop_delta(s, off)?;
         self.stats.host_writes += 1;
         self.stats.host_write_bytes += SLOT_BYTES as u64;
         self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
@@ -455,6 +520,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     if p.is_some() {
                         self.set_ptr(s, off, Ppa::NONE);
                         self.invalidate(p);
+                        self.drop_delta(s, off)?;
                         changed = true;
                     }
                 }
@@ -504,7 +570,10 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// One bounded step of background work: retire failing blocks, checkpoint, cost-benefit GC
     /// or static wear levelling. Returns whether more work is pending.
     pub fn idle(&mut self) -> R<bool, N::Error> {
-        self.idle_step()
+        if self.idle_step()? {
+            return Ok(true);
+        }
+        self.restore_step()
     }
 
     /// Offline consistency check: reads every node page and every mapped slot, verifies
@@ -529,10 +598,12 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
             }
             let idx = self.node_index[g as usize];
+            let compact;
             if idx != NONE {
                 for (i, p) in ptrs.iter_mut().enumerate() {
                     *p = self.ptr(idx as usize, i as u32).0;
                 }
+                compact = self.compact_ptr(idx as usize);
             } else if !nat.is_some() {
                 continue;
             } else {
@@ -556,6 +627,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 let at = self.slot_offset(buf, nat.0 % self.spp);
                 match NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots) {
                     Ok(view) => {
+                        compact = view.compact();
                         for (i, p) in ptrs.iter_mut().enumerate() {
                             let i = i as u32;
                             *p = if i < view.extent() {
@@ -572,6 +644,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
             }
             rep.nodes_checked += 1;
+            let c = compact;
+            if c.is_some() {
+                referenced += 1;
+                if c.0 >= self.total_slots || !self.valid[c.0 as usize] {
+                    rep.bitmap_mismatches += 1;
+                }
+            }
             for (i, &q) in ptrs.iter().enumerate() {
                 let q = Ppa(q);
                 if !q.is_some() {
@@ -661,8 +740,15 @@ impl<'a, N: Nand> Ftl<'a, N> {
             return Ok(());
         }
         if m.dirty {
-            self.writeback(s, Cause::Node)?;
+            let cause = if m.delta_dirty {
+                Cause::Delta
+            } else {
+                Cause::Node
+            };
+            self.writeback(s, cause)?;
         }
+        let heat = m.heat.at(self.clock);
+        self.classifier.classify(heat);
         self.node_index[(m.node_plus_one - 1) as usize] = NONE;
         self.cache_meta[s] = CacheSlot::default();
         Ok(())
@@ -673,6 +759,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
         let p = Ppa(self.nat[g as usize]);
         let dst = s * SLOT_BYTES;
         let mut base_seq = 0;
+        let mut inline_len = 0;
         if !p.is_some() {
             self.cache_data[dst..dst + SLOT_BYTES].fill(0xFF);
         } else {
@@ -692,7 +779,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
             let at = self.slot_offset(buf, p.0 % self.spp);
             let view = NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots)
                 .map_err(|_| Error::Corrupted(corrupted("node page fails its checks", g)))?;
-            copy_pointers(&view, &mut self.cache_data[dst..dst + SLOT_BYTES]);
+            let img = &mut self.cache_data[dst..dst + SLOT_BYTES];
+            copy_pointers(&view, img);
+            let inline = view.inline_area();
+            inline_len = inline.len();
+            img[CACHE_COMPACT + 4..SLOT_BYTES - inline_len].fill(0);
+            img[SLOT_BYTES - inline_len..].copy_from_slice(inline);
+            crate::format::write_u32(img, CACHE_COMPACT, view.compact().0);
         }
         self.cache_meta[s] = CacheSlot {
             node_plus_one: g + 1,
@@ -700,6 +793,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
             unlogged: false,
             stamp: self.clock,
             base_seq,
+            inline_len: inline_len as u16,
+            ..CacheSlot::default()
         };
         self.node_index[g as usize] = s as u32;
         Ok(())
@@ -726,9 +821,16 @@ impl<'a, N: Nand> Ftl<'a, N> {
         let src = s * SLOT_BYTES;
         {
             let cache = &self.cache_data[src..src + SLOT_BYTES];
-            write_node(&mut self.bufs[at..at + SLOT_BYTES], g, seq, |i| {
-                Ppa(crate::format::read_u32(cache, 4 * i as usize))
-            });
+            let inline = &cache[SLOT_BYTES - self.cache_meta[s].inline_len as usize..];
+            let compact = Ppa(crate::format::read_u32(cache, CACHE_COMPACT));
+            write_node(
+                &mut self.bufs[at..at + SLOT_BYTES],
+                g,
+                seq,
+                |i| Ppa(crate::format::read_u32(cache, 4 * i as usize)),
+                inline,
+                compact,
+            );
         }
         let crc = crc32(&[&self.bufs[at..at + SLOT_BYTES]]);
         let new = self.commit_slot(NODE, SlotKind::Node, g, crc, cause);
@@ -740,6 +842,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
         }
         let m = &mut self.cache_meta[s];
         m.dirty = false;
+        m.delta_dirty = false;
         m.base_seq = seq;
         if m.unlogged {
             m.unlogged = false;
@@ -756,7 +859,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
         (0..self.logs[log].fill).any(|i| {
             let at = sp + i as usize * SPARE;
             matches!(SpareRecord::parse(&self.bufs[at..at + SPARE]),
-                Ok(r) if r.kind == SlotKind::Data && r.owner / LBAS_PER_NODE == g)
+                Ok(r) if (r.kind == SlotKind::Data && r.owner / LBAS_PER_NODE == g)
+                    || (r.kind == SlotKind::Compact && r.owner == g))
         })
     }
 
@@ -1054,6 +1158,21 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     let new = self.commit_slot(log, SlotKind::Data, rec.owner, rec.data_crc, cause);
                     self.set_ptr(s, off, new);
                     self.cache_meta[s].dirty = true;
+                    self.invalidate(old);
+                }
+                SlotKind::Compact => {
+                    if rec.owner >= self.nodes {
+                        continue;
+                    }
+                    let s = self.room_and_node(log, rec.owner)?;
+                    if self.compact_ptr(s) != old {
+                        continue;
+                    }
+                    let dst = self.slot_offset(log, self.logs[log].fill);
+                    self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+                    let new =
+                        self.commit_slot(log, SlotKind::Compact, rec.owner, rec.data_crc, cause);
+                    self.set_compact_ptr(s, new);
                     self.invalidate(old);
                 }
                 SlotKind::Node => {

@@ -458,7 +458,7 @@ impl<N: Nand> Ftl<'_, N> {
                     };
                     let owner_ok = match r.kind {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
-                        SlotKind::Node => r.owner < self.nodes,
+                        SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
                         SlotKind::Checkpoint => false,
                     };
@@ -582,7 +582,7 @@ impl<N: Nand> Ftl<'_, N> {
                 if let Ok(r) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
                     let owner_ok = match r.kind {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
-                        SlotKind::Node => r.owner < self.nodes,
+                        SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
                         SlotKind::Checkpoint => false,
                     };
@@ -624,6 +624,10 @@ impl<N: Nand> Ftl<'_, N> {
                         mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
                     }
                 }
+                let c = self.compact_ptr(idx as usize);
+                if c.is_some() {
+                    mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
+                }
                 continue;
             }
             let buf = match self.buffered_log(p) {
@@ -641,6 +645,10 @@ impl<N: Nand> Ftl<'_, N> {
                 if q.is_some() {
                     mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
                 }
+            }
+            let c = view.compact();
+            if c.is_some() {
+                mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
             }
         }
         Ok(())

@@ -45,14 +45,62 @@ pub fn content(lba: u32, v: u32) -> [u8; BLOCK] {
     out
 }
 
-/// Which version `buf` is, if it is exactly some version of `lba` (0 = zeros).
+/// Version `v` of `lba` as a small update of the block's previous versions, for the delta
+/// engine: the first 8 bytes name both; the body is a stream fixed per LBA (except every
+/// seventh version, whose body is new throughout, so full writes happen too) with a 64-byte
+/// window at a version-dependent place overwritten. Two versions of an LBA differ in ~140
+/// bytes.
+pub fn content_small(lba: u32, v: u32) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    if v == 0 {
+        return out;
+    }
+    let family = if v.is_multiple_of(7) { v } else { 0 };
+    let mut r = Rng::new(((lba as u64) << 32) ^ family as u64 ^ 0xD317_A000_0000_0000);
+    for chunk in out[8..].chunks_mut(8) {
+        let x = r.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&x[..chunk.len()]);
+    }
+    out[..4].copy_from_slice(&lba.to_le_bytes());
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    let mut w = Rng::new(((lba as u64) << 32) | v as u64 | 1 << 63);
+    let at = 8 + w.below((BLOCK - 8 - 64) as u64) as usize;
+    for b in &mut out[at..at + 64] {
+        *b = w.next_u64() as u8;
+    }
+    out
+}
+
+/// [`content_small`] when `small`, else [`content`].
+pub fn content_for(small: bool, lba: u32, v: u32) -> [u8; BLOCK] {
+    if small {
+        content_small(lba, v)
+    } else {
+        content(lba, v)
+    }
+}
+
+/// Which version `buf` is, if it is exactly some version of `lba` (0 = zeros), as either
+/// [`content`] or [`content_small`] makes it.
 pub fn version_of(lba: u32, buf: &[u8; BLOCK]) -> Option<u32> {
     if buf.iter().all(|&b| b == 0) {
         return Some(0);
     }
     let l = u32::from_le_bytes(buf[..4].try_into().unwrap());
     let v = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-    (l == lba && v != 0 && content(lba, v) == *buf).then_some(v)
+    (l == lba && v != 0 && (content(lba, v) == *buf || content_small(lba, v) == *buf)).then_some(v)
+}
+
+/// Delta engine settings a test runs with: off (LRU cache, the formatted defaults), or on with
+/// the score cache policy.
+pub fn set_delta<N: Nand>(ftl: &mut nandbox_core::ftl::Ftl<'_, N>, on: bool) {
+    use nandbox_core::ftl::CachePolicy;
+    ftl.set_delta(on);
+    ftl.set_cache_policy(if on {
+        CachePolicy::Score
+    } else {
+        CachePolicy::Lru
+    });
 }
 
 /// A geometry with `slots` 4 KiB slots per page, sized for `logical` blocks at 7% OP.

@@ -1,0 +1,212 @@
+//! Compact pages: the deltas evicted from a read-cold/write-hot group's inline area, packed
+//! into one 4 KiB slot of kind `Compact` owned by the group's node (layout in
+//! [`crate::format::compact`]).
+//!
+//! Each group has at most one compact page, named by its node page. An evicted delta moves
+//! there and leaves a 12-byte marker in the inline area, so the entry stays live (and a later
+//! full write of its LBA, which removes the marker, kills it without touching the compact
+//! page). Rewriting the compact page keeps only entries whose marker is still inline, so dead
+//! entries are dropped as it is rewritten. Reads of a compacted LBA pay one extra NAND read.
+
+use crate::format::compact::{self as f, field};
+use crate::format::crc32;
+use crate::nand::SLOT_BYTES;
+
+/// Why a compact page was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactError {
+    /// Magic, version or CRC wrong.
+    Damaged,
+    /// A well-formed page for another group.
+    WrongNode,
+    /// A length runs past the page.
+    BadField,
+}
+
+/// An entry of a compact page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactEntry<'a> {
+    /// LBA offset in the group.
+    pub off: u16,
+    /// CRC32 of the base block.
+    pub base_crc: u32,
+    /// CRC32 of the block produced.
+    pub new_crc: u32,
+    /// The encoded delta.
+    pub delta: &'a [u8],
+}
+
+fn get_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Checked read access to a compact page.
+pub struct CompactView<'a> {
+    bytes: &'a [u8],
+    used: usize,
+}
+
+impl<'a> CompactView<'a> {
+    /// Checks magic, version, CRC, owner and every entry's length.
+    pub fn new_checked(bytes: &'a [u8], node_id: u32) -> Result<Self, CompactError> {
+        if bytes.len() != SLOT_BYTES {
+            return Err(CompactError::BadField);
+        }
+        if bytes[field::MAGIC] != f::MAGIC || get_u16(bytes, field::VERSION.start) != f::VERSION {
+            return Err(CompactError::Damaged);
+        }
+        let stored = get_u32(bytes, field::CRC.start);
+        if crc32(&[
+            &bytes[..field::CRC.start],
+            &[0; 4],
+            &bytes[field::CRC.end..],
+        ]) != stored
+        {
+            return Err(CompactError::Damaged);
+        }
+        if get_u32(bytes, field::NODE_ID.start) != node_id {
+            return Err(CompactError::WrongNode);
+        }
+        let used = get_u32(bytes, field::USED.start) as usize;
+        if used > SLOT_BYTES - field::ENTRIES {
+            return Err(CompactError::BadField);
+        }
+        let view = CompactView { bytes, used };
+        let mut n = 0;
+        for e in view.entries() {
+            e?;
+            n += 1;
+        }
+        if n != get_u16(bytes, field::COUNT.start) as usize {
+            return Err(CompactError::BadField);
+        }
+        Ok(view)
+    }
+
+    /// Entries in the order written.
+    pub fn entries(&self) -> impl Iterator<Item = Result<CompactEntry<'a>, CompactError>> + '_ {
+        let bytes = self.bytes;
+        let end = field::ENTRIES + self.used;
+        let mut at = field::ENTRIES;
+        core::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            if end - at < f::ENTRY_HEADER {
+                at = end;
+                return Some(Err(CompactError::BadField));
+            }
+            let len = get_u16(bytes, at + 2) as usize;
+            if len > end - at - f::ENTRY_HEADER {
+                at = end;
+                return Some(Err(CompactError::BadField));
+            }
+            let e = CompactEntry {
+                off: get_u16(bytes, at),
+                base_crc: get_u32(bytes, at + 4),
+                new_crc: get_u32(bytes, at + 8),
+                delta: &bytes[at + f::ENTRY_HEADER..at + f::ENTRY_HEADER + len],
+            };
+            at += f::ENTRY_HEADER + len;
+            Some(Ok(e))
+        })
+    }
+
+    /// The entry for `off` (the last one written wins).
+    pub fn find(&self, off: u16) -> Option<CompactEntry<'a>> {
+        self.entries()
+            .filter_map(Result::ok)
+            .filter(|e| e.off == off)
+            .last()
+    }
+}
+
+/// Builds a compact page in a 4 KiB buffer.
+pub struct Builder {
+    used: usize,
+    count: u16,
+}
+
+impl Builder {
+    /// Starts an empty page for `node_id` in `out`.
+    pub fn new(out: &mut [u8], node_id: u32) -> Builder {
+        out[..SLOT_BYTES].fill(0);
+        out[field::MAGIC].copy_from_slice(&f::MAGIC);
+        out[field::VERSION].copy_from_slice(&f::VERSION.to_le_bytes());
+        out[field::NODE_ID].copy_from_slice(&node_id.to_le_bytes());
+        Builder { used: 0, count: 0 }
+    }
+
+    /// Whether an entry of `delta_len` bytes still fits.
+    pub fn fits(&self, delta_len: usize) -> bool {
+        field::ENTRIES + self.used + f::ENTRY_HEADER + delta_len <= SLOT_BYTES
+    }
+
+    /// Appends an entry; `false` (and nothing written) if it does not fit.
+    pub fn add(
+        &mut self,
+        out: &mut [u8],
+        off: u16,
+        base_crc: u32,
+        new_crc: u32,
+        delta: &[u8],
+    ) -> bool {
+        if !self.fits(delta.len()) {
+            return false;
+        }
+        let at = field::ENTRIES + self.used;
+        out[at..at + 2].copy_from_slice(&off.to_le_bytes());
+        out[at + 2..at + 4].copy_from_slice(&(delta.len() as u16).to_le_bytes());
+        out[at + 4..at + 8].copy_from_slice(&base_crc.to_le_bytes());
+        out[at + 8..at + 12].copy_from_slice(&new_crc.to_le_bytes());
+        out[at + 12..at + 12 + delta.len()].copy_from_slice(delta);
+        self.used += f::ENTRY_HEADER + delta.len();
+        self.count += 1;
+        true
+    }
+
+    /// Entries added.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Writes count, length and CRC.
+    pub fn finish(self, out: &mut [u8]) {
+        out[field::COUNT].copy_from_slice(&self.count.to_le_bytes());
+        out[field::USED].copy_from_slice(&(self.used as u32).to_le_bytes());
+        out[field::CRC].fill(0);
+        let crc = crc32(&[&out[..SLOT_BYTES]]);
+        out[field::CRC].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_read_back() {
+        let mut page = [0u8; SLOT_BYTES];
+        let mut b = Builder::new(&mut page, 7);
+        assert!(b.add(&mut page, 3, 1, 2, &[1, 2, 3]));
+        assert!(b.add(&mut page, 9, 4, 5, &[]));
+        assert!(!b.add(&mut page, 1, 0, 0, &[0; 4096]));
+        b.finish(&mut page);
+        let v = CompactView::new_checked(&page, 7).unwrap();
+        let e = v.find(3).unwrap();
+        assert_eq!((e.base_crc, e.new_crc, e.delta), (1, 2, &[1u8, 2, 3][..]));
+        assert!(v.find(9).is_some() && v.find(4).is_none());
+        assert_eq!(
+            CompactView::new_checked(&page, 8).err(),
+            Some(CompactError::WrongNode)
+        );
+        page[40] ^= 1;
+        assert_eq!(
+            CompactView::new_checked(&page, 7).err(),
+            Some(CompactError::Damaged)
+        );
+    }
+}

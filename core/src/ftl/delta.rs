@@ -1,0 +1,445 @@
+//! The delta engine's place in the FTL: when an update becomes an inline delta, how a read
+//! applies one, and what eviction and idle time do with them. The mechanisms themselves live in
+//! [`crate::delta`]; this module wires them to the logs, the node cache and the stats.
+//!
+//! # Durability
+//!
+//! A delta lives only in its node page, so every change to a node's inline area (a new delta,
+//! a removal, an eviction, a compaction, a restore) marks the node *unlogged*: the next flush
+//! (barrier) or checkpoint writes it, and no block freed since is erased before that. The base
+//! block a delta applies to is the slot the node still points to, so it stays valid (mapped)
+//! while the delta lives, and GC moves it like any mapped slot. Every entry names its base by
+//! the base's data CRC (which GC and retries carry unchanged) and the block it produces by its
+//! CRC: roll-forward replays data slots into a node copy without looking at its deltas, and an
+//! entry whose base was since replaced no longer matches and is ignored (then the replayed,
+//! newer block is what the LBA reads). A delta that does not produce its CRC is corruption.
+
+use super::*;
+use crate::delta::compact::{Builder, CompactView};
+use crate::delta::hotness::Class;
+use crate::delta::inline::{self, Entry};
+use crate::delta::xor::{self, MAX_DELTA};
+use crate::format::inline_delta::{AREA, HEADER};
+
+/// Most evictions one host write may trigger before it is written whole instead.
+const MAX_EVICTIONS: u32 = 64;
+
+impl<N: Nand> Ftl<'_, N> {
+    /// The cause a node write-back is counted under.
+    pub(super) fn node_cause(&self, s: usize) -> Cause {
+        if self.cache_meta[s].delta_dirty {
+            Cause::Delta
+        } else {
+            Cause::Node
+        }
+    }
+
+    fn img(&self, s: usize) -> &[u8] {
+        &self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES]
+    }
+
+    fn inline_len(&self, s: usize) -> usize {
+        self.cache_meta[s].inline_len as usize
+    }
+
+    pub(super) fn compact_ptr(&self, s: usize) -> Ppa {
+        Ppa(crate::format::read_u32(self.img(s), CACHE_COMPACT))
+    }
+
+    pub(super) fn set_compact_ptr(&mut self, s: usize, p: Ppa) {
+        crate::format::write_u32(
+            &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES],
+            CACHE_COMPACT,
+            p.0,
+        );
+        self.mark_delta_change(s);
+    }
+
+    /// The inline area (or compact pointer) of node `s` changed: nothing replays that, so the
+    /// node must be written by the next barrier.
+    fn mark_delta_change(&mut self, s: usize) {
+        let m = &mut self.cache_meta[s];
+        m.dirty = true;
+        m.delta_dirty = true;
+        if !m.unlogged {
+            m.unlogged = true;
+            self.unlogged += 1;
+        }
+    }
+
+    fn find_entry(&self, s: usize, off: u32) -> R<Option<Entry>, N::Error> {
+        inline::find(self.img(s), self.inline_len(s), off as u16).map_err(|_| {
+            Error::Corrupted(corrupted(
+                "inline delta area malformed",
+                self.cache_meta[s].node_plus_one - 1,
+            ))
+        })
+    }
+
+    fn oldest_entry(&self, s: usize) -> R<Option<Entry>, N::Error> {
+        match inline::entries(self.img(s), self.inline_len(s)).next() {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e)),
+            Some(Err(_)) => Err(Error::Corrupted(corrupted(
+                "inline delta area malformed",
+                self.cache_meta[s].node_plus_one - 1,
+            ))),
+        }
+    }
+
+    fn remove_entry(&mut self, s: usize, e: &Entry) {
+        let len = self.inline_len(s);
+        let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+        self.cache_meta[s].inline_len = inline::remove(img, len, e) as u16;
+        self.mark_delta_change(s);
+    }
+
+    /// Removes the delta of offset `off` (its block was rewritten whole or trimmed).
+    pub(super) fn drop_delta(&mut self, s: usize, off: u32) -> R<(), N::Error> {
+        if self.cache_meta[s].inline_len == 0 {
+            return Ok(());
+        }
+        if let Some(e) = self.find_entry(s, off)? {
+            self.remove_entry(s, &e);
+        }
+        Ok(())
+    }
+
+    /// Copies the block in slot `p` (mapped to `lba`) into `BBUF` and returns its data CRC.
+    fn load_base(&mut self, p: Ppa, lba: u32, cause: Cause) -> R<u32, N::Error> {
+        let dst = self.slot_offset(BBUF, 0);
+        if let Some(log) = self.buffered_log(p) {
+            let slot = p.0 % self.spp;
+            let at = self.slot_offset(log, slot);
+            self.bufs.copy_within(at..at + SLOT_BYTES, dst);
+            let sp = self.spare_offset(log) + slot as usize * SPARE;
+            return SpareRecord::parse(&self.bufs[sp..sp + SPARE])
+                .map(|r| r.data_crc)
+                .map_err(|_| Error::Corrupted(corrupted("buffered slot has no record", p.0)));
+        }
+        let rec = self.read_slot_checked(p, SlotKind::Data, lba, SCRATCH, cause)?;
+        let at = self.slot_offset(SCRATCH, p.0 % self.spp);
+        self.bufs.copy_within(at..at + SLOT_BYTES, dst);
+        Ok(rec.data_crc)
+    }
+
+    /// Applies entry `e` of node `s` (group `g`) to the base in `BBUF`, checking the result.
+    fn apply_entry(&mut self, s: usize, g: u32, e: &Entry) -> R<(), N::Error> {
+        let b = self.slot_offset(BBUF, 0);
+        let bad = |what| Error::Corrupted(corrupted(what, g * LBAS_PER_NODE + e.off as u32));
+        if e.in_compact {
+            let cp = self.compact_ptr(s);
+            if !cp.is_some() {
+                return Err(bad(
+                    "delta marked compacted but the group has no compact page",
+                ));
+            }
+            let src = match self.buffered_log(cp) {
+                Some(log) => self.slot_offset(log, cp.0 % self.spp),
+                None => {
+                    self.read_slot_checked(cp, SlotKind::Compact, g, SCRATCH, Cause::Compact)?;
+                    self.slot_offset(SCRATCH, cp.0 % self.spp)
+                }
+            };
+            // BBUF is the last buffer: everything else lies before it.
+            let (lo, hi) = self.bufs.split_at_mut(b);
+            let view = CompactView::new_checked(&lo[src..src + SLOT_BYTES], g)
+                .map_err(|_| bad("compact page fails its checks"))?;
+            let ce = view
+                .find(e.off)
+                .filter(|c| c.base_crc == e.base_crc && c.new_crc == e.new_crc)
+                .ok_or(bad("compacted delta missing from its compact page"))?;
+            xor::apply(&mut hi[..SLOT_BYTES], ce.delta).map_err(|_| bad("delta malformed"))?;
+        } else {
+            let img = &self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+            xor::apply(
+                &mut self.bufs[b..b + SLOT_BYTES],
+                &img[e.data..e.data + e.len],
+            )
+            .map_err(|_| bad("delta malformed"))?;
+        }
+        if crc32(&[&self.bufs[b..b + SLOT_BYTES]]) != e.new_crc {
+            return Err(bad("delta does not produce its block"));
+        }
+        Ok(())
+    }
+
+    /// Serves a read of `lba` (mapped to base `p` in node `s`) through its delta, if it has
+    /// one. Returns whether `buf` was filled.
+    pub(super) fn read_through_delta(
+        &mut self,
+        s: usize,
+        lba: u32,
+        p: Ppa,
+        buf: &mut [u8; SLOT_BYTES],
+    ) -> R<bool, N::Error> {
+        let off = lba % LBAS_PER_NODE;
+        let Some(e) = self.find_entry(s, off)? else {
+            return Ok(false);
+        };
+        let base_crc = self.load_base(p, lba, Cause::Data)?;
+        if base_crc == e.base_crc {
+            self.apply_entry(s, lba / LBAS_PER_NODE, &e)?;
+            self.stats.delta_reads += 1;
+        }
+        // Otherwise the entry is stale (roll-forward replayed a newer block): the base is it.
+        let b = self.slot_offset(BBUF, 0);
+        buf.copy_from_slice(&self.bufs[b..b + SLOT_BYTES]);
+        Ok(true)
+    }
+
+    /// Tries to keep a host write as an inline delta. Returns `false` when the block must be
+    /// written whole (no base on flash, delta over the threshold, or not worth an eviction).
+    pub(super) fn write_delta(&mut self, lba: u32, data: &[u8; SLOT_BYTES]) -> R<bool, N::Error> {
+        let g = lba / LBAS_PER_NODE;
+        let off = lba % LBAS_PER_NODE;
+        if self.nat[g as usize] == NONE && self.node_index[g as usize] == NONE {
+            return Ok(false);
+        }
+        let s = self.node_slot(g)?;
+        let clock = self.clock;
+        self.cache_meta[s].heat.write(clock);
+        let p = self.ptr(s, off);
+        // Only a block already on flash is a base: one still buffered is cheaper rewritten.
+        if !p.is_some() || self.buffered_log(p).is_some() {
+            return Ok(false);
+        }
+        let base_crc = match self.load_base(p, lba, Cause::Delta) {
+            Ok(c) => c,
+            // A damaged base is no base: the write goes whole and replaces it.
+            Err(Error::Corrupted(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let d = self.slot_offset(DBUF, 0);
+        let b = self.slot_offset(BBUF, 0);
+        let (lo, hi) = self.bufs.split_at_mut(b);
+        let n = match xor::encode(data, &hi[..SLOT_BYTES], &mut lo[d..d + MAX_DELTA - HEADER]) {
+            Ok(n) => n,
+            Err(_) => {
+                self.stats.deltas_too_large += 1;
+                return Ok(false);
+            }
+        };
+        let need = n + HEADER;
+        let heat = self.cache_meta[s].heat.at(clock);
+        let class = self.classifier.classify(heat);
+        // The LBA's previous delta goes in any case.
+        self.drop_delta(s, off)?;
+        if self.inline_len(s) + need > AREA && !self.make_inline_room(g, need, class)? {
+            self.stats.deltas_refused += 1;
+            return Ok(false);
+        }
+        let s = self.node_slot(g)?;
+        let len = self.inline_len(s);
+        if len + need > AREA {
+            return Ok(false);
+        }
+        let new_crc = crc32(&[data]);
+        let d = self.slot_offset(DBUF, 0);
+        let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+        let Some(new_len) = inline::push(
+            img,
+            len,
+            off as u16,
+            false,
+            base_crc,
+            new_crc,
+            &self.bufs[d..d + n],
+        ) else {
+            return Ok(false);
+        };
+        self.cache_meta[s].inline_len = new_len as u16;
+        self.mark_delta_change(s);
+        self.stats.deltas_inlined += 1;
+        self.stats.delta_inline_bytes += need as u64;
+        Ok(true)
+    }
+
+    /// Frees room for a `need`-byte entry in group `g`'s inline area by evicting the oldest
+    /// entries, if the benefit model (see [`crate::delta::inline`]) says the new delta is worth
+    /// it. Returns whether there is room.
+    fn make_inline_room(&mut self, g: u32, need: usize, class: Class) -> R<bool, N::Error> {
+        let to_compact = class == Class::ReadColdWriteHot;
+        let s = self.node_slot(g)?;
+        let len = self.inline_len(s);
+        let short = (len + need).saturating_sub(AREA);
+        let (mut freed, mut cost) = (0usize, 0u32);
+        for e in inline::entries(self.img(s), len) {
+            let Ok(e) = e else {
+                return Err(Error::Corrupted(corrupted(
+                    "inline delta area malformed",
+                    g,
+                )));
+            };
+            if freed >= short {
+                break;
+            }
+            let compacted = to_compact && !e.in_compact;
+            cost = cost.saturating_add(inline::evict_cost(&e, compacted));
+            freed += if compacted { e.len } else { e.size() };
+        }
+        if freed < short || inline::admit_saving(class.write_hot()) <= cost {
+            return Ok(false);
+        }
+        for _ in 0..MAX_EVICTIONS {
+            let s = self.node_slot(g)?;
+            if self.inline_len(s) + need <= AREA {
+                return Ok(true);
+            }
+            let Some(e) = self.oldest_entry(s)? else {
+                return Ok(false);
+            };
+            self.stats.deltas_replaced += 1;
+            if !(to_compact && !e.in_compact && self.compact_out(g)?) {
+                self.rebuild(g, e.off as u32, false)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes the full block of offset `off` of group `g` (base + delta) and drops its delta:
+    /// at eviction (`restore` false) or from idle (`restore` true).
+    fn rebuild(&mut self, g: u32, off: u32, restore: bool) -> R<(), N::Error> {
+        let s = self.room_and_node(HOT, g)?;
+        let Some(e) = self.find_entry(s, off)? else {
+            return Ok(());
+        };
+        let lba = g * LBAS_PER_NODE + off;
+        let p = self.ptr(s, off);
+        self.stats.deltas_evicted += u64::from(!restore);
+        if !p.is_some() {
+            self.remove_entry(s, &e);
+            return Ok(());
+        }
+        let base_crc = self.load_base(p, lba, Cause::Delta)?;
+        if base_crc != e.base_crc {
+            // Stale since roll-forward: the mapped block is already the newer one.
+            self.remove_entry(s, &e);
+            return Ok(());
+        }
+        self.apply_entry(s, g, &e)?;
+        // Neither read above programs anything: the room made in HOT is still there.
+        let src = self.slot_offset(BBUF, 0);
+        let dst = self.slot_offset(HOT, self.logs[HOT].fill);
+        self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+        let new = self.commit_slot(HOT, SlotKind::Data, lba, e.new_crc, Cause::Delta);
+        self.set_ptr(s, off, new);
+        self.invalidate(p);
+        self.remove_entry(s, &e);
+        if restore {
+            self.stats.pages_restored += 1;
+        } else {
+            self.stats.pages_rebuilt += 1;
+        }
+        Ok(())
+    }
+
+    /// Moves group `g`'s inline deltas (oldest first, as many as fit) into a new compact page
+    /// holding also the still-live entries of the old one; each leaves a marker inline.
+    /// Returns `false` if none could be moved.
+    fn compact_out(&mut self, g: u32) -> R<bool, N::Error> {
+        let s = self.room_and_node(HOT, g)?;
+        let old = self.compact_ptr(s);
+        let b = self.slot_offset(BBUF, 0);
+        if old.is_some() {
+            let src = match self.buffered_log(old) {
+                Some(log) => self.slot_offset(log, old.0 % self.spp),
+                None => {
+                    self.read_slot_checked(old, SlotKind::Compact, g, SCRATCH, Cause::Compact)?;
+                    self.slot_offset(SCRATCH, old.0 % self.spp)
+                }
+            };
+            self.bufs.copy_within(src..src + SLOT_BYTES, b);
+        }
+        let dst = self.slot_offset(HOT, self.logs[HOT].fill);
+        let len = self.inline_len(s);
+        let img = &self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+        let (lo, hi) = self.bufs.split_at_mut(b);
+        let out = &mut lo[dst..dst + SLOT_BYTES];
+        let mut builder = Builder::new(out, g);
+        if old.is_some() {
+            let view = CompactView::new_checked(&hi[..SLOT_BYTES], g)
+                .map_err(|_| Error::Corrupted(corrupted("compact page fails its checks", old.0)))?;
+            for ce in view.entries().filter_map(Result::ok) {
+                let live = matches!(inline::find(img, len, ce.off),
+                    Ok(Some(e)) if e.in_compact && e.base_crc == ce.base_crc && e.new_crc == ce.new_crc);
+                if live && !builder.add(out, ce.off, ce.base_crc, ce.new_crc, ce.delta) {
+                    return Ok(false);
+                }
+            }
+        }
+        let mut moved = [0u32; LBAS_PER_NODE as usize / 32];
+        let mut any = false;
+        for e in inline::entries(img, len).filter_map(Result::ok) {
+            if e.in_compact {
+                continue;
+            }
+            if !builder.add(
+                out,
+                e.off,
+                e.base_crc,
+                e.new_crc,
+                &img[e.data..e.data + e.len],
+            ) {
+                break;
+            }
+            moved[e.off as usize / 32] |= 1 << (e.off % 32);
+            any = true;
+        }
+        if !any {
+            return Ok(false);
+        }
+        builder.finish(out);
+        let crc = crc32(&[&self.bufs[dst..dst + SLOT_BYTES]]);
+        let new = self.commit_slot(HOT, SlotKind::Compact, g, crc, Cause::Compact);
+        self.set_compact_ptr(s, new);
+        if old.is_some() {
+            self.invalidate(old);
+        }
+        for off in 0..LBAS_PER_NODE {
+            if moved[off as usize / 32] & (1 << (off % 32)) == 0 {
+                continue;
+            }
+            if let Some(e) = self.find_entry(s, off)? {
+                self.remove_entry(s, &e);
+                let len = self.inline_len(s);
+                let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+                // The marker is smaller than what it replaces, so it always fits.
+                if let Some(l) =
+                    inline::push(img, len, off as u16, true, e.base_crc, e.new_crc, &[])
+                {
+                    self.cache_meta[s].inline_len = l as u16;
+                }
+                self.stats.deltas_compacted += 1;
+                self.stats.deltas_evicted += 1;
+            }
+        }
+        self.stats.compact_pages += 1;
+        Ok(true)
+    }
+
+    /// One idle restore: the oldest delta of a cached read-hot, write-cold group is rebuilt into
+    /// its full block, so its reads stop paying for the delta (the compact page read, the
+    /// patching). Write-hot groups keep theirs: their next update would be a delta again.
+    pub(super) fn restore_step(&mut self) -> R<bool, N::Error> {
+        if !self.delta_on || self.in_gc {
+            return Ok(false);
+        }
+        for s in 0..self.cache_meta.len() {
+            let m = self.cache_meta[s];
+            if m.node_plus_one == 0 || m.inline_len == 0 {
+                continue;
+            }
+            let heat = m.heat.at(self.clock);
+            if heat.reads == 0 || self.classifier.class_of(heat) != Class::ReadHotWriteCold {
+                continue;
+            }
+            let Some(e) = self.oldest_entry(s)? else {
+                continue;
+            };
+            self.rebuild(m.node_plus_one - 1, e.off as u32, true)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

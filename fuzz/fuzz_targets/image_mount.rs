@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use nandbox_core::ftl::{Ftl, Lba};
 use nandbox_core::nand::SLOT_BYTES;
-use nandbox_fuzz::{config, geometry, load, raw_page_len, real_image, Lent, PageDump, LOGICAL};
+use nandbox_fuzz::{
+    config, geometry, load, raw_page_len, real_image, version_of, Lent, PageDump, LOGICAL,
+};
 use nandbox_sim::OwnedFtlMemory;
 
 fn real() -> &'static PageDump {
@@ -91,9 +93,26 @@ fuzz_target!(|data: &[u8]| {
     }
     // Memory as a firmware would have it: fixed, for the configuration it was built for.
     let mut mem = OwnedFtlMemory::new(&g, &config());
-    let Ok(mut ftl) = Ftl::mount(Lent(&mut nand), mem.lend()) else {
-        return;
+    let pristine = mode & 1 == 0 && rest.len() < 5;
+    let mut ftl = match Ftl::mount(Lent(&mut nand), mem.lend()) {
+        Ok(f) => f,
+        // The undamaged image must mount: otherwise every mutation only tests the error path.
+        Err(e) => {
+            assert!(!pristine, "the pristine image does not mount: {e:?}");
+            return;
+        }
     };
+    if pristine {
+        let mut buf = [0u8; SLOT_BYTES];
+        for lba in 0..LOGICAL {
+            ftl.read(Lba(lba), &mut buf).expect("pristine read");
+            assert!(
+                version_of(lba, &buf).is_some(),
+                "pristine LBA {lba} reads garbage"
+            );
+        }
+        assert_eq!(ftl.check().map(|r| r.problems()).ok(), Some(0));
+    }
     let _ = ftl.check();
     let mut buf = [0u8; SLOT_BYTES];
     for lba in 0..ftl.logical_blocks().min(LOGICAL) {

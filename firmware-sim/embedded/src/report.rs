@@ -7,6 +7,8 @@ use cortex_m_semihosting::{debug, hprintln};
 pub struct Report {
     passed: u32,
     failed: u32,
+    /// Printed before each check's name: which variant of a suite is running.
+    scope: &'static str,
 }
 
 impl Report {
@@ -15,17 +17,23 @@ impl Report {
         Self {
             passed: 0,
             failed: 0,
+            scope: "",
         }
+    }
+
+    /// Names the variant of a suite that the next checks belong to ("" for none).
+    pub fn set_scope(&mut self, scope: &'static str) {
+        self.scope = scope;
     }
 
     /// Records one check and prints its verdict.
     pub fn check(&mut self, name: &str, ok: bool) -> bool {
         if ok {
             self.passed += 1;
-            hprintln!("ok   {}", name);
+            hprintln!("ok   {}{}", self.scope, name);
         } else {
             self.failed += 1;
-            hprintln!("FAIL {}", name);
+            hprintln!("FAIL {}{}", self.scope, name);
         }
         ok
     }
@@ -39,7 +47,7 @@ impl Report {
             }
             Err(e) => {
                 self.failed += 1;
-                hprintln!("FAIL {}: {:?}", name, e);
+                hprintln!("FAIL {}{}: {:?}", self.scope, name, e);
                 None
             }
         }

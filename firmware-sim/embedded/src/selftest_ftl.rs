@@ -14,7 +14,10 @@ use core::mem::size_of;
 
 use cortex_m_semihosting::hprintln;
 use nandbox_core::{
-    ftl::{blocks_for_capacity, BlockInfo, CacheSlot, Error, Ftl, FtlConfig, FtlMemory, Lba},
+    ftl::{
+        blocks_for_capacity, BlockInfo, CachePolicy, CacheSlot, Error, Ftl, FtlConfig, FtlMemory,
+        Lba,
+    },
     nand::{BlockId, Geometry, NandFault, SLOT_BYTES},
 };
 
@@ -171,7 +174,9 @@ fn is_power_loss<E: NandFault>(e: &Error<E>) -> bool {
     matches!(e, Error::Nand(n) if n.kind() == nandbox_core::nand::FaultKind::PowerLoss)
 }
 
-/// Runs the FTL checks over a fresh array in `data`/`spare`.
+/// Runs the FTL checks twice over a fresh array in `data`/`spare`: plain (delta off, LRU node
+/// cache, the core's defaults after format and mount) and with the delta engine on and the
+/// score-based node cache (the product's defaults).
 pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut Testbench) {
     let (Some(ram), Some(records)) = (
         static_once!(FtlRam = FtlRam::ZERO),
@@ -180,6 +185,49 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         report.check("ftl: memory handed out once", false);
         return;
     };
+    for (delta, scope) in [(false, ""), (true, "delta on: ")] {
+        report.set_scope(scope);
+        run_mode(report, data, spare, bench, ram, records, delta);
+    }
+    report.set_scope("");
+}
+
+/// Delta compression and its node-cache policy are RAM choices, reset by format and mount.
+fn configure(ftl: &mut TheFtl<'_, '_, '_>, delta: bool) {
+    ftl.set_delta(delta);
+    ftl.set_cache_policy(if delta {
+        CachePolicy::Score
+    } else {
+        CachePolicy::Lru
+    });
+}
+
+/// Prints the delta engine's counters.
+fn print_delta(ftl: &TheFtl<'_, '_, '_>, what: &str) {
+    let s = ftl.stats();
+    hprintln!(
+        "     {}: deltas inlined {} ({} B), too large {}, evicted {}, compacted {}, compact pages {}, rebuilt {}, delta reads {}",
+        what,
+        s.deltas_inlined,
+        s.delta_inline_bytes,
+        s.deltas_too_large,
+        s.deltas_evicted,
+        s.deltas_compacted,
+        s.compact_pages,
+        s.pages_rebuilt,
+        s.delta_reads
+    );
+}
+
+fn run_mode(
+    report: &mut Report,
+    data: &mut [u8],
+    spare: &mut [u8],
+    bench: &mut Testbench,
+    ram: &mut FtlRam,
+    records: &mut Option<FtlRecords>,
+    delta: bool,
+) {
     let Some(mut nand) = RamNand::<BLOCKS>::new(GEOMETRY, data, spare, 0xC0FFEE) else {
         report.check("ftl: array matches its geometry", false);
         return;
@@ -196,6 +244,7 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     ) else {
         return;
     };
+    configure(&mut ftl, delta);
 
     // Fresh device: zeros everywhere, and out-of-range is an error, not a panic.
     let zeros = ftl.read(Lba(0), &mut bench.readback).is_ok()
@@ -287,6 +336,16 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         "ftl: after GC every block holds its latest data",
         matches!(r, Ok(0)),
     );
+    if delta {
+        print_delta(&ftl, "ftl");
+        // Versions of a block differ in ~130 bytes: updates must be kept as inline deltas, and
+        // some reads must have been served by applying one.
+        let s = ftl.stats();
+        report.check(
+            "ftl: small updates were kept as inline deltas and read through them",
+            s.deltas_inlined > 0 && s.delta_reads > 0,
+        );
+    }
 
     // Trim a range: it reads zeros, also after a flush.
     let trimmed = trim(&mut ftl, bench, 100, 32).and_then(|()| ftl.flush());
@@ -317,6 +376,7 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     ) else {
         return;
     };
+    configure(&mut ftl, delta);
     let r = verify_all(&mut ftl, bench, "remount");
     report.check(
         "ftl: after remount every block holds its flushed data",
@@ -331,6 +391,7 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
     ];
     let mut cut_ok = 0;
     let mut tripped = 0;
+    let mut sweep_deltas = 0;
     for (n, &cut) in cuts.iter().enumerate() {
         ftl.nand_mut().cut_power_after(cut);
         let mut lost = false;
@@ -356,11 +417,13 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         if lost {
             tripped += 1;
         }
+        sweep_deltas += ftl.stats().deltas_inlined;
         let cells = ftl.into_nand();
         cells.disarm();
         cells.power_cycle();
         match Ftl::mount(cells, ram.lend(records)) {
             Ok(mut f) => {
+                configure(&mut f, delta);
                 let r = verify_all(&mut f, bench, "power cut");
                 if matches!(r, Ok(0)) {
                     cut_ok += 1;
@@ -402,6 +465,13 @@ pub fn run(report: &mut Report, data: &mut [u8], spare: &mut [u8], bench: &mut T
         counts.violations == 0 && ftl.is_bad_block(FACTORY_BAD),
     );
     hprintln!("     ftl: NAND {:?}", counts);
+    if delta {
+        hprintln!("     ftl: {} deltas inlined during the sweep", sweep_deltas);
+        report.check(
+            "ftl: the cuts landed among inline-delta writes",
+            sweep_deltas > 0,
+        );
+    }
 }
 
 fn nand_counts(nand: &mut RamNand<'_, BLOCKS>) -> crate::ram_nand::OpCounts {

@@ -66,7 +66,7 @@ pub fn print_memory() {
         REQ.bitmap_words * 4,
         REQ.page_buffer_bytes
     );
-    for slots in [2u32, 4, 8, 64] {
+    for slots in [2u32, 4, 6, 8, 64] {
         let cfg = FtlConfig {
             logical_blocks: 16384,
             node_cache_slots: slots,

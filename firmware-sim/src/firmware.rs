@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use nandbox_core::ftl::CachePolicy;
 use nandbox_core::ftl::{blocks_for_capacity, Error as FtlError, Ftl, FtlConfig, Lba};
 use nandbox_core::nand::{Geometry, Nand, SLOT_BYTES};
 use nandbox_core::stats::Stats;
@@ -36,8 +37,12 @@ pub struct FirmwareConfig {
     pub image: Option<PathBuf>,
     /// What modelled NAND time is used for.
     pub latency: LatencyMode,
-    /// Node pages kept in RAM.
+    /// Node pages kept in RAM (used at format; an image keeps the count it was formatted with).
     pub node_cache_slots: u32,
+    /// Keep updates as inline deltas (MedFS); `--delta on|off`.
+    pub delta: bool,
+    /// Node cache eviction policy; `--node-cache score|lru`.
+    pub node_cache_policy: CachePolicy,
     /// Over-provisioning, percent of the logical size.
     pub op_percent: u32,
     /// Requests that may wait in the submission queue.
@@ -53,6 +58,8 @@ impl FirmwareConfig {
             image: None,
             latency: LatencyMode::Off,
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
+            delta: true,
+            node_cache_policy: CachePolicy::Score,
             op_percent: crate::profile::DEFAULT_OP_PERCENT,
             queue_depth: 256,
         }
@@ -97,6 +104,8 @@ pub struct Snapshot {
     pub erase_counts: Vec<u32>,
     /// Bad blocks.
     pub bad_blocks: u32,
+    /// Which blocks are bad.
+    pub bad_block_list: Vec<u32>,
     /// The array's shape.
     pub geometry: Geometry,
     /// The NAND part.
@@ -471,6 +480,12 @@ fn run_thread(
             return;
         }
     };
+    let mut ftl = ftl;
+    ftl.set_delta(config.delta);
+    ftl.set_cache_policy(config.node_cache_policy);
+    if let Some(m) = ftl.nand_mut().model() {
+        m.reset();
+    }
     let logical_bytes = ftl.logical_blocks() as u64 * BLOCK;
     if ready.send(Ok(logical_bytes)).is_err() {
         return;
@@ -724,7 +739,7 @@ impl Runner<'_> {
     fn snapshot(&mut self) -> Snapshot {
         let geometry = self.ftl.nand_mut().geometry();
         let erase_counts = self.ftl.nand_mut().inner().erase_counts().to_vec();
-        let mut bad_blocks = 0;
+        let mut bad_block_list = Vec::new();
         for b in 0..geometry.blocks {
             if self
                 .ftl
@@ -732,15 +747,17 @@ impl Runner<'_> {
                 .is_bad(nandbox_core::nand::BlockId(b))
                 .unwrap_or(false)
             {
-                bad_blocks += 1;
+                bad_block_list.push(b);
             }
         }
+        let bad_blocks = bad_block_list.len() as u32;
         let (read_mean_ns, read_p99_ns) = self.reads.mean_p99();
         let (write_mean_ns, write_p99_ns) = self.writes.mean_p99();
         Snapshot {
             stats: *self.ftl.stats(),
             erase_counts,
             bad_blocks,
+            bad_block_list,
             geometry,
             profile: self.config.profile,
             logical_bytes: self.ftl.logical_blocks() as u64 * BLOCK,

@@ -142,3 +142,90 @@ fn pinned_costs_four_slot_pages() {
     // Each 4 KiB host read costs one 16 KiB page read.
     assert_eq!(delta(&ftl, &mut c), [16, 0, 0, 0], "16 reads");
 }
+
+#[test]
+fn pinned_costs_delta_on() {
+    // The one-slot geometry above (50 blocks, 4 KiB pages, 32 per block) with the delta engine
+    // on. The delta-off figures above stay as they are: the engine is a run-time choice.
+    let logical = 1024;
+    let geo: Geometry = small_geometry(1, 32, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut c = NandCounters::default();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, true);
+    delta(&ftl, &mut c);
+
+    for lba in 0..32 {
+        ftl.write(Lba(lba), &content_small(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    // First versions have no base: 32 full programs filling one block (1 erase), as with the
+    // engine off.
+    assert_eq!(
+        delta(&ftl, &mut c),
+        [0, 0, 32, 1],
+        "32 first writes + flush"
+    );
+
+    for lba in 0..16 {
+        ftl.write(Lba(lba), &content_small(lba, 2)).unwrap();
+    }
+    // 16 updates of ~130 changed bytes: each reads its base (16 reads) and programs nothing.
+    assert_eq!(delta(&ftl, &mut c), [16, 0, 0, 0], "16 delta writes");
+    let st = *ftl.stats();
+    assert_eq!(st.deltas_inlined, 16);
+    assert_eq!(st.reads[nandbox_core::Cause::Delta as usize], 16);
+    ftl.flush().unwrap();
+    // The flush writes node 0, which carries the 16 deltas: one program into a new node block
+    // (1 erase), counted under the delta cause.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 1, 1], "flush of the deltas");
+    assert_eq!(
+        ftl.stats().program_bytes[nandbox_core::Cause::Delta as usize],
+        4096
+    );
+
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..32 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let want = if lba < 16 { 2 } else { 1 };
+        assert_eq!(version_of(lba, &buf), Some(want));
+    }
+    // One base (or data) page read per host read, delta or not: the node is cached.
+    assert_eq!(delta(&ftl, &mut c), [32, 0, 0, 0], "32 reads");
+    assert_eq!(ftl.stats().delta_reads, 16);
+    assert_eq!(ftl.stats().host_read_nand_reads, 32);
+
+    for lba in 0..8 {
+        ftl.write(Lba(lba), &content_small(lba, 7)).unwrap();
+    }
+    // Version 7 rewrites the whole body: each write reads its base, finds the delta over the
+    // threshold and writes the block whole into the hot log, whose first block filled up
+    // exactly: a new block (1 erase); a slot is programmed when the next one needs room, so
+    // 7 of the 8 are (8 reads, 7 programs). The old deltas die with them.
+    assert_eq!(delta(&ftl, &mut c), [8, 0, 7, 1], "8 full rewrites");
+    assert_eq!(ftl.stats().deltas_too_large, 8);
+    ftl.flush().unwrap();
+    // The last buffered slot, then node 0 (dropping the 8 dead deltas changed it): 2 programs.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 2, 0], "flush");
+
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    set_delta(&mut ftl, true);
+    delta(&ftl, &mut c);
+    for lba in 0..32 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let want = if lba < 8 {
+            7
+        } else if lba < 16 {
+            2
+        } else {
+            1
+        };
+        assert_eq!(version_of(lba, &buf), Some(want), "LBA {lba} after remount");
+    }
+    // The deltas came back with node 0, which the mount's roll-forward left cached: one page
+    // read per host read.
+    assert_eq!(delta(&ftl, &mut c), [32, 0, 0, 0], "reads after remount");
+    assert_eq!(ftl.stats().delta_reads, 8);
+}

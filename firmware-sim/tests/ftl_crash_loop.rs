@@ -17,7 +17,7 @@ fn crash_loop(seed: u64, slots: u32, pages_per_block: u32, logical: u32, cycles:
         bit_flip_per_read: 0.01,
         ..FaultConfig::default()
     };
-    crash_loop_with(faults, 0, slots, pages_per_block, logical, cycles);
+    crash_loop_with(faults, 0, slots, pages_per_block, logical, cycles, false);
 }
 
 fn crash_loop_with(
@@ -27,6 +27,7 @@ fn crash_loop_with(
     pages_per_block: u32,
     logical: u32,
     cycles: u32,
+    delta: bool,
 ) {
     let seed = faults.seed;
     let mut geo = small_geometry(slots, pages_per_block, logical);
@@ -34,6 +35,8 @@ fn crash_loop_with(
     let cfg = config(logical, 3);
     let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let mut ftl = Ftl::format(SimNand::with_faults(geo, faults), cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, delta);
+    let mut inlined = 0;
     let mut flushed = vec![0u32; logical as usize];
     let mut since: Vec<Vec<u32>> = vec![Vec::new(); logical as usize];
     let mut rng = Rng::new(seed);
@@ -56,7 +59,7 @@ fn crash_loop_with(
                     };
                     version += 1;
                     since[lba as usize].push(version);
-                    ftl.write(Lba(lba), &content(lba, version))
+                    ftl.write(Lba(lba), &content_for(delta, lba, version))
                 }
                 75..=77 => {
                     let first = rng.below(logical as u64) as u32;
@@ -96,6 +99,7 @@ fn crash_loop_with(
             }
         }
         retired += ftl.stats().retired_blocks;
+        inlined += ftl.stats().deltas_inlined;
         let mut nand = ftl.into_nand();
         nand.restore_power();
         if rng.below(4) == 0 {
@@ -118,6 +122,7 @@ fn crash_loop_with(
         }
         ftl = Ftl::mount(nand, mem.lend())
             .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: mount: {e}"));
+        set_delta(&mut ftl, delta);
         for lba in 0..logical {
             ftl.read(Lba(lba), &mut buf)
                 .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: read {lba}: {e}"));
@@ -138,6 +143,12 @@ fn crash_loop_with(
     let report = ftl.check().unwrap();
     assert_eq!(report.problems(), 0, "seed {seed}: {report:?}");
     assert!(cuts_in_recovery > 10, "seed {seed}: recoveries were cut");
+    if delta {
+        assert!(
+            inlined > 1000,
+            "seed {seed}: deltas were written ({inlined})"
+        );
+    }
     if faults.program_fail_rate > 0.0 {
         assert!(retired >= 2, "seed {seed}: blocks were retired ({retired})");
     }
@@ -167,6 +178,30 @@ fn crash_loop_with_program_and_erase_failures() {
             erase_fail_rate: 0.0005,
             factory_bad_blocks: 2,
         };
-        crash_loop_with(faults, 24, 1, 16, 256, 120);
+        crash_loop_with(faults, 24, 1, 16, 256, 120, false);
     }
+}
+
+#[test]
+fn crash_loop_delta_on() {
+    for (seed, slots, ppb, logical) in [(21, 1, 16, 256), (22, 4, 8, 384)] {
+        let faults = FaultConfig {
+            seed,
+            bit_flip_per_read: 0.01,
+            ..FaultConfig::default()
+        };
+        crash_loop_with(faults, 0, slots, ppb, logical, 150, true);
+    }
+}
+
+#[test]
+fn crash_loop_delta_on_with_program_and_erase_failures() {
+    let faults = FaultConfig {
+        seed: 23,
+        bit_flip_per_read: 0.01,
+        program_fail_rate: 0.00005,
+        erase_fail_rate: 0.0005,
+        factory_bad_blocks: 2,
+    };
+    crash_loop_with(faults, 24, 1, 16, 256, 120, true);
 }

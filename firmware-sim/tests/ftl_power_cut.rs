@@ -3,6 +3,11 @@
 //! must read its last flushed content or a content acknowledged (or in flight) after that flush:
 //! never a torn mix, never garbage, never another block's data. Then the recovered FTL must keep
 //! working: more writes, a flush, a clean remount, and the same check again.
+//!
+//! Each sweep runs with the delta engine off and on. With it on, updates are small (see
+//! `content_small`) and reads hit the last group, so the swept operations include base reads
+//! of delta writes, node pages carrying deltas, rebuilt pages, compact pages and idle restores
+//! (the dry run asserts each happened).
 
 mod ftl_support;
 
@@ -17,9 +22,10 @@ enum Op {
     Trim(u32, u32),
     Flush,
     Idle,
+    Read(u32),
 }
 
-fn workload(seed: u64, logical: u32, len: usize) -> Vec<Op> {
+fn workload(seed: u64, logical: u32, len: usize, reads: bool) -> Vec<Op> {
     let mut rng = Rng::new(seed);
     let mut version = 1;
     let mut ops = Vec::with_capacity(len);
@@ -40,6 +46,11 @@ fn workload(seed: u64, logical: u32, len: usize) -> Vec<Op> {
                 Op::Trim(first, (rng.below(40) as u32 + 1).min(logical - first))
             }
             83..=94 => Op::Flush,
+            95..=97 if reads => {
+                // Reads of the last group only: it becomes read-hot, the others read-cold.
+                let n = 256.min(logical);
+                Op::Read(logical - 1 - rng.below(n as u64) as u32)
+            }
             _ => Op::Idle,
         };
         ops.push(op);
@@ -78,7 +89,7 @@ impl Model {
                     s.clear();
                 }
             }
-            Op::Idle => {}
+            Op::Idle | Op::Read(_) => {}
         }
     }
 
@@ -87,12 +98,14 @@ impl Model {
     }
 }
 
-fn run_op(ftl: &mut Ftl<'_, SimNand>, op: Op) -> Result<(), String> {
+fn run_op(ftl: &mut Ftl<'_, SimNand>, op: Op, delta: bool) -> Result<(), String> {
+    let mut buf = [0u8; BLOCK];
     match op {
-        Op::Write(lba, v) => ftl.write(Lba(lba), &content(lba, v)),
+        Op::Write(lba, v) => ftl.write(Lba(lba), &content_for(delta, lba, v)),
         Op::Trim(first, count) => ftl.trim(Lba(first), count),
         Op::Flush => ftl.flush(),
         Op::Idle => ftl.idle().map(|_| ()),
+        Op::Read(lba) => ftl.read(Lba(lba), &mut buf),
     }
     .map_err(|e| e.to_string())
 }
@@ -121,17 +134,35 @@ struct Setup {
     geo: Geometry,
     cfg: FtlConfig,
     ops: Vec<Op>,
+    delta: bool,
 }
 
 /// Runs the uncut workload once: how many NAND operations it takes, and what it exercised.
 fn dry_run(s: &Setup) -> u64 {
     let mut mem = OwnedFtlMemory::new(&s.geo, &s.cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, s.delta);
     let start = ftl.nand().ops();
     for &op in &s.ops {
-        run_op(&mut ftl, op).unwrap();
+        run_op(&mut ftl, op, s.delta).unwrap();
     }
     let st = *ftl.stats();
+    eprintln!(
+        "delta {}: inlined {}, rebuilt {}, compact pages {}, restored {}, delta reads {}",
+        s.delta,
+        st.deltas_inlined,
+        st.pages_rebuilt,
+        st.compact_pages,
+        st.pages_restored,
+        st.delta_reads
+    );
+    if s.delta {
+        assert!(st.deltas_inlined > 100, "delta writes: {st:?}");
+        assert!(st.pages_rebuilt > 0, "rebuilds: {st:?}");
+        assert!(st.compact_pages > 0, "compact pages: {st:?}");
+        assert!(st.pages_restored > 0, "idle restores: {st:?}");
+        assert!(st.program_bytes[nandbox_core::Cause::Delta as usize] > 0);
+    }
     assert!(st.gc_blocks >= 3, "workload must run GC: {st:?}");
     assert!(
         st.checkpoints >= 3,
@@ -143,12 +174,16 @@ fn dry_run(s: &Setup) -> u64 {
 fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let logical = s.cfg.logical_blocks;
     let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, s.delta);
     ftl.nand_mut().power_cut_after(cut);
     let mut model = Model::new(logical);
     for &op in &s.ops {
-        match run_op(&mut ftl, op) {
+        match run_op(&mut ftl, op, s.delta) {
             Ok(()) => model.apply(op),
             Err(e) => {
+                if std::env::var("NANDBOX_CUT").is_ok() {
+                    eprintln!("in flight: {op:?}: {e}");
+                }
                 assert!(
                     ftl.nand().power_lost(),
                     "cut {cut}: {op:?} failed without a cut: {e}"
@@ -182,6 +217,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let at = format!("{at}{second}");
     let mut ftl =
         Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: mount failed: {e}"));
+    set_delta(&mut ftl, s.delta);
     let seen = verify(&mut ftl, &model, logical, &at);
     // Recovery leaves a usable FTL: what was read is now the flushed state; write more.
     let mut model = Model::new(logical);
@@ -190,7 +226,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     for i in 0..24 {
         let lba = rng.below(logical as u64) as u32;
         let v = 1_000_000 + cut as u32 * 32 + i;
-        ftl.write(Lba(lba), &content(lba, v))
+        ftl.write(Lba(lba), &content_for(s.delta, lba, v))
             .unwrap_or_else(|e| panic!("{at}: write after recovery: {e}"));
         model.apply(Op::Write(lba, v));
     }
@@ -212,6 +248,12 @@ fn sweep(s: &Setup, min_points: u64) {
         "workload has only {total} NAND operations"
     );
     let mut mem = OwnedFtlMemory::new(&s.geo, &s.cfg);
+    // NANDBOX_CUT=n reruns only cut point n (to debug a failure the sweep reported).
+    if let Ok(c) = std::env::var("NANDBOX_CUT") {
+        let c: u64 = c.parse().unwrap();
+        cut_at(s, c, &mut mem);
+        return;
+    }
     for cut in 0..=total {
         cut_at(s, cut, &mut mem);
     }
@@ -224,7 +266,8 @@ fn power_cut_at_every_op_four_slot_pages() {
     let s = Setup {
         geo: small_geometry(4, 16, logical),
         cfg: config(logical, 3),
-        ops: workload(7, logical, 5400),
+        ops: workload(7, logical, 5400, false),
+        delta: false,
     };
     sweep(&s, 2000);
 }
@@ -235,7 +278,32 @@ fn power_cut_at_every_op_one_slot_pages() {
     let s = Setup {
         geo: small_geometry(1, 16, logical),
         cfg: config(logical, 2),
-        ops: workload(8, logical, 1100),
+        ops: workload(8, logical, 1100, false),
+        delta: false,
+    };
+    sweep(&s, 1000);
+}
+
+#[test]
+fn power_cut_at_every_op_four_slot_pages_delta_on() {
+    let logical = 768;
+    let s = Setup {
+        geo: small_geometry(4, 16, logical),
+        cfg: config(logical, 3),
+        ops: workload(17, logical, 5400, true),
+        delta: true,
+    };
+    sweep(&s, 2000);
+}
+
+#[test]
+fn power_cut_at_every_op_one_slot_pages_delta_on() {
+    let logical = 512;
+    let s = Setup {
+        geo: small_geometry(1, 16, logical),
+        cfg: config(logical, 2),
+        ops: workload(18, logical, 1600, true),
+        delta: true,
     };
     sweep(&s, 1000);
 }

@@ -164,7 +164,25 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
     } else {
         ec.iter().map(|&e| e as f64).sum::<f64>() / ec.len() as f64
     };
-    json!({
+    let hit_rate = if st.node_cache_hits + st.node_cache_misses == 0 {
+        0.0
+    } else {
+        st.node_cache_hits as f64 / (st.node_cache_hits + st.node_cache_misses) as f64
+    };
+    let delta = json!({
+        "inlined": st.deltas_inlined,
+        "inlined_bytes": st.delta_inline_bytes,
+        "too_large": st.deltas_too_large,
+        "refused": st.deltas_refused,
+        "evicted": st.deltas_evicted,
+        "replaced": st.deltas_replaced,
+        "compacted": st.deltas_compacted,
+        "compact_pages_written": st.compact_pages,
+        "full_pages_rebuilt": st.pages_rebuilt,
+        "restored_at_idle": st.pages_restored,
+        "reads_through_delta": st.delta_reads,
+    });
+    let mut doc = json!({
         "host_read_bytes": st.host_read_bytes,
         "host_write_bytes": st.host_write_bytes,
         "host_reads": st.host_reads,
@@ -181,6 +199,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "waf": st.waf(),
         "erase_count": { "min": min, "max": max, "mean": mean },
         "bad_blocks": s.bad_blocks,
+        "bad_block_list": s.bad_block_list,
         "checkpoints": st.checkpoints,
         "gc_blocks": st.gc_blocks,
         "wear_level_moves": st.wear_level_moves,
@@ -214,5 +233,15 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         },
         // Per-block erase counts, block 0 first: what `nandbox wear` draws.
         "erase_counts": ec,
-    })
+    });
+    // Delta engine and node cache (issue 4); added here because json! recurses per key.
+    if let Value::Object(m) = &mut doc {
+        m.insert("node_cache_hit_rate".into(), json!(hit_rate));
+        m.insert(
+            "nand_reads_per_host_read".into(),
+            json!(st.nand_reads_per_host_read()),
+        );
+        m.insert("delta".into(), delta);
+    }
+    doc
 }

@@ -223,17 +223,23 @@ impl<N: Nand> Ftl<'_, N> {
         let need = n + HEADER;
         let heat = self.cache_meta[s].heat.at(clock);
         let class = self.classifier.classify(heat);
-        // The LBA's previous delta goes in any case.
-        self.drop_delta(s, off)?;
-        if self.inline_len(s) + need > AREA && !self.make_inline_room(g, need, class)? {
+        // The LBA's previous delta stays until the new one replaces it in the same step: making
+        // room does I/O, and a node written back in between must not show the bare base (an
+        // LBA state no host ever wrote).
+        if self.room_after_replace(s, off, need)?.is_none()
+            && !self.make_inline_room(g, off, need, class)?
+        {
             self.stats.deltas_refused += 1;
             return Ok(false);
         }
         let s = self.node_slot(g)?;
-        let len = self.inline_len(s);
-        if len + need > AREA {
+        if self.room_after_replace(s, off, need)?.is_none() {
             return Ok(false);
         }
+        if let Some(old) = self.find_entry(s, off)? {
+            self.remove_entry(s, &old);
+        }
+        let len = self.inline_len(s);
         let new_crc = crc32(&[data]);
         let d = self.slot_offset(DBUF, 0);
         let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
@@ -255,14 +261,29 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(true)
     }
 
-    /// Frees room for a `need`-byte entry in group `g`'s inline area by evicting the oldest
-    /// entries, if the benefit model (see [`crate::delta::inline`]) says the new delta is worth
-    /// it. Returns whether there is room.
-    fn make_inline_room(&mut self, g: u32, need: usize, class: Class) -> R<bool, N::Error> {
+    /// Whether a `need`-byte entry for `off` fits once `off`'s current entry is replaced:
+    /// `Some(())` if so.
+    fn room_after_replace(&self, s: usize, off: u32, need: usize) -> R<Option<()>, N::Error> {
+        let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
+        Ok((self.inline_len(s) - own + need <= AREA).then_some(()))
+    }
+
+    /// Frees room for a `need`-byte entry for `off` in group `g`'s inline area by evicting the
+    /// oldest entries (never `off`'s own, which the new one replaces: rebuilding it would move
+    /// the base the new delta was computed against), if the benefit model (see
+    /// [`crate::delta::inline`]) says the new delta is worth it. Returns whether there is room.
+    fn make_inline_room(
+        &mut self,
+        g: u32,
+        off: u32,
+        need: usize,
+        class: Class,
+    ) -> R<bool, N::Error> {
         let to_compact = class == Class::ReadColdWriteHot;
         let s = self.node_slot(g)?;
         let len = self.inline_len(s);
-        let short = (len + need).saturating_sub(AREA);
+        let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
+        let short = (len - own + need).saturating_sub(AREA);
         let (mut freed, mut cost) = (0usize, 0u32);
         for e in inline::entries(self.img(s), len) {
             let Ok(e) = e else {
@@ -274,6 +295,9 @@ impl<N: Nand> Ftl<'_, N> {
             if freed >= short {
                 break;
             }
+            if e.off as u32 == off {
+                continue;
+            }
             let compacted = to_compact && !e.in_compact;
             cost = cost.saturating_add(inline::evict_cost(&e, compacted));
             freed += if compacted { e.len } else { e.size() };
@@ -283,10 +307,13 @@ impl<N: Nand> Ftl<'_, N> {
         }
         for _ in 0..MAX_EVICTIONS {
             let s = self.node_slot(g)?;
-            if self.inline_len(s) + need <= AREA {
+            if self.room_after_replace(s, off, need)?.is_some() {
                 return Ok(true);
             }
-            let Some(e) = self.oldest_entry(s)? else {
+            let victim = inline::entries(self.img(s), self.inline_len(s))
+                .filter_map(Result::ok)
+                .find(|e| e.off as u32 != off);
+            let Some(e) = victim else {
                 return Ok(false);
             };
             self.stats.deltas_replaced += 1;

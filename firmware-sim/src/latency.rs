@@ -55,9 +55,11 @@ impl LatencyMode {
     }
 }
 
-/// Pages of DRAM write buffer per die: two keep every die busy (one programming, one queued)
-/// while the host refills the buffer.
-pub const WRITE_BUFFER_PAGES_PER_DIE: usize = 2;
+/// Pages of DRAM write buffer per die (4 MiB on tlc's 32 dies of 16 KiB pages, a modest SSD
+/// DRAM cache). Two would keep a die busy (one programming, one queued) if the host refilled the
+/// buffer within a program time; eight ride out the multi-millisecond scheduling stalls of a
+/// busy host, as a real drive's buffer rides out a bursty host.
+pub const WRITE_BUFFER_PAGES_PER_DIE: usize = 8;
 
 /// Which completion a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,18 @@ impl LatencyModel {
             admitted_at: 0,
             durable_at: 0,
         }
+    }
+
+    /// Forgets all queued work: every die and channel idle, the write buffer empty. The
+    /// firmware calls it once the device is formatted or mounted, which happens before the
+    /// device's clock starts (a drive is formatted at the factory, not on the host's time).
+    pub fn reset(&mut self) {
+        self.die_free_at.fill(0);
+        self.channel_free_at.fill(0);
+        self.buffered.clear();
+        self.admitted_at = 0;
+        self.durable_at = 0;
+        self.begin(0);
     }
 
     /// Starts a request submitted at virtual time `now_ns`.

@@ -8,6 +8,7 @@ mod nbd;
 mod qstore_cli;
 mod safetensors;
 mod serve;
+mod wear;
 mod zipnn_cli;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print the live counters of a running device.
     Stats(serve::StatsArgs),
+    /// Report flash wear: erase counts, WAF by cause, projected lifetime; --svg draws it.
+    Wear(wear::WearArgs),
     /// Check an image file offline for consistency.
     Check(check::CheckArgs),
     /// Compress or decompress model weights with the ZipNN codec.
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Stats(args) => serve::stats(args),
+        Command::Wear(args) => wear::run(args),
         Command::Check(args) => check::run(args),
         Command::Zipnn(cmd) => zipnn_cli::run(cmd),
         Command::Qstore(cmd) => qstore_cli::run(cmd),

@@ -45,10 +45,8 @@ step "tests (release with debug assertions: the ci profile)"
 cargo build --profile ci -p nandbox
 cargo test --profile ci --workspace
 
-if [ -x firmware-sim/embedded/run-qemu.sh ]; then
-  step "embedded self-test under qemu-system-arm"
-  firmware-sim/embedded/run-qemu.sh
-fi
+step "embedded self-test under qemu-system-arm"
+firmware-sim/embedded/run-qemu.sh
 
 step "fuzz every cargo-fuzz target for ${FUZZ_SECONDS:-30} s (nightly)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

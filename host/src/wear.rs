@@ -509,7 +509,7 @@ pub fn render_text(input: &WearInput, r: &Value) -> String {
     if let Some(w) = f(&r["waf"]["lifetime"]) {
         let _ = writeln!(
             out,
-            "WAF lifetime     {w:.3} ({} host, {} NAND over the device's life)",
+            "WAF lifetime     {w:.3} ({} host, {} NAND, as of the last checkpoint)",
             human_bytes(input.lifetime_host_write_bytes as f64),
             human_bytes(input.lifetime_program_bytes as f64)
         );

@@ -25,6 +25,8 @@ pub struct CheckArgs {
 /// Mounts the image in a RAM overlay and checks every mapping; exits non-zero on any problem.
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let path = &args.image;
+    // A large image takes a while to mount and check: show it on a terminal (stderr only).
+    let bar = crate::wear::spinner(&format!("{}: opening", path.display()));
     let mut nand = SimNand::open_image_read_only(path)
         .with_context(|| format!("{}: cannot open image", path.display()))?;
     let geometry = nand.geometry();
@@ -32,11 +34,18 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let config = Ftl::probe(&mut nand, &mut scratch)
         .map_err(|e| anyhow::anyhow!("{}: no usable checkpoint: {e}", path.display()))?;
     let mut memory = OwnedFtlMemory::new(&geometry, &config);
+    bar.set_message(format!("{}: mounting (roll-forward)", path.display()));
     let mut ftl = Ftl::mount(nand, memory.lend())
         .map_err(|e| anyhow::anyhow!("{}: mount failed: {e}", path.display()))?;
+    bar.set_message(format!(
+        "{}: checking {} logical blocks",
+        path.display(),
+        config.logical_blocks
+    ));
     let report = ftl
         .check()
         .map_err(|e| anyhow::anyhow!("{}: check stopped: {e}", path.display()))?;
+    bar.finish_and_clear();
     let fields = [
         ("nodes_checked", report.nodes_checked as u64),
         ("lbas_mapped", report.lbas_mapped),

@@ -8,6 +8,7 @@ mod nbd;
 mod qstore_cli;
 mod safetensors;
 mod serve;
+mod stats_view;
 mod wear;
 mod zipnn_cli;
 

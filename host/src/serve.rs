@@ -89,8 +89,14 @@ pub struct StatsArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
     control: String,
     /// Print the raw JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     json: bool,
+    /// Refresh the table every SECONDS, with rates over the interval, until Ctrl-C.
+    #[arg(long, value_name = "SECONDS")]
+    watch: Option<f64>,
+    /// With --watch, stop after N tables.
+    #[arg(long, value_name = "N", requires = "watch")]
+    count: Option<u64>,
 }
 
 /// Parses a size such as `4096`, `512MiB`, `1GiB`, `2G` (suffixes are binary).
@@ -275,55 +281,11 @@ fn install_signal_handler(
 }
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let body = control::get(&args.control, "/stats")?;
     if args.json {
-        print!("{body}");
+        print!("{}", control::get(&args.control, "/stats")?);
         return Ok(());
     }
-    let stats: serde_json::Value =
-        serde_json::from_str(&body).context("the control endpoint sent invalid JSON")?;
-    let mut rows = Vec::new();
-    flatten("", &stats, &mut rows);
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (key, value) in rows {
-        println!("{key:<width$}  {value}");
-    }
-    Ok(())
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, rows: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, rows);
-            }
-        }
-        serde_json::Value::Number(n) if prefix.contains("bytes") => {
-            let shown = match n.as_u64() {
-                Some(b) if b >= 1024 => format!("{b} ({})", human_bytes(b)),
-                _ => n.to_string(),
-            };
-            rows.push((prefix.to_string(), shown));
-        }
-        serde_json::Value::String(s) => rows.push((prefix.to_string(), s.clone())),
-        other => rows.push((prefix.to_string(), other.to_string())),
-    }
-}
-
-fn human_bytes(b: u64) -> String {
-    let units = ["KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < units.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.2} {}", units[unit])
+    crate::stats_view::run(&args.control, args.watch, args.count)
 }
 
 #[cfg(test)]

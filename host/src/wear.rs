@@ -184,7 +184,9 @@ pub fn from_stats(stats: &Value, source: &str) -> anyhow::Result<WearInput> {
     })
 }
 
-fn spinner(message: &str) -> ProgressBar {
+/// A spinner with a message and the elapsed time, for CLI work that takes a while on a large
+/// image (its steps give no count to show a bar against).
+pub(crate) fn spinner(message: &str) -> ProgressBar {
     // Draws on stderr only when it is a terminal, so scripts and --json see nothing of it.
     let bar = ProgressBar::new_spinner();
     if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {

@@ -148,7 +148,84 @@ const COUNTERS: &[(&str, &str, &str)] = &[
         "nandbox_host_trims_total",
         "NBD trim requests.",
     ),
+    (
+        "nand_spare_reads",
+        "nandbox_nand_spare_reads_total",
+        "NAND spare-area-only reads.",
+    ),
+    (
+        "lifetime_host_write_bytes",
+        "nandbox_lifetime_host_write_bytes_total",
+        "Bytes written by hosts over the device's life (as of the last checkpoint plus this run).",
+    ),
+    (
+        "lifetime_program_bytes",
+        "nandbox_lifetime_nand_program_bytes_total",
+        "Bytes programmed to NAND over the device's life.",
+    ),
+    (
+        "checkpoints",
+        "nandbox_checkpoints_total",
+        "Checkpoints written.",
+    ),
+    (
+        "gc_blocks",
+        "nandbox_gc_blocks_total",
+        "Blocks collected by garbage collection.",
+    ),
+    (
+        "wear_level_moves",
+        "nandbox_wear_level_moves_total",
+        "Blocks moved by static wear levelling.",
+    ),
+    (
+        "retired_blocks",
+        "nandbox_retired_blocks_total",
+        "Blocks retired after a program or erase failure.",
+    ),
+    (
+        "node_cache_hits",
+        "nandbox_node_cache_hits_total",
+        "Node (mapping) page cache hits.",
+    ),
+    (
+        "node_cache_misses",
+        "nandbox_node_cache_misses_total",
+        "Node (mapping) page cache misses.",
+    ),
 ];
+
+/// Upper bounds of the `nandbox_erase_count` histogram buckets: fixed, so scrapes compare, and
+/// spanning fresh blocks to SLC's 100,000 rated cycles.
+const ERASE_COUNT_BUCKETS: &[u64] = &[
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+];
+
+/// The per-block erase counts as a Prometheus histogram (`_bucket{le=..}`, `_sum`, `_count`).
+fn erase_count_histogram(out: &mut String, counts: &[Value]) {
+    let counts: Vec<u64> = counts.iter().filter_map(Value::as_u64).collect();
+    metric_head(
+        out,
+        "nandbox_erase_count",
+        "Erase count of each block (P/E cycles used), over all blocks.",
+        "histogram",
+    );
+    for le in ERASE_COUNT_BUCKETS {
+        let n = counts.iter().filter(|&&c| c <= *le).count();
+        let _ = writeln!(out, "nandbox_erase_count_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "nandbox_erase_count_bucket{{le=\"+Inf\"}} {}",
+        counts.len()
+    );
+    let _ = writeln!(
+        out,
+        "nandbox_erase_count_sum {}",
+        counts.iter().sum::<u64>()
+    );
+    let _ = writeln!(out, "nandbox_erase_count_count {}", counts.len());
+}
 
 /// Per-cause breakdowns, exported as one counter with a `cause` label each.
 const BY_CAUSE: &[(&str, &str, &str)] = &[
@@ -220,6 +297,10 @@ pub fn render_metrics(stats: &Value) -> String {
             }
         }
         known.push("erase_count");
+    }
+    if let Some(Value::Array(counts)) = stats.get("erase_counts") {
+        erase_count_histogram(&mut out, counts);
+        known.push("erase_counts");
     }
     if let Value::Object(map) = stats {
         for (key, v) in map {
@@ -320,6 +401,8 @@ mod tests {
             "nand_program_bytes": {"data": 4096, "gc": 16384, "total": 20480},
             "waf": 2.5,
             "erase_count": {"min": 1, "max": 9, "mean": 4.5},
+            "erase_counts": [1, 2, 9, 3],
+            "lifetime_host_write_bytes": 4096,
             "delta": {"inline_hits": 7, "name": "x"},
             "host_flushes": 3,
             "nand_read_pages_by_cause": {"gc": 5, "total": 5},
@@ -332,6 +415,12 @@ mod tests {
         assert!(!m.contains("cause=\"total\""));
         assert!(m.contains("nandbox_waf 2.5\n"));
         assert!(m.contains("nandbox_erase_count_max 9\n"));
+        assert!(m.contains("# TYPE nandbox_erase_count histogram\n"));
+        assert!(m.contains("nandbox_erase_count_bucket{le=\"1\"} 1\n"));
+        assert!(m.contains("nandbox_erase_count_bucket{le=\"5\"} 3\n"));
+        assert!(m.contains("nandbox_erase_count_bucket{le=\"+Inf\"} 4\n"));
+        assert!(m.contains("nandbox_erase_count_sum 15\nnandbox_erase_count_count 4\n"));
+        assert!(m.contains("nandbox_lifetime_host_write_bytes_total 4096\n"));
         assert!(m.contains("nandbox_delta_inline_hits 7\n"));
         assert!(!m.contains("delta_name"));
         assert!(m.contains("nandbox_host_flushes_total 3\n"));

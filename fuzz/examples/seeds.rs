@@ -187,5 +187,47 @@ fn main() {
         }
         put(corpus, "ftl_power_cut", name, &b);
     }
+    // Delta: a real XOR delta of two versions of a block, an inline area holding three deltas,
+    // and a compact page holding them.
+    let base = &bf16[..4096];
+    let mut new = base.to_vec();
+    for i in (0..4096).step_by(61) {
+        new[i] ^= 0x5a;
+    }
+    let mut delta = vec![0u8; 4096 + 64];
+    let n = nandbox_core::delta::xor::encode(&new, base, &mut delta).unwrap();
+    let delta = &delta[..n];
+    put(corpus, "delta_decode", "xor", &[&[0u8][..], delta].concat());
+    let mut img = vec![0u8; 4096];
+    let mut len = 0;
+    for off in [3u16, 17, 200] {
+        let d = &delta[..delta.len().min(300)];
+        len = nandbox_core::delta::inline::push(&mut img, len, off, off == 17, 1, 2, d).unwrap();
+    }
+    img[..2].copy_from_slice(&(len as u16).to_le_bytes());
+    put(
+        corpus,
+        "delta_decode",
+        "inline",
+        &[&[1u8][..], &img].concat(),
+    );
+    let mut page = vec![0u8; 4096];
+    let mut b = nandbox_core::delta::compact::Builder::new(&mut page, 7);
+    for off in [3u16, 17, 200] {
+        assert!(b.add(&mut page, off, 1, 2, &delta[..delta.len().min(300)]));
+    }
+    b.finish(&mut page);
+    put(
+        corpus,
+        "delta_decode",
+        "compact",
+        &[&[2u8 | 0x40][..], &page].concat(),
+    );
+    put(
+        corpus,
+        "delta_decode",
+        "compact-built",
+        &[&[2u8 | 0x80][..], delta].concat(),
+    );
     println!("seeds written to {}", corpus.display());
 }

@@ -52,6 +52,8 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 rss_later() { (sleep "$1"; rss_kib "$server_pid" >"$2") & }
 
 work=$(mktemp -d)
+# fio saves verify state files in the current directory: keep them out of the checkout.
+cd "$work"
 server_pid=
 cleanup() {
     [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null || true

@@ -69,6 +69,9 @@ pub enum SlotKind {
     Checkpoint = 4,
     /// A compact page of evicted deltas; the owner is its node id.
     Compact = 5,
+    /// A delta log slot: the inline deltas created since the previous one, for roll-forward;
+    /// the owner is 0.
+    DeltaLog = 6,
 }
 
 impl SlotKind {
@@ -79,6 +82,7 @@ impl SlotKind {
             3 => SlotKind::Padding,
             4 => SlotKind::Checkpoint,
             5 => SlotKind::Compact,
+            6 => SlotKind::DeltaLog,
             _ => return None,
         })
     }
@@ -277,6 +281,35 @@ pub mod compact {
     pub const ENTRY_HEADER: usize = 12;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBCM";
+    /// The version written.
+    pub const VERSION: u16 = 1;
+}
+
+/// The delta log slot: inline deltas created since the previous delta log slot, each with its
+/// LBA, written at a flush so that many new deltas cost one slot, not one node page each.
+pub mod delta_log {
+    /// Byte ranges of the header; entries follow from [`field::ENTRIES`].
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBDL"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: Range<usize> = 4..6;
+        /// Entries held.
+        pub const COUNT: Range<usize> = 6..8;
+        /// Bytes of entries after the header.
+        pub const USED: Range<usize> = 8..12;
+        /// Reserved, written 0.
+        pub const RESERVED: Range<usize> = 12..28;
+        /// CRC32 of the whole slot with these four bytes taken as zero.
+        pub const CRC: Range<usize> = 28..32;
+        /// First entry: LBA u32, length u16, reserved u16, base CRC u32, new CRC u32, delta.
+        pub const ENTRIES: usize = 32;
+    }
+    /// Entry header length.
+    pub const ENTRY_HEADER: usize = 16;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBDL";
     /// The version written.
     pub const VERSION: u16 = 1;
 }

@@ -290,7 +290,7 @@ fn power_cut_at_every_op_four_slot_pages_delta_on() {
     let s = Setup {
         geo: small_geometry(4, 16, logical),
         cfg: config(logical, 3),
-        ops: workload(17, logical, 5400, true),
+        ops: workload(17, logical, 2800, true),
         delta: true,
     };
     sweep(&s, 2000);

@@ -7,6 +7,7 @@
 //!   FIFO order, and the benefit model that decides whether a new delta may replace old ones.
 //! - [`hotness`] — per-group read/write heat and its online clustering into four classes.
 //! - [`compact`] — compact pages: evicted deltas of read-cold/write-hot groups packed together.
+//! - [`log`] — the delta log: new deltas packed into one slot per flush, replayed at mount.
 //!
 //! The FTL glue (when to encode, evict, rebuild, restore) is `ftl::delta`. Deltas are always
 //! against the base block the node page still points to, never chained.
@@ -14,4 +15,5 @@
 pub mod compact;
 pub mod hotness;
 pub mod inline;
+pub mod log;
 pub mod xor;

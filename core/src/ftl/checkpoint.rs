@@ -100,6 +100,9 @@ impl<N: Nand> Ftl<'_, N> {
         self.cp_heads = [heads[0].0, heads[1].0, heads[2].0];
         self.blocks_since_cp = 0;
         self.stats.checkpoints += 1;
+        // Every node the open delta log and the logged slots changed is in this checkpoint.
+        self.drop_dlog();
+        self.dlog_blocks.clear();
         self.release_prefree(true);
         Ok(())
     }

@@ -19,8 +19,9 @@ pub const CP_RESERVE: u32 = 3;
 /// Largest number of 4 KiB slots per page the FTL handles (a 32 KiB page).
 pub const MAX_SLOTS_PER_PAGE: u32 = 8;
 /// Page buffers the FTL needs: three log pages, a scratch page, a GC page, a retry page, and
-/// two for the delta engine (an encoded delta; a base block being patched).
-pub const PAGE_BUFFERS: usize = 8;
+/// three for the delta engine (an encoded delta; a base block being patched; the open delta
+/// log slot).
+pub const PAGE_BUFFERS: usize = 9;
 
 /// Logical blocks (LBAs) mapped by one node page.
 pub const LBAS_PER_NODE: u32 = node::LBAS;
@@ -170,6 +171,8 @@ pub struct CacheSlot {
     pub(crate) freq: u32,
     /// The group's read/write heat.
     pub(crate) heat: Heat,
+    /// The open delta log holds a delta of this node: the log goes to flash before the node.
+    pub(crate) in_dlog: bool,
 }
 
 impl CacheSlot {

@@ -4,9 +4,15 @@
 //!
 //! # Durability
 //!
-//! A delta lives only in its node page, so every change to a node's inline area (a new delta,
-//! a removal, an eviction, a compaction, a restore) marks the node *unlogged*: the next flush
-//! (barrier) or checkpoint writes it, and no block freed since is erased before that. The base
+//! A new delta goes into its node page (RAM) and into the open *delta log* slot
+//! ([`crate::delta::log`]); a flush (barrier) writes the log slot, so the deltas of a flush
+//! interval cost one slot, not one node page per group. Roll-forward replays log entries into
+//! node copies older than the log slot, in sequence order with data slots. Log slots are never
+//! valid data: their blocks are kept from erasure until the next checkpoint, which writes every
+//! node and so supersedes them. The log is written before any node copy holding one of its
+//! entries (else replay would apply the entry over later changes). Changes no log replays (a
+//! compaction, a compact page moved by GC, a trim) mark the node *unlogged*, so the next flush
+//! writes it, and no block freed since is erased before that. The base
 //! block a delta applies to is the slot the node still points to, so it stays valid (mapped)
 //! while the delta lives, and GC moves it like any mapped slot. Every entry names its base by
 //! the base's data CRC (which GC and retries carry unchanged) and the block it produces by its
@@ -18,6 +24,7 @@ use super::*;
 use crate::delta::compact::{Builder, CompactView};
 use crate::delta::hotness::Class;
 use crate::delta::inline::{self, Entry};
+use crate::delta::log::{LogBuilder, LogEntry, LogView};
 use crate::delta::xor::{self, MAX_DELTA};
 use crate::format::inline_delta::{AREA, HEADER};
 
@@ -52,15 +59,22 @@ impl<N: Nand> Ftl<'_, N> {
             CACHE_COMPACT,
             p.0,
         );
-        self.mark_delta_change(s);
+        self.mark_unlogged(s);
     }
 
-    /// The inline area (or compact pointer) of node `s` changed: nothing replays that, so the
-    /// node must be written by the next barrier.
-    fn mark_delta_change(&mut self, s: usize) {
+    /// The inline area of node `s` changed in a way roll-forward reproduces (a delta logged, a
+    /// block rewritten whole, which makes its entry stale).
+    fn mark_delta_dirty(&mut self, s: usize) {
         let m = &mut self.cache_meta[s];
         m.dirty = true;
         m.delta_dirty = true;
+    }
+
+    /// The inline area (or compact pointer) of node `s` changed in a way nothing replays: the
+    /// node must be written by the next barrier.
+    fn mark_unlogged(&mut self, s: usize) {
+        self.mark_delta_dirty(s);
+        let m = &mut self.cache_meta[s];
         if !m.unlogged {
             m.unlogged = true;
             self.unlogged += 1;
@@ -88,19 +102,175 @@ impl<N: Nand> Ftl<'_, N> {
     }
 
     fn remove_entry(&mut self, s: usize, e: &Entry) {
+        if self.cache_meta[s].in_dlog {
+            // The open log must not bring back a delta the live state dropped: roll-forward
+            // would apply it after the rewrite that dropped it (the rewrite's slot is older).
+            let lba = (self.cache_meta[s].node_plus_one - 1) * LBAS_PER_NODE + e.off as u32;
+            let l = self.slot_offset(LBUF, 0);
+            self.dlog.kill(&mut self.bufs[l..l + SLOT_BYTES], lba);
+        }
         let len = self.inline_len(s);
         let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
         self.cache_meta[s].inline_len = inline::remove(img, len, e) as u16;
-        self.mark_delta_change(s);
+        self.mark_delta_dirty(s);
     }
 
-    /// Removes the delta of offset `off` (its block was rewritten whole or trimmed).
-    pub(super) fn drop_delta(&mut self, s: usize, off: u32) -> R<(), N::Error> {
+    /// Removes the delta of offset `off`: its block was rewritten whole (with data CRC
+    /// `new_crc`) or trimmed (`None`; the trim itself marks the node unlogged). A rewrite makes
+    /// the entry stale on replay by its base CRC, unless the new block has the base's very
+    /// content: then only a node copy can say the delta is gone.
+    pub(super) fn drop_delta(
+        &mut self,
+        s: usize,
+        off: u32,
+        new_crc: Option<u32>,
+    ) -> R<(), N::Error> {
         if self.cache_meta[s].inline_len == 0 {
             return Ok(());
         }
         if let Some(e) = self.find_entry(s, off)? {
             self.remove_entry(s, &e);
+            if new_crc == Some(e.base_crc) {
+                self.mark_unlogged(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the open delta log slot into the hot log (a no-op when it is empty).
+    pub(super) fn commit_dlog(&mut self) -> R<(), N::Error> {
+        if self.dlog.count() == 0 || self.dlog_busy || self.replay_seq.is_some() {
+            return Ok(());
+        }
+        self.dlog_busy = true;
+        let r = self.commit_dlog_inner();
+        self.dlog_busy = false;
+        r
+    }
+
+    fn commit_dlog_inner(&mut self) -> R<(), N::Error> {
+        self.ensure_room(HOT)?;
+        // Making room may have checkpointed, which drops the log.
+        if self.dlog.count() == 0 {
+            return Ok(());
+        }
+        let b = self.logs[HOT].block;
+        if !self.dlog_blocks.contains(&b) && self.dlog_blocks.push(b).is_err() {
+            // Too many protected blocks: a checkpoint makes every logged delta durable in its
+            // node instead (and drops the log).
+            return self.checkpoint();
+        }
+        let l = self.slot_offset(LBUF, 0);
+        let crc = self.dlog.finish(&mut self.bufs[l..l + SLOT_BYTES]);
+        let dst = self.slot_offset(HOT, self.logs[HOT].fill);
+        self.bufs.copy_within(l..l + SLOT_BYTES, dst);
+        let p = self.commit_slot(HOT, SlotKind::DeltaLog, 0, crc, Cause::Delta);
+        // Never valid data: the block is kept by `dlog_blocks` until the next checkpoint.
+        self.invalidate(p);
+        self.drop_dlog();
+        Ok(())
+    }
+
+    /// Empties the open delta log (after it was written, or by a checkpoint that wrote every
+    /// node holding its entries).
+    pub(super) fn drop_dlog(&mut self) {
+        self.dlog = LogBuilder::default();
+        for m in self.cache_meta.iter_mut() {
+            m.in_dlog = false;
+        }
+    }
+
+    /// Roll-forward of a data slot `p` for offset `off` of node `s`: like the live write did,
+    /// drop the offset's delta unless the slot is its base moved by GC (same data CRC), so the
+    /// room it took is free for the log entries replayed after it.
+    pub(super) fn replay_drop_stale(&mut self, s: usize, off: u32, p: Ppa) -> R<(), N::Error> {
+        if self.cache_meta[s].inline_len == 0 {
+            return Ok(());
+        }
+        let Some(e) = self.find_entry(s, off)? else {
+            return Ok(());
+        };
+        let sp = self.spare_offset(GCBUF) + (p.0 % self.spp) as usize * SPARE;
+        for _ in 0..READ_ATTEMPTS {
+            self.nand_read_spare(p.0 / self.spp, GCBUF, Cause::Checkpoint)?;
+            if let Ok(r) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
+                if r.data_crc != e.base_crc {
+                    self.remove_entry(s, &e);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Roll-forward of the delta log slot `p` (sequence `seq`): each entry goes into its node
+    /// unless the node copy is newer. An entry that no longer fits (an unreplayable compaction
+    /// freed the room, and no flush wrote the node since, so the entry is unflushed) is skipped,
+    /// leaving the LBA at its previous state.
+    pub(super) fn replay_dlog(&mut self, p: Ppa, seq: u64) -> R<(), N::Error> {
+        let page = p.0 / self.spp;
+        let slot = p.0 % self.spp;
+        let mut sound = false;
+        for _ in 0..READ_ATTEMPTS {
+            self.nand_read(page, GCBUF, Cause::Checkpoint)?;
+            if matches!(self.slot_record(GCBUF, slot), Ok(r) if r.kind == SlotKind::DeltaLog) {
+                sound = true;
+                break;
+            }
+        }
+        if !sound {
+            return Err(Error::Corrupted(corrupted("delta log slot damaged", p.0)));
+        }
+        let src = self.slot_offset(GCBUF, slot);
+        let b = self.slot_offset(BBUF, 0);
+        self.bufs.copy_within(src..src + SLOT_BYTES, b);
+        let count = LogView::new_checked(&self.bufs[b..b + SLOT_BYTES])
+            .map_err(|_| Error::Corrupted(corrupted("delta log slot malformed", p.0)))?
+            .entries()
+            .count();
+        for i in 0..count {
+            let b = self.slot_offset(BBUF, 0);
+            let view = LogView::new_checked(&self.bufs[b..b + SLOT_BYTES])
+                .map_err(|_| Error::Corrupted(corrupted("delta log slot malformed", p.0)))?;
+            let Some(Ok(e)) = view.entries().nth(i) else {
+                break;
+            };
+            let (lba, base_crc, new_crc, len) = (e.lba, e.base_crc, e.new_crc, e.delta.len());
+            let at = e.delta.as_ptr() as usize - self.bufs[b..].as_ptr() as usize + b;
+            if lba == u32::MAX {
+                continue; // dropped before the slot was written
+            }
+            if lba >= self.cfg.logical_blocks {
+                return Err(Error::Corrupted(corrupted(
+                    "delta log entry out of range",
+                    p.0,
+                )));
+            }
+            let g = lba / LBAS_PER_NODE;
+            let off = lba % LBAS_PER_NODE;
+            let s = self.node_slot(g)?;
+            if seq <= self.cache_meta[s].base_seq
+                || self.room_after_replace(s, off, len + HEADER)?.is_none()
+            {
+                continue;
+            }
+            if let Some(old) = self.find_entry(s, off)? {
+                self.remove_entry(s, &old);
+            }
+            let ilen = self.inline_len(s);
+            let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+            if let Some(l) = inline::push(
+                img,
+                ilen,
+                off as u16,
+                false,
+                base_crc,
+                new_crc,
+                &self.bufs[at..at + len],
+            ) {
+                self.cache_meta[s].inline_len = l as u16;
+            }
+            self.mark_delta_dirty(s);
         }
         Ok(())
     }
@@ -232,15 +402,20 @@ impl<N: Nand> Ftl<'_, N> {
             self.stats.deltas_refused += 1;
             return Ok(false);
         }
+        let new_crc = crc32(&[data]);
+        // Room in the delta log first: writing a full log slot is I/O, done while the node
+        // still shows the LBA's previous state.
+        if !self.dlog.fits(n) {
+            self.commit_dlog()?;
+        }
         let s = self.node_slot(g)?;
-        if self.room_after_replace(s, off, need)?.is_none() {
+        if self.room_after_replace(s, off, need)?.is_none() || !self.dlog.fits(n) {
             return Ok(false);
         }
         if let Some(old) = self.find_entry(s, off)? {
             self.remove_entry(s, &old);
         }
         let len = self.inline_len(s);
-        let new_crc = crc32(&[data]);
         let d = self.slot_offset(DBUF, 0);
         let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
         let Some(new_len) = inline::push(
@@ -255,7 +430,25 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(false);
         };
         self.cache_meta[s].inline_len = new_len as u16;
-        self.mark_delta_change(s);
+        self.mark_delta_dirty(s);
+        self.cache_meta[s].in_dlog = true;
+        let d = self.slot_offset(DBUF, 0);
+        let l = self.slot_offset(LBUF, 0);
+        // LBUF is after DBUF.
+        let (lo, hi) = self.bufs.split_at_mut(l);
+        if self.dlog.count() == 0 {
+            self.dlog = LogBuilder::start(&mut hi[..SLOT_BYTES]);
+        }
+        let logged = self.dlog.add(
+            &mut hi[..SLOT_BYTES],
+            &LogEntry {
+                lba,
+                base_crc,
+                new_crc,
+                delta: &lo[d..d + n],
+            },
+        );
+        debug_assert!(logged, "room was checked");
         self.stats.deltas_inlined += 1;
         self.stats.delta_inline_bytes += need as u64;
         Ok(true)
@@ -340,8 +533,10 @@ impl<N: Nand> Ftl<'_, N> {
         }
         let base_crc = self.load_base(p, lba, Cause::Delta)?;
         if base_crc != e.base_crc {
-            // Stale since roll-forward: the mapped block is already the newer one.
+            // Stale since roll-forward: the mapped block is already the newer one. No slot
+            // records this removal, so the node must be written.
             self.remove_entry(s, &e);
+            self.mark_unlogged(s);
             return Ok(());
         }
         self.apply_entry(s, g, &e)?;

@@ -31,6 +31,7 @@ impl<N: Nand> Ftl<'_, N> {
 
     fn barrier_inner(&mut self) -> R<u32, N::Error> {
         for _ in 0..4 {
+            self.commit_dlog()?;
             for s in 0..self.cache_meta.len() {
                 if self.cache_meta[s].unlogged {
                     self.writeback(s, self.node_cause(s))?;
@@ -52,7 +53,11 @@ impl<N: Nand> Ftl<'_, N> {
         let mut released = 0;
         for b in 0..self.blocks.len() {
             match self.blocks[b].state {
-                st::PREFREE if all || !self.cp_heads.contains(&(b as u32)) => {
+                st::PREFREE
+                    if all
+                        || (!self.cp_heads.contains(&(b as u32))
+                            && !self.dlog_blocks.contains(&(b as u32))) =>
+                {
                     self.blocks[b].state = st::FREE;
                     self.prefree_count -= 1;
                     self.free_count += 1;

@@ -65,6 +65,10 @@ const RETRY: usize = 5;
 const DBUF: usize = 6;
 /// Delta engine: a base block being patched.
 const BBUF: usize = 7;
+/// Delta engine: the open delta log slot.
+const LBUF: usize = 8;
+/// Blocks holding delta log slots that may not be erased before the next checkpoint.
+const DLOG_BLOCKS: usize = 32;
 /// Where a cached node image keeps the group's compact page address (after the 256 pointers;
 /// the inline area, at most `inline_delta::AREA` bytes at the end, never reaches it).
 const CACHE_COMPACT: usize = 4 * LBAS_PER_NODE as usize;
@@ -168,6 +172,12 @@ pub struct Ftl<'a, N: Nand> {
     /// Keep updates of blocks already on flash as inline deltas.
     delta_on: bool,
     classifier: Classifier,
+    /// The open delta log slot (in `LBUF`).
+    dlog: crate::delta::log::LogBuilder,
+    dlog_busy: bool,
+    /// Blocks with delta log slots written since the last checkpoint: roll-forward needs them
+    /// until a checkpoint has written every node they changed.
+    dlog_blocks: heapless::Vec<u32, DLOG_BLOCKS>,
     logs: [Log; 3],
     next_seq: u64,
     cp_seq: u64,
@@ -241,6 +251,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
             policy: CachePolicy::Lru,
             delta_on: false,
             classifier: Classifier::default(),
+            dlog: Default::default(),
+            dlog_busy: false,
+            dlog_blocks: heapless::Vec::new(),
             logs: [Log::CLOSED; 3],
             next_seq: 1,
             cp_seq: 0,
@@ -494,7 +507,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             self.invalidate(old);
         }
         // The block is whole again: its delta (inline or marker) is dead.
-        self.drop_delta(s, off)?;
+        self.drop_delta(s, off, Some(crc))?;
         self.stats.host_writes += 1;
         self.stats.host_write_bytes += SLOT_BYTES as u64;
         self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
@@ -520,7 +533,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     if p.is_some() {
                         self.set_ptr(s, off, Ppa::NONE);
                         self.invalidate(p);
-                        self.drop_delta(s, off)?;
+                        self.drop_delta(s, off, None)?;
                         changed = true;
                     }
                 }
@@ -803,6 +816,11 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// Writes cached node `s` to the node log and points the NAT at the new copy.
     fn writeback(&mut self, s: usize, cause: Cause) -> R<(), N::Error> {
         let g = self.cache_meta[s].node_plus_one - 1;
+        // The delta log must not come after a node copy holding its deltas (roll-forward would
+        // apply them again, over later changes); a checkpoint drops the log instead.
+        if self.cache_meta[s].in_dlog && !self.in_checkpoint {
+            self.commit_dlog()?;
+        }
         // Rule 1: the data this node points to must be on flash before the node is.
         for log in [HOT, COLD] {
             if self.log_holds_group(log, g) {
@@ -1174,6 +1192,19 @@ impl<'a, N: Nand> Ftl<'a, N> {
                         self.commit_slot(log, SlotKind::Compact, rec.owner, rec.data_crc, cause);
                     self.set_compact_ptr(s, new);
                     self.invalidate(old);
+                }
+                SlotKind::DeltaLog => {
+                    self.ensure_room(log)?;
+                    let dst = self.slot_offset(log, self.logs[log].fill);
+                    self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+                    let new = self.commit_slot(log, SlotKind::DeltaLog, 0, rec.data_crc, cause);
+                    self.invalidate(new);
+                    let b = new.0 / self.spp / self.ppb;
+                    if !self.dlog_blocks.contains(&b) {
+                        // Full: the block is unprotected until the next checkpoint, which the
+                        // caller's next allocation forces soon; accepted for this rare path.
+                        let _ = self.dlog_blocks.push(b);
+                    }
                 }
                 SlotKind::Node => {
                     if self.nat.get(rec.owner as usize) != Some(&old.0) {

@@ -460,6 +460,7 @@ impl<N: Nand> Ftl<'_, N> {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
                         SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
+                        SlotKind::DeltaLog => r.owner == 0,
                         SlotKind::Checkpoint => false,
                     };
                     if r.seq <= cp_seq || !owner_ok {
@@ -512,6 +513,10 @@ impl<N: Nand> Ftl<'_, N> {
             let mut e = scan[i];
             let (kind, owner, seq) = e.head.expect("picked");
             let p = Ppa((e.block * self.ppb + e.page) * self.spp + e.slot);
+            if kind == SlotKind::DeltaLog {
+                self.replay_seq = Some(last_applied);
+                self.replay_dlog(p, seq)?;
+            }
             if kind == SlotKind::Data {
                 self.replay_seq = Some(last_applied);
                 let g = owner / LBAS_PER_NODE;
@@ -519,6 +524,7 @@ impl<N: Nand> Ftl<'_, N> {
                 if seq > self.cache_meta[s].stamp_base() {
                     self.set_ptr(s, owner % LBAS_PER_NODE, p);
                     self.cache_meta[s].dirty = true;
+                    self.replay_drop_stale(s, owner % LBAS_PER_NODE, p)?;
                 }
             }
             last_applied = seq;
@@ -584,6 +590,7 @@ impl<N: Nand> Ftl<'_, N> {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
                         SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
+                        SlotKind::DeltaLog => r.owner == 0,
                         SlotKind::Checkpoint => false,
                     };
                     if r.seq > self.cp_seq && owner_ok {

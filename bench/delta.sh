@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# bench/delta.sh — the delta engine (MedFS inline deltas) off against on, in the same run.
+#
+# Figure: NAND bytes programmed, all causes (data, delta, node, compact, gc, checkpoint,
+# padding), per host byte written, over the measured phase (counters from GET /stats before
+# and after it; the fill that creates the base blocks is not in it). Reduction = 1 - on/off.
+#
+#   bench/delta.sh                          # every part, tlc profile
+#   PARTS="controlled fio" bench/delta.sh   # a subset: controlled fio sqlite latency
+#   PROFILE=femu bench/delta.sh             # 4 KiB pages: no padding when a flush cuts a page
+#   NANDBOX=/path/to/nandbox bench/delta.sh # a prebuilt binary
+#
+# Parts:
+#   controlled  python3-libnbd client: 4,096 blocks (16 MiB) filled with random data and
+#               flushed, then UPDATES random blocks rewritten with a contiguous run of P% of
+#               their bytes changed (P = 1, 5, 14, 30, 60), a flush every FLUSH_EVERY writes.
+#   fio         fio randwrite, bs 4k, QD1 (one I/O buffer), fio's default buffers, over a 64 MiB
+#               region fio wrote sequentially first (reported separately: fio rewrites the same
+#               buffer, only scrambled a little, which flatters deltas).
+#   sqlite      (root) ext4 over nbdfuse + losetup --direct-io=on, the sqlite3 CLI with
+#               synchronous=FULL: a table of ROWS rows of ~200 bytes, then TXNS single-row
+#               UPDATE transactions of a small integer column of random rows; rollback-journal
+#               (DELETE) and WAL modes. Measured: the UPDATE phase.
+#   latency     (root) the sqlite WAL workload with --latency virtual and 64 node-cache slots:
+#               mean virtual read latency delta on / off, and node-cache hit rate and NAND node
+#               page reads, score against lru (delta on).
+set -euo pipefail
+
+PARTS=${PARTS:-"controlled fio sqlite latency"}
+PROFILE=${PROFILE:-tlc}
+UPDATES=${UPDATES:-8192}
+FLUSH_EVERY=${FLUSH_EVERY:-16}
+ROWS=${ROWS:-200000}
+TXNS=${TXNS:-20000}
+PY=/usr/bin/python3   # Debian's python3 carries the libnbd bindings (module `nbd`)
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+need() { command -v "$1" >/dev/null || { echo "bench/delta.sh: $1 is not installed" >&2; exit 1; }; }
+for t in curl fio "$PY"; do need "$t"; done
+"$PY" -c 'import nbd' 2>/dev/null || { echo "bench/delta.sh: $PY lacks the nbd module (python3-libnbd)" >&2; exit 1; }
+if [[ " $PARTS " == *" sqlite "* || " $PARTS " == *" latency "* ]]; then
+    for t in sqlite3 nbdfuse fusermount3 losetup mkfs.ext4 mount umount; do need "$t"; done
+    [ "$(id -u)" = 0 ] || { echo "bench/delta.sh: the sqlite parts need root (loop devices, mount)" >&2; exit 1; }
+fi
+
+if [ -z "${NANDBOX:-}" ]; then
+    echo "building nandbox (release)..." >&2
+    cargo build --release -q -p nandbox --manifest-path "$here/Cargo.toml"
+    NANDBOX=${CARGO_TARGET_DIR:-$here/target}/release/nandbox
+fi
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 300); do
+        "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench/delta.sh: nothing listening on port $1" >&2; exit 1
+}
+
+work=$(mktemp -d)
+SPID=""
+MNT=""; LOOP=""; FUSE=""; FPID=""
+detach() {
+    [ -n "$MNT" ] && { umount "$MNT" 2>/dev/null || true; MNT=""; }
+    [ -n "$LOOP" ] && { losetup -d "$LOOP" 2>/dev/null || true; LOOP=""; }
+    [ -n "$FUSE" ] && { fusermount3 -uz "$FUSE" 2>/dev/null || true; FUSE=""; }
+    [ -n "$FPID" ] && { kill "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; FPID=""; }
+}
+stop() { [ -n "$SPID" ] && { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=""; }; }
+cleanup() { detach; stop; rm -rf "$work"; }
+trap cleanup EXIT
+
+# serve NAME SIZE ARGS... : starts a device; sets PORT and CPORT.
+serve() {
+    local name=$1 size=$2; shift 2
+    PORT=$(free_port); CPORT=$(free_port)
+    "$NANDBOX" serve --listen "127.0.0.1:$PORT" --control "127.0.0.1:$CPORT" --size "$size" \
+        --profile "$PROFILE" "$@" >"$work/$name.log" 2>&1 &
+    SPID=$!
+    wait_port "$PORT"; wait_port "$CPORT"
+}
+snap() { curl -sf "http://127.0.0.1:$CPORT/stats" >"$1"; }
+# figure BEFORE AFTER : NAND program bytes / host write bytes over the phase, and the detail.
+figure() {
+    "$PY" - "$1" "$2" <<'EOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+host = b["host_write_bytes"] - a["host_write_bytes"]
+causes = ["data", "delta", "node", "compact", "gc", "checkpoint", "padding"]
+d = {c: b["nand_program_bytes"][c] - a["nand_program_bytes"][c] for c in causes}
+tot = sum(d.values())
+print(f"{tot / host if host else 0:.3f}\t" + " ".join(f"{c}={d[c] / host if host else 0:.2f}" for c in causes))
+EOF
+}
+ratio() { "$PY" -c "import sys; off,on=float(sys.argv[1]),float(sys.argv[2]); print(f'{(1-on/off)*100:.1f}%' if off else '-')" "$1" "$2"; }
+
+# --- (2) controlled updates ------------------------------------------------------------------
+controlled() {
+    cat >"$work/controlled.py" <<'EOF'
+import nbd, random, sys, json, urllib.request
+uri, cport, pct, updates, flush_every = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+BLOCKS, BS = 4096, 4096
+rng = random.Random(42)
+h = nbd.NBD(); h.connect_uri(uri)
+blocks = [bytearray(rng.randbytes(BS)) for _ in range(BLOCKS)]
+for i in range(0, BLOCKS, 256):
+    h.pwrite(b"".join(blocks[i:i + 256]), i * BS)
+h.flush()
+def stats(path):
+    open(path, "wb").write(urllib.request.urlopen(f"http://127.0.0.1:{cport}/stats").read())
+stats(sys.argv[6])
+n = max(1, int(BS * pct / 100))
+for k in range(updates):
+    b = rng.randrange(BLOCKS)
+    at = rng.randrange(BS - n + 1)
+    blk = blocks[b]
+    blk[at:at + n] = bytes(x ^ (1 + rng.randrange(255)) for x in blk[at:at + n])
+    h.pwrite(bytes(blk), b * BS)
+    if (k + 1) % flush_every == 0:
+        h.flush()
+h.flush()
+for b in rng.sample(range(BLOCKS), 256):   # spot check: the device returns what was written
+    assert h.pread(BS, b * BS) == bytes(blocks[b]), b
+stats(sys.argv[7])
+h.shutdown()
+EOF
+    echo "## (2) controlled updates: $UPDATES random 4 KiB rewrites of 4,096 blocks, P% of bytes changed (one contiguous run), flush every $FLUSH_EVERY; profile $PROFILE"
+    printf "changed\tNAND/host off\tNAND/host on\treduction\tdetail on (per host byte)\n"
+    for pct in 1 5 14 30 60; do
+        local f=()
+        for d in off on; do
+            serve "ctl-$pct-$d" 64MiB --delta "$d"
+            "$PY" "$work/controlled.py" "nbd://127.0.0.1:$PORT" "$CPORT" "$pct" "$UPDATES" "$FLUSH_EVERY" \
+                "$work/c-$pct-$d-a.json" "$work/c-$pct-$d-b.json"
+            stop
+            f+=("$(figure "$work/c-$pct-$d-a.json" "$work/c-$pct-$d-b.json")")
+        done
+        printf "%s%%\t%s\t%s\t%s\t%s\n" "$pct" "${f[0]%%$'\t'*}" "${f[1]%%$'\t'*}" \
+            "$(ratio "${f[0]%%$'\t'*}" "${f[1]%%$'\t'*}")" "${f[1]#*$'\t'}"
+    done
+    echo
+}
+
+# --- (3) fio randwrite -----------------------------------------------------------------------
+fio_part() {
+    echo "## (3) fio randwrite 4k QD1, default buffers, over a 64 MiB region first written sequentially by fio (4k QD1); 64 MiB of random writes; profile $PROFILE"
+    printf "delta\tNAND/host\tdetail (per host byte)\n"
+    local f=()
+    for d in off on; do
+        serve "fio-$d" 256MiB --delta "$d"
+        fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$PORT" --rw=write --bs=4k --iodepth=1 \
+            --size=64M --output="$work/fio-fill-$d.txt" >/dev/null
+        snap "$work/f-$d-a.json"
+        fio --name=rw --ioengine=nbd --uri="nbd://127.0.0.1:$PORT" --rw=randwrite --bs=4k --iodepth=1 \
+            --size=64M --io_size=64M --randrepeat=1 --output="$work/fio-$d.txt" >/dev/null
+        snap "$work/f-$d-b.json"
+        stop
+        f+=("$(figure "$work/f-$d-a.json" "$work/f-$d-b.json")")
+        printf "%s\t%s\n" "$d" "${f[-1]}"
+    done
+    echo "reduction: $(ratio "${f[0]%%$'\t'*}" "${f[1]%%$'\t'*}")"
+    echo
+}
+
+# --- (1) SQLite on ext4 ----------------------------------------------------------------------
+# attach SIZE : ext4 on the running device, mounted at $MNT.
+attach() {
+    FUSE=$work/fuse; mkdir -p "$FUSE"
+    nbdfuse "$FUSE" "nbd://127.0.0.1:$PORT" >"$work/nbdfuse.log" 2>&1 &
+    FPID=$!
+    for _ in $(seq 1 300); do [ -e "$FUSE/nbd" ] && [ "$(stat -c %s "$FUSE/nbd")" = "$1" ] && break; sleep 0.1; done
+    LOOP=$(losetup --direct-io=on --find --show "$FUSE/nbd")
+    mkfs.ext4 -q -F "$LOOP"
+    MNT=$work/mnt; mkdir -p "$MNT"
+    mount "$LOOP" "$MNT"
+}
+
+# sqlite_run NAME MODE SERVE-ARGS... : prints "figure<TAB>detail"; leaves stats in $work/NAME-*.json
+sqlite_run() {
+    local name=$1 mode=$2; shift 2
+    local size=$((512 << 20))
+    serve "$name" "$size" "$@"
+    attach "$size"
+    local db=$MNT/bench.db
+    sqlite3 "$db" >/dev/null <<EOF
+PRAGMA journal_mode=$mode;
+PRAGMA synchronous=FULL;
+CREATE TABLE t(id INTEGER PRIMARY KEY, small INTEGER, pad TEXT);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $ROWS)
+INSERT INTO t SELECT x, 0, hex(randomblob(96)) FROM c;
+EOF
+    sync
+    "$PY" - "$ROWS" "$TXNS" "$mode" >"$work/updates.sql" <<'EOF'
+import random, sys
+rows, txns, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rng = random.Random(7)
+print(f"PRAGMA journal_mode={mode};\nPRAGMA synchronous=FULL;")
+for _ in range(txns):
+    print(f"UPDATE t SET small = small + 1 WHERE id = {rng.randrange(1, rows + 1)};")
+EOF
+    snap "$work/$name-a.json"
+    sqlite3 "$db" <"$work/updates.sql" >/dev/null
+    snap "$work/$name-b.json"
+    local sum
+    sum=$(sqlite3 "$db" "SELECT sum(small) FROM t;")
+    [ "$sum" = "$TXNS" ] || { echo "bench/delta.sh: $name: sum(small) = $sum, expected $TXNS" >&2; exit 1; }
+    detach
+    stop
+    figure "$work/$name-a.json" "$work/$name-b.json"
+}
+
+sqlite_part() {
+    echo "## (1) SQLite on ext4 (nbdfuse + loop, direct I/O), synchronous=FULL, $ROWS rows of ~200 bytes, $TXNS single-row UPDATE transactions; profile $PROFILE"
+    printf "journal\tNAND/host off\tNAND/host on\treduction\tdetail off | on (per host byte)\n"
+    for mode in DELETE WAL; do
+        local off on
+        off=$(sqlite_run "sq-$mode-off" "$mode" --delta off)
+        on=$(sqlite_run "sq-$mode-on" "$mode" --delta on)
+        printf "%s\t%s\t%s\t%s\t%s | %s\n" "$mode" "${off%%$'\t'*}" "${on%%$'\t'*}" \
+            "$(ratio "${off%%$'\t'*}" "${on%%$'\t'*}")" "${off#*$'\t'}" "${on#*$'\t'}"
+    done
+    echo
+}
+
+latency_part() {
+    echo "## SQLite WAL with --latency virtual, 64 node-cache slots; profile $PROFILE"
+    sqlite_run lat-off WAL --latency virtual --node-cache-slots 64 --node-cache score --delta off >/dev/null
+    sqlite_run lat-on WAL --latency virtual --node-cache-slots 64 --node-cache score --delta on >/dev/null
+    sqlite_run lat-lru WAL --latency virtual --node-cache-slots 64 --node-cache lru --delta on >/dev/null
+    "$PY" - "$work" <<'EOF'
+import json, sys
+w = sys.argv[1]
+def load(n):
+    return json.load(open(f"{w}/{n}-b.json"))
+off, on, lru = load("lat-off"), load("lat-on"), load("lat-lru")
+r_off, r_on = off["latency"]["read_mean_ns"], on["latency"]["read_mean_ns"]
+print(f"mean virtual read latency: delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}")
+print(f"NAND reads per host read: off {off['nand_reads_per_host_read']:.3f}, on {on['nand_reads_per_host_read']:.3f}")
+print("policy\thit rate\tnode-page NAND reads\tNAND reads per host read")
+for name, s in (("score", on), ("lru", lru)):
+    print(f"{name}\t{s['node_cache_hit_rate']:.4f}\t{s['nand_read_pages_by_cause']['node']}\t{s['nand_reads_per_host_read']:.3f}")
+EOF
+    echo
+}
+
+echo "# bench/delta.sh  $(date -u +%FT%TZ)  profile=$PROFILE  nandbox=$NANDBOX"
+echo
+for p in $PARTS; do
+    case $p in
+        controlled) controlled ;;
+        fio) fio_part ;;
+        sqlite) sqlite_part ;;
+        latency) latency_part ;;
+        *) echo "bench/delta.sh: unknown part $p" >&2; exit 1 ;;
+    esac
+done

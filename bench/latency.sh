@@ -9,15 +9,16 @@
 # it shows the host's ceiling for writes (the bound must be below it to be measurable) and the
 # loopback NBD transport's own latency, which fio adds to any device's.
 #
-#   bench/latency.sh                      # tlc, 2 dies for the write check, 10 s per run
-#   DIES=4 RUNTIME=20 bench/latency.sh
+#   bench/latency.sh                      # tlc; write check on 1 and 2 dies; 10 s per run
+#   DIES="1 2 4" RUNTIME=20 bench/latency.sh
 #
 # tlc has 32 dies, a 580 MB/s write bound that no loopback NBD client on a small machine
-# reaches; DIES (default 2) sets `serve --dies` for the write check so the flash, not the host,
-# is the bottleneck. The read check uses the profile's own dies (QD1 uses one at a time anyway).
+# reaches; DIES (default "1 2") lists the `serve --dies` values of the write check, so the flash,
+# not the host, is the bottleneck and the bound is seen to scale with the dies. The read check
+# uses the profile's own dies (QD1 keeps one busy at a time anyway).
 set -euo pipefail
 
-DIES=${DIES:-2}
+DIES=${DIES:-1 2}
 RUNTIME=${RUNTIME:-10}
 PROFILE=tlc
 
@@ -71,31 +72,43 @@ start_nandbox() { # NAME ARGS... ; sets nbd_port_NAME and ctl_port_NAME
 
 # --- reads: real latency on the profile's own dies; 64 MiB written first ----------------------
 start_nandbox reads --profile "$PROFILE" --latency real --size 1GiB
+# The same device with no latency model: the host's own floor (NBD, threads, FTL) for a read.
+start_nandbox floor --profile "$PROFILE" --latency off --size 1GiB
 kit_port=$(free_port)
 nbdkit -f -i 127.0.0.1 -p "$kit_port" memory size=1G >"$work/nbdkit.log" 2>&1 &
 pids+=($!)
 wait_port "$kit_port"
 echo "filling 64 MiB for the read check..." >&2
 fill "nbd://127.0.0.1:$nbd_port_reads" 64M
+fill "nbd://127.0.0.1:$nbd_port_floor" 64M
 fill "nbd://127.0.0.1:$kit_port" 64M
 echo "4k random read QD1, ${RUNTIME} s each..." >&2
 r_nandbox=$(run_fio randread-nandbox "nbd://127.0.0.1:$nbd_port_reads" randread 1 64M)
 r_kit=$(run_fio randread-nbdkit "nbd://127.0.0.1:$kit_port" randread 1 64M)
+r_floor=$(run_fio randread-floor "nbd://127.0.0.1:$nbd_port_floor" randread 1 64M)
 curl -sf "http://127.0.0.1:$ctl_port_reads/stats" >"$work/reads-stats.json"
 
-# --- writes: a fresh 2 GiB device with DIES dies ----------------------------------------------
+# --- writes: a fresh 2 GiB device per dies count -----------------------------------------------
 # Random writes over its first 256 MiB: the device never runs out of erased blocks in a run (no
 # GC) and the mapping of the region fits the node cache, so NAND writes are the host's (WAF ~1)
 # and the bound in host bytes is the bound in NAND bytes.
-start_nandbox writes --profile "$PROFILE" --latency real --dies "$DIES" --size 2GiB
-echo "4k random write QD32, ${RUNTIME} s each..." >&2
-w_nandbox=$(run_fio randwrite-nandbox "nbd://127.0.0.1:$nbd_port_writes" randwrite 32 256M)
+w_runs=()
+for dies in $DIES; do
+    start_nandbox "writes$dies" --profile "$PROFILE" --latency real --dies "$dies" --size 2GiB
+    echo "4k random write QD32 on $dies dies, ${RUNTIME} s..." >&2
+    port_var="nbd_port_writes$dies"; ctl_var="ctl_port_writes$dies"
+    f=$(run_fio "randwrite-nandbox-$dies" "nbd://127.0.0.1:${!port_var}" randwrite 32 256M)
+    curl -sf "http://127.0.0.1:${!ctl_var}/stats" >"$work/writes-$dies-stats.json"
+    kill "${pids[-1]}"
+    w_runs+=("$dies:$f")
+done
+echo "4k random write QD32 on nbdkit memory, ${RUNTIME} s..." >&2
 w_kit=$(run_fio randwrite-nbdkit "nbd://127.0.0.1:$kit_port" randwrite 32 256M)
-curl -sf "http://127.0.0.1:$ctl_port_writes/stats" >"$work/writes-stats.json"
 
-python3 - "$work" "$r_nandbox" "$r_kit" "$w_nandbox" "$w_kit" "$RUNTIME" <<'PY'
+python3 - "$work" "$r_nandbox" "$r_kit" "$w_kit" "$RUNTIME" "$r_floor" "${w_runs[@]}" <<'PY'
 import json, sys
-work, r_nb, r_kit, w_nb, w_kit, runtime = sys.argv[1:]
+work, r_nb, r_kit, w_kit, runtime, r_floor = sys.argv[1:7]
+w_runs = [a.split(":", 1) for a in sys.argv[7:]]
 
 def job(path, side):
     j = json.load(open(path))["jobs"][0]
@@ -106,20 +119,16 @@ def p50_us(side):
     return side["lat_ns"]["percentile"]["50.000000"] / 1000
 
 reads = json.load(open(f"{work}/reads-stats.json"))
-writes = json.load(open(f"{work}/writes-stats.json"))
 d = reads["device"]
 spare = d["page_bytes"] // 4096 * 64
 transfer_us = (d["page_bytes"] + spare) / d["channel_mb_s"]
 read_model_us = d["read_ns"] / 1000 + transfer_us
-w = writes["device"]
-bound_mb_s = w["dies"] * w["page_bytes"] / (w["program_ns"] / 1000)  # bytes per us = MB/s
 
-rn, rk = job(r_nb, "read"), job(r_kit, "read")
-wn, wk = job(w_nb, "write"), job(w_kit, "write")
+rn, rk, rf = job(r_nb, "read"), job(r_kit, "read"), job(r_floor, "read")
+wk = job(w_kit, "write")
 read_p50 = p50_us(rn)
 read_mean = rn["lat_ns"]["mean"] / 1000
 transport_p50 = p50_us(rk)
-write_mb_s = wn["bw_bytes"] / 1e6
 
 rows = []
 def row(name, model, measured, unit, judged):
@@ -129,27 +138,36 @@ def row(name, model, measured, unit, judged):
     return ok
 
 print(f"nandbox --latency real, profile {d['profile']}: read {d['read_ns']/1000:.0f} us, "
-      f"program {w['program_ns']/1000:.0f} us, {d['page_bytes']} B pages + {spare} B spare, "
+      f"program {d['program_ns']/1000:.0f} us, {d['page_bytes']} B pages + {spare} B spare, "
       f"channels {d['channel_mb_s']} MB/s; fio ioengine=nbd, loopback TCP, {runtime} s per run")
-print(f"write check on {w['dies']} dies: bound = {w['dies']} x {w['page_bytes']} B / "
-      f"{w['program_ns']/1000:.0f} us = {bound_mb_s:.1f} MB/s = {bound_mb_s*1e6/4096:.0f} IOPS of 4 KiB")
-print(f"read check on {d['dies']} dies: model = {d['read_ns']/1000:.0f} us read + "
-      f"{transfer_us:.1f} us transfer = {read_model_us:.1f} us")
+print(f"write bound = dies x {d['page_bytes']} B / {d['program_ns']/1000:.0f} us; "
+      f"read model = {d['read_ns']/1000:.0f} us read + {transfer_us:.1f} us transfer = "
+      f"{read_model_us:.1f} us")
 print()
-ok_w = row("4k randwrite QD32", bound_mb_s, write_mb_s, "MB/s", True)
+ok_w = True
+notes = []
+for dies, path in w_runs:
+    st = json.load(open(f"{work}/writes-{dies}-stats.json"))
+    w = st["device"]
+    bound = w["dies"] * w["page_bytes"] / (w["program_ns"] / 1000)  # bytes per us = MB/s
+    mb_s = job(path, "write")["bw_bytes"] / 1e6
+    plural = "s" if w["dies"] > 1 else ""
+    ok_w &= row(f"4k randwrite QD32, {w['dies']} die{plural}", bound, mb_s, "MB/s", True)
+    notes.append(f"{w['dies']} dies: WAF {st['waf']:.3f}, modelled write mean "
+                 f"{st['latency']['write_mean_ns']/1000:.0f} us, {bound*1e6/4096:.0f} IOPS bound")
 ok_r = row("4k randread QD1 p50", read_model_us, read_p50, "us", True)
 ok_d = row("  minus transport", read_model_us, read_p50 - transport_p50, "us", True)
 row("4k randread QD1 mean", read_model_us, read_mean, "us", False)
-print(f"{'check':<24} {'model':>9} {'measured':>9} {'unit':<5} {'ratio':>6}  within ±15%")
+print(f"{'check':<26} {'model':>9} {'measured':>9} {'unit':<5} {'ratio':>6}  within ±15%")
 for name, model, measured, unit, ratio, verdict in rows:
-    print(f"{name:<24} {model:>9.1f} {measured:>9.1f} {unit:<5} {ratio:>6.2f}  {verdict}")
+    print(f"{name:<26} {model:>9.1f} {measured:>9.1f} {unit:<5} {ratio:>6.2f}  {verdict}")
 print()
-print(f"same run, nbdkit memory: 4k randwrite QD32 {wk['bw_bytes']/1e6:.1f} MB/s (host ceiling, "
-      f"{wk['bw_bytes']/1e6/bound_mb_s:.1f}x the bound); 4k randread QD1 p50 {transport_p50:.1f} us "
-      f"(loopback NBD transport)")
+print(f"same run, nbdkit memory: 4k randwrite QD32 {wk['bw_bytes']/1e6:.1f} MB/s (the host's "
+      f"ceiling); 4k randread QD1 p50 {transport_p50:.1f} us (loopback NBD transport, subtracted above)")
+print(f"same run, nandbox --latency off: 4k randread QD1 p50 {p50_us(rf):.1f} us (the host's own "
+      f"floor for a nandbox read: NBD, worker and firmware threads, FTL)")
 print(f"device's own accounting: modelled read mean {reads['latency']['read_mean_ns']/1000:.1f} us "
-      f"over {reads['latency']['reads']} reads; write WAF {writes['waf']:.3f}, "
-      f"modelled write mean {writes['latency']['write_mean_ns']/1000:.0f} us")
+      f"over {reads['latency']['reads']} reads; " + "; ".join(notes))
 print("latency = fio total latency (submission to completion); p50 is judged, as the mean "
       "carries the scheduling stalls of a shared machine")
 sys.exit(0 if ok_w and (ok_r or ok_d) else 1)

@@ -233,7 +233,7 @@ pub fn from_image(path: &Path, profile: Option<&str>) -> anyhow::Result<WearInpu
         (None, Some(p)) => (
             p,
             format!(
-                "inferred from the image geometry ({} B pages x {} per block)",
+                "inferred from the image geometry: {} B pages x {} per block",
                 p.page_bytes, p.pages_per_block
             ),
         ),

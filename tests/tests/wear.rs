@@ -1,7 +1,7 @@
 //! `nandbox wear` against the real binary: after a known workload that makes garbage collection
 //! erase blocks, the report (`--json`) and the picture (`--svg`) show the same erase counts as
 //! the device's `/stats`, from a running device and from its image offline (which stays
-//! unchanged).
+//! unchanged); and `nandbox stats --watch` redraws the live table.
 
 use std::process::Command;
 use std::time::Duration;
@@ -191,6 +191,29 @@ fn wear_report_and_svg_agree_with_stats_live_and_offline() {
     assert!(report["projection"]["tbw_left_tb"].as_f64().unwrap() > 0.0);
     assert!(report["projection"]["days_left"].as_f64().unwrap() > 0.0);
     check_svg(&svg, blocks, hist.len());
+
+    // The live table: `--watch` redraws it (twice here) and adds rates from the second on.
+    let table = run_ok(
+        Command::new(nandbox_bin()).args([
+            "stats",
+            "--control",
+            &server.control,
+            "--watch",
+            "0.2",
+            "--count",
+            "2",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(table.matches("NAND by cause").count(), 2, "{table}");
+    assert_eq!(table.matches("per second").count(), 1, "{table}");
+    let written = (PASSES * DEVICE_BYTES).to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("writes ") && l.contains(&written)),
+        "{table}"
+    );
 
     // Offline: the image reports the erase counts the device had at its clean shutdown, is
     // recognised as tlc by its geometry, and is not modified by being read.

@@ -105,8 +105,10 @@ fn nbdcopy_256_mib_in_and_out_over_four_connections() {
 fn fio_nbd_engine_random_writes_verify_crc32c() {
     let server = Server::start(&["--size", "128MiB"]);
     let fio = require_tool("fio");
+    // fio leaves verify state files in its working directory: keep them out of the checkout.
+    let scratch = nandbox_tests::scratch_dir();
     let out = run_ok(
-        Command::new(fio).args([
+        Command::new(fio).current_dir(scratch.path()).args([
             "--name=verify",
             "--ioengine=nbd",
             &format!("--uri={}", server.uri()),

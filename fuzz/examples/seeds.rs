@@ -177,6 +177,9 @@ fn main() {
         ("mid", 300, 7, 2),
         ("late", 900, 0, 3),
         ("none", u16::MAX, 33, 4),
+        ("delta-early", 40, 0x80, 5),
+        ("delta-mid", 400, 0x80 | 9, 6),
+        ("delta-none", u16::MAX, 0x80, 7),
     ] {
         let mut r = nandbox_fuzz::Rng::new(seed);
         let mut b = cut.to_le_bytes().to_vec();

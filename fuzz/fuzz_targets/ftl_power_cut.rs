@@ -1,8 +1,10 @@
 //! The FTL against a reference disk, with a power cut where the fuzzer says.
 //!
 //! Input: bytes 0..2 are the cut point (NAND operations before the torn one; past the end of the
-//! workload means the power goes off after the last operation, with no flush), byte 2 picks a
-//! second cut during the recovery that follows, the rest are operations (2 bytes each: kind, LBA).
+//! workload means the power goes off after the last operation, with no flush); byte 2: bit 7
+//! turns the delta engine on (writes are then small updates it keeps as deltas), bit 0 asks for
+//! a second cut during the recovery that follows, bits 1..7 its depth; the rest are operations
+//! (2 bytes each: kind, LBA).
 //! After the cut the array is remounted and every LBA must read its last flushed version or one
 //! written since (DESIGN.md, "Guarantees"): never a torn mix, garbage or another block's data.
 //! Then the recovered FTL must take more writes, flush, remount cleanly and read them back.
@@ -11,7 +13,7 @@
 use libfuzzer_sys::fuzz_target;
 use nandbox_core::ftl::{Ftl, Lba};
 use nandbox_core::nand::SLOT_BYTES;
-use nandbox_fuzz::{config, content, geometry, version_of, Lent, LOGICAL};
+use nandbox_fuzz::{config, content, delta_content, geometry, version_of, Lent, LOGICAL};
 use nandbox_sim::{OwnedFtlMemory, SimNand};
 
 #[derive(Clone, Copy, Debug)]
@@ -104,9 +106,17 @@ impl ClampTrim for Op {
     }
 }
 
-fn run(ftl: &mut Ftl<'_, SimNand>, op: Op) -> bool {
+fn block(delta: bool, l: u32, v: u32) -> [u8; SLOT_BYTES] {
+    if delta {
+        delta_content(l, v)
+    } else {
+        content(l, v)
+    }
+}
+
+fn run(ftl: &mut Ftl<'_, SimNand>, op: Op, delta: bool) -> bool {
     let r = match op {
-        Op::Write(l, v) => ftl.write(Lba(l), &content(l, v)),
+        Op::Write(l, v) => ftl.write(Lba(l), &block(delta, l, v)),
         Op::Trim(first, n) => ftl.trim(Lba(first), n),
         Op::Flush => ftl.flush(),
         Op::Idle => ftl.idle().map(|_| ()),
@@ -119,15 +129,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let cut = u16::from_le_bytes([data[0], data[1]]) as u64;
-    let recovery_cut = data[2];
+    let recovery_cut = data[2] & 0x7F;
+    let delta = data[2] & 0x80 != 0;
     let ops = ops(&data[3..]);
     let (g, cfg) = (geometry(), config());
     let mut mem = OwnedFtlMemory::new(&g, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    ftl.set_delta(delta);
     ftl.nand_mut().power_cut_after(cut);
     let mut model = Model::new();
     for &op in &ops {
-        if run(&mut ftl, op) {
+        if run(&mut ftl, op, delta) {
             model.apply(op);
         } else {
             assert!(
@@ -151,9 +163,10 @@ fuzz_target!(|data: &[u8]| {
         }
         nand.restore_power();
     }
-    let at = format!("cut {cut}, recovery byte {recovery_cut}");
+    let at = format!("cut {cut}, recovery byte {recovery_cut}, delta {delta}");
     let mut ftl =
         Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: mount failed: {e:?}"));
+    ftl.set_delta(delta);
     let seen = model.check(&mut ftl, &at);
     // What was read is now the state to keep; write over it, flush, remount, compare.
     let mut model = Model::new();
@@ -161,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
     for i in 0..16u32 {
         let lba = (i * 7 + cut as u32) % LOGICAL;
         let v = 1_000_000 + i;
-        ftl.write(Lba(lba), &content(lba, v))
+        ftl.write(Lba(lba), &block(delta, lba, v))
             .unwrap_or_else(|e| panic!("{at}: write after recovery: {e:?}"));
         model.apply(Op::Write(lba, v));
     }

@@ -68,14 +68,30 @@ pub fn content(lba: u32, v: u32) -> [u8; SLOT_BYTES] {
     out
 }
 
-/// Which version of `lba` `buf` holds, if it is exactly one (0 = zeros).
+/// Version `v` (≥ 1) of `lba` as a small update of one base block per LBA: the first 8 bytes
+/// name LBA and version, and 24 bytes at places chosen by `v` differ from the base. Updates like
+/// these are what the delta engine keeps as inline deltas instead of whole pages.
+pub fn delta_content(lba: u32, v: u32) -> [u8; SLOT_BYTES] {
+    let mut out = content(lba, 1);
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    let mut r = Rng::new(((v as u64) << 32) ^ lba as u64 ^ 0xDE17A);
+    for _ in 0..24 {
+        let at = 8 + (r.next_u64() % (SLOT_BYTES as u64 - 8)) as usize;
+        out[at] ^= (r.next_u64() as u8) | 1;
+    }
+    out
+}
+
+/// Which version of `lba` `buf` holds, if it is exactly one (0 = zeros), in either scheme
+/// ([`content`] or [`delta_content`]): a torn or mixed block matches neither.
 pub fn version_of(lba: u32, buf: &[u8]) -> Option<u32> {
     if buf.iter().all(|&b| b == 0) {
         return Some(0);
     }
     let l = u32::from_le_bytes(buf[..4].try_into().ok()?);
     let v = u32::from_le_bytes(buf[4..8].try_into().ok()?);
-    (l == lba && v != 0 && content(lba, v)[..] == *buf).then_some(v)
+    let exact = content(lba, v)[..] == *buf || delta_content(lba, v)[..] == *buf;
+    (l == lba && v != 0 && exact).then_some(v)
 }
 
 /// Every page of an array: `None` when erased, else data followed by spare.
@@ -117,11 +133,14 @@ pub fn load(pages: &PageDump) -> SimNand {
 
 /// A deterministic image that has seen real use: 400 writes over a skewed LBA range with
 /// trims, flushes and idle GC, then 12 writes after the last flush (the roll-forward tail).
+/// The delta engine is on and every other write is a small update, so the image holds inline
+/// deltas and compact pages as well as whole blocks.
 pub fn real_image() -> PageDump {
     let g = geometry();
     let cfg = config();
     let mut mem = OwnedFtlMemory::new(&g, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    ftl.set_delta(true);
     let mut rng = Rng::new(7);
     let mut v = 1;
     for i in 0..412u32 {
@@ -131,7 +150,12 @@ pub fn real_image() -> PageDump {
             (rng.next_u64() % LOGICAL as u64) as u32
         };
         v += 1;
-        ftl.write(Lba(lba), &content(lba, v)).expect("write");
+        let block = if i % 2 == 0 {
+            delta_content(lba, v)
+        } else {
+            content(lba, v)
+        };
+        ftl.write(Lba(lba), &block).expect("write");
         if i < 400 {
             match i % 50 {
                 17 => ftl.trim(Lba(lba), 3.min(LOGICAL - lba)).expect("trim"),

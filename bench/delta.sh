@@ -23,7 +23,7 @@
 #               (DELETE) and WAL modes. Measured: the UPDATE phase.
 #   latency     (root) the sqlite WAL workload with --latency virtual and 64 node-cache slots:
 #               mean virtual read latency delta on / off, and node-cache hit rate and NAND node
-#               page reads, score against lru (delta on).
+#               page reads, score against lru (delta on), at CACHE_SLOTS slots (64 and 8).
 set -euo pipefail
 
 PARTS=${PARTS:-"controlled fio sqlite latency"}
@@ -32,6 +32,7 @@ UPDATES=${UPDATES:-8192}
 FLUSH_EVERY=${FLUSH_EVERY:-16}
 ROWS=${ROWS:-200000}
 TXNS=${TXNS:-20000}
+CACHE_SLOTS=${CACHE_SLOTS:-"64 8"}   # node-cache sizes for the score/lru comparison (64 first)
 PY=/usr/bin/python3   # Debian's python3 carries the libnbd bindings (module `nbd`)
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,7 +91,10 @@ host = b["host_write_bytes"] - a["host_write_bytes"]
 causes = ["data", "delta", "node", "compact", "gc", "checkpoint", "padding"]
 d = {c: b["nand_program_bytes"][c] - a["nand_program_bytes"][c] for c in causes}
 tot = sum(d.values())
-print(f"{tot / host if host else 0:.3f}\t" + " ".join(f"{c}={d[c] / host if host else 0:.2f}" for c in causes))
+dl = {k: b["delta"][k] - a["delta"].get(k, 0) for k in ("inlined", "too_large", "refused", "full_pages_rebuilt", "compact_pages_written", "restored_at_idle")} if "delta" in b else {}
+writes = b["host_writes"] - a["host_writes"]
+print(f"{tot / host if host else 0:.3f}\t" + " ".join(f"{c}={d[c] / host if host else 0:.2f}" for c in causes)
+      + f" [writes={writes} " + " ".join(f"{k}={v}" for k, v in dl.items()) + "]")
 EOF
 }
 ratio() { "$PY" -c "import sys; off,on=float(sys.argv[1]),float(sys.argv[2]); print(f'{(1-on/off)*100:.1f}%' if off else '-')" "$1" "$2"; }
@@ -224,22 +228,26 @@ sqlite_part() {
 }
 
 latency_part() {
-    echo "## SQLite WAL with --latency virtual, 64 node-cache slots; profile $PROFILE"
+    echo "## SQLite WAL with --latency virtual; profile $PROFILE"
     sqlite_run lat-off WAL --latency virtual --node-cache-slots 64 --node-cache score --delta off >/dev/null
-    sqlite_run lat-on WAL --latency virtual --node-cache-slots 64 --node-cache score --delta on >/dev/null
-    sqlite_run lat-lru WAL --latency virtual --node-cache-slots 64 --node-cache lru --delta on >/dev/null
-    "$PY" - "$work" <<'EOF'
+    for n in $CACHE_SLOTS; do
+        sqlite_run "lat-score-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache score --delta on >/dev/null
+        sqlite_run "lat-lru-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache lru --delta on >/dev/null
+    done
+    "$PY" - "$work" $CACHE_SLOTS <<'EOF'
 import json, sys
 w = sys.argv[1]
 def load(n):
     return json.load(open(f"{w}/{n}-b.json"))
-off, on, lru = load("lat-off"), load("lat-on"), load("lat-lru")
+off, on = load("lat-off"), load("lat-score-64")
 r_off, r_on = off["latency"]["read_mean_ns"], on["latency"]["read_mean_ns"]
-print(f"mean virtual read latency: delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}")
+print(f"64 slots, score: mean virtual read latency (whole run) delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}")
 print(f"NAND reads per host read: off {off['nand_reads_per_host_read']:.3f}, on {on['nand_reads_per_host_read']:.3f}")
-print("policy\thit rate\tnode-page NAND reads\tNAND reads per host read")
-for name, s in (("score", on), ("lru", lru)):
-    print(f"{name}\t{s['node_cache_hit_rate']:.4f}\t{s['nand_read_pages_by_cause']['node']}\t{s['nand_reads_per_host_read']:.3f}")
+print("slots\tpolicy\thit rate\tnode-page NAND reads\tNAND reads per host read")
+for n in sys.argv[2:]:
+    for pol in ("score", "lru"):
+        s = load(f"lat-{pol}-{n}")
+        print(f"{n}\t{pol}\t{s['node_cache_hit_rate']:.4f}\t{s['nand_read_pages_by_cause']['node']}\t{s['nand_reads_per_host_read']:.3f}")
 EOF
     echo
 }

@@ -39,6 +39,14 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     let mut config = FirmwareConfig::new(profile, opts.size);
     config.image = opts.image.clone();
     config.latency = latency;
+    config.delta = opts.delta;
+    config.node_cache_policy = match opts.node_cache.as_str() {
+        "lru" => nandbox_sim::firmware::CachePolicy::Lru,
+        _ => nandbox_sim::firmware::CachePolicy::Score,
+    };
+    if let Some(n) = opts.node_cache_slots {
+        config.node_cache_slots = n;
+    }
     let firmware = Firmware::start(config).context("starting the device")?;
     Ok(Arc::new(FirmwareDevice {
         firmware,

@@ -106,4 +106,10 @@ pub struct DeviceOptions {
     pub read_only: bool,
     /// Dies working in parallel, when not the profile's own (latency model only).
     pub dies: Option<u32>,
+    /// Keep updates as inline deltas (MedFS).
+    pub delta: bool,
+    /// Node cache policy: `score` or `lru`.
+    pub node_cache: String,
+    /// Node cache slots, when not the default (used when the device is formatted).
+    pub node_cache_slots: Option<u32>,
 }

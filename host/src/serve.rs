@@ -39,6 +39,24 @@ pub enum Latency {
     Real,
 }
 
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Node cache eviction policy.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NodeCache {
+    /// Access frequency weighted by the share of live inline deltas a page holds.
+    Score,
+    /// Least recently used.
+    Lru,
+}
+
 /// Options of `nandbox serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -77,6 +95,15 @@ pub struct ServeArgs {
     /// At clean shutdown (SIGINT/SIGTERM), write the final stats JSON to this file.
     #[arg(long, value_name = "FILE")]
     stats_out: Option<PathBuf>,
+    /// Keep updates of blocks already on flash as small XOR deltas inline in node pages.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    delta: OnOff,
+    /// Node cache eviction policy.
+    #[arg(long, value_enum, default_value_t = NodeCache::Score)]
+    node_cache: NodeCache,
+    /// Node pages cached in RAM, 4 KiB each [default: 1024]; used when the device is formatted.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
+    node_cache_slots: Option<u32>,
     /// Most NBD connections served at once; more are closed on accept.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_connections: usize,
@@ -136,6 +163,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         latency: format!("{:?}", args.latency).to_lowercase(),
         read_only: args.read_only,
         dies: args.dies,
+        delta: args.delta == OnOff::On,
+        node_cache: format!("{:?}", args.node_cache).to_lowercase(),
+        node_cache_slots: args.node_cache_slots,
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 

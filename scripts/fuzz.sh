@@ -12,6 +12,10 @@ seconds=${1:-30}
 shift || true
 fixtures=${NANDBOX_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "==> installing the nightly toolchain (cargo-fuzz needs it)"
+  rustup toolchain install nightly --profile minimal
+fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"
   cargo install --locked cargo-fuzz

@@ -9,7 +9,7 @@
 //!
 //! 1. [`nand`] — the `Nand` trait and its contract, geometry, addresses.
 //! 2. [`format`] — on-flash byte layouts (spare record, node page, checkpoint), CRC-checked views.
-//! 3. [`codec`] — entropy coding and the model-weight codecs (ZipNN); [`delta`] — delta
+//! 3. [`codec`] — entropy coding and the model-weight codecs (ZipNN, QStore); [`delta`] — delta
 //!    encoding, inline deltas, hotness and compact pages (MedFS).
 //! 4. [`stats`] — counters by cause.
 //! 5. [`ftl`] — the log-structured flash translation layer: node pages, NAT, GC, wear levelling,

@@ -47,6 +47,10 @@ pub struct FirmwareConfig {
     pub op_percent: u32,
     /// Requests that may wait in the submission queue.
     pub queue_depth: usize,
+    /// Spend idle time on background work (GC, wear levelling, delta maintenance). Off makes
+    /// the NAND contents depend only on the requests, not on their timing: for tests that need
+    /// one exact layout.
+    pub background: bool,
 }
 
 impl FirmwareConfig {
@@ -62,6 +66,7 @@ impl FirmwareConfig {
             node_cache_policy: CachePolicy::Score,
             op_percent: crate::profile::DEFAULT_OP_PERCENT,
             queue_depth: 256,
+            background: true,
         }
     }
 }
@@ -511,7 +516,8 @@ fn io<E: std::fmt::Display>(e: FtlError<E>) -> FirmwareError {
 
 impl Runner<'_> {
     fn serve(&mut self, rx: Receiver<Submitted>) {
-        let mut background_pending = true;
+        let background = self.config.background;
+        let mut background_pending = background;
         loop {
             let job = if background_pending {
                 match rx.try_recv() {
@@ -528,13 +534,13 @@ impl Runner<'_> {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
-                        background_pending = true;
+                        background_pending = background;
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
-            background_pending = true;
+            background_pending = background;
             if !self.handle(job) {
                 return;
             }

@@ -454,9 +454,6 @@ fn one_spare_copy_damaged_is_harmless_both_copies_are_caught() {
 }
 
 #[test]
-#[ignore = "known FTL bug: round 11 flips the last programmed page of a block written after the \
-            checkpoint; roll-forward takes it for a torn page and LBA 46 reads its previous \
-            version (4017, flushed 4025) instead of an error. Run with --ignored after fixing."]
 fn random_flips_anywhere_never_panic_or_return_wrong_data() {
     let p = pristine("random_flips_anywhere_ne");
     let full = std::fs::metadata(p.path()).unwrap().len();

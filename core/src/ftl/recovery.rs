@@ -5,8 +5,8 @@
 //! 2. The NAT and block table are loaded from it.
 //! 3. Roll-forward finds the blocks written after the checkpoint (the log heads it recorded,
 //!    plus every block whose first page carries a newer sequence number), validates them page by
-//!    page (a block ends at its first page that is torn, damaged or out of sequence: such a page
-//!    is never used), then
+//!    page (a block ends at its first torn or out-of-sequence page, which is never used; a
+//!    damaged page's checking records are used and the block goes on), then
 //!    - pass 1 points the NAT at the newest node copy of every group;
 //!    - pass 2 applies data slots in global sequence order, skipping those older than the node
 //!      copy they would land in.
@@ -73,6 +73,17 @@ fn read_sound<N: Nand>(
         }
     }
     Ok(false)
+}
+
+/// Whether a page read by [`read_sound`] holds a slot whose record checks but whose data does
+/// not: damage to a completed page. A program writes the page image (data, then spare) in
+/// order, so a cut that left a checking record had already written every data byte before it;
+/// only later damage makes such a slot's data fail its CRC.
+fn rotten(data: &[u8], spare: &[u8], spp: u32) -> bool {
+    (0..spp as usize).any(|i| {
+        matches!(SpareRecord::parse(&spare[i * SPARE..]),
+            Ok(r) if crc32(&[&data[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]]) != r.data_crc)
+    })
 }
 
 /// Reads slot 0's spare record of a page, retrying a damaged one.
@@ -437,15 +448,22 @@ impl<N: Nand> Ftl<'_, N> {
                         max_seen = max_seen.max(r.seq);
                     }
                 }
-                // An unsound page followed by a programmed one was damaged in place, not torn
-                // by a cut (nothing is ever programmed after a torn page): its slots whose
+                // An unsound page was damaged in place, not torn by a cut, when a programmed
+                // page follows it (nothing is ever programmed after a torn page) or when a slot
+                // whose record checks fails its data CRC (see [`rotten`]): its slots whose
                 // records still check are events (a damaged data slot then reads as a CRC
                 // error instead of silently reverting), and the block goes on. Otherwise the
                 // unsound page is a tear and ends the block.
                 let erased = self.bufs[sp0..sp0 + self.geo.spare_bytes as usize]
                     .iter()
                     .all(|&b| b == 0xFF);
-                let damaged = !sound && !erased && self.page_programmed(e.block, page_in + 1)?;
+                let rot = {
+                    let (data, spare) = self.bufs[start..start + self.stride]
+                        .split_at(self.geo.page_bytes as usize);
+                    rotten(data, spare, self.spp)
+                };
+                let damaged =
+                    !sound && !erased && (rot || self.page_programmed(e.block, page_in + 1)?);
                 if !sound && !damaged {
                     break;
                 }

@@ -4,6 +4,8 @@
 //! The tests drive the real binary. The test command (see README) builds it in the same profile
 //! before running the tests, so it sits next to the test executables' `deps/` directory.
 
+pub mod raw_nbd;
+
 use std::path::PathBuf;
 
 /// Path of the `nandbox` binary built in the same cargo profile as the running test.

@@ -18,13 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nandbox_tests::raw_nbd::{RawNbd, IHAVEOPT, REP_ACK, REQ_MAGIC};
 use nandbox_tests::{pseudo_random, Server};
 
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQ_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_MAGIC: u32 = 0x6744_6698;
-const REP_ACK: u32 = 1;
 const OPT_GO: u32 = 7;
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
@@ -62,21 +58,26 @@ fn reply_name(t: u32) -> String {
     }
 }
 
-struct Client {
-    s: TcpStream,
+/// A raw client with the probe's shorthand: simple replies, flags always 0.
+struct Client(RawNbd);
+
+impl std::ops::Deref for Client {
+    type Target = RawNbd;
+    fn deref(&self) -> &RawNbd {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut RawNbd {
+        &mut self.0
+    }
 }
 
 impl Client {
-    /// Connects and reads the greeting; sends the client flags (FIXED_NEWSTYLE | NO_ZEROES).
+    /// Connects and greets with FIXED_NEWSTYLE | NO_ZEROES.
     fn greet(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut c = Client { s };
-        let hello = c.bytes(18);
-        assert_eq!(&hello[..8], b"NBDMAGIC");
-        c.s.write_all(&3u32.to_be_bytes()).unwrap();
-        c
+        Client(RawNbd::greet(port, 3))
     }
 
     /// Greets and negotiates NBD_OPT_GO for the default export (simple replies).
@@ -92,55 +93,23 @@ impl Client {
         }
     }
 
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut b = vec![0u8; n];
-        self.s.read_exact(&mut b).expect("read from server");
-        b
-    }
-
     fn option(&mut self, option: u32, data: &[u8]) {
-        let mut m = IHAVEOPT.to_be_bytes().to_vec();
-        m.extend_from_slice(&option.to_be_bytes());
-        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        m.extend_from_slice(data);
-        self.s.write_all(&m).unwrap();
-    }
-
-    fn option_reply(&mut self, option: u32) -> (u32, Vec<u8>) {
-        let h = self.bytes(20);
-        assert_eq!(
-            u64::from_be_bytes(h[..8].try_into().unwrap()),
-            OPT_REPLY_MAGIC
-        );
-        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), option);
-        let t = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
-        (t, self.bytes(len))
+        self.0.send_option(option, data);
     }
 
     fn header(kind: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-        let mut m = REQ_MAGIC.to_be_bytes().to_vec();
-        m.extend_from_slice(&0u16.to_be_bytes());
-        m.extend_from_slice(&kind.to_be_bytes());
-        m.extend_from_slice(&cookie.to_be_bytes());
-        m.extend_from_slice(&offset.to_be_bytes());
-        m.extend_from_slice(&len.to_be_bytes());
-        m
+        RawNbd::header(0, kind, cookie, offset, len)
     }
 
     fn request(&mut self, kind: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
-        self.s
-            .write_all(&Self::header(kind, cookie, offset, len))
-            .unwrap();
-        self.s.write_all(payload).unwrap();
+        self.0.request(0, kind, cookie, offset, len, payload);
     }
 
     /// Reads a simple reply header: its error, after checking the cookie.
     fn reply(&mut self, cookie: u64) -> u32 {
-        let h = self.bytes(16);
-        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), SIMPLE_MAGIC);
-        assert_eq!(u64::from_be_bytes(h[8..16].try_into().unwrap()), cookie);
-        u32::from_be_bytes(h[4..8].try_into().unwrap())
+        let (err, got) = self.simple();
+        assert_eq!(got, cookie);
+        err
     }
 
     fn write(&mut self, cookie: u64, offset: u64, data: &[u8]) -> u32 {
@@ -159,21 +128,6 @@ impl Client {
     /// A full round trip still works on this connection.
     fn healthy(&mut self, cookie: u64) -> bool {
         self.read(cookie, 0, 4096).is_ok()
-    }
-
-    /// Whether the server closed the connection (EOF or reset within `wait`).
-    fn closed_within(&mut self, wait: Duration) -> bool {
-        self.s.set_read_timeout(Some(wait)).unwrap();
-        let mut b = [0u8; 1];
-        let r = match self.s.read(&mut b) {
-            Ok(0) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
-            _ => false,
-        };
-        self.s
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        r
     }
 }
 

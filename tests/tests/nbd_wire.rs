@@ -7,139 +7,24 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use nandbox_tests::raw_nbd::{RawNbd, REP_ACK, REQ_MAGIC};
 use nandbox_tests::{pseudo_random, Server};
 
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQ_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_MAGIC: u32 = 0x6744_6698;
-const CHUNK_MAGIC: u32 = 0x668e_33ef;
-const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
 const ERR_UNSUP: u32 = (1 << 31) + 1;
 const ERR_INVALID: u32 = (1 << 31) + 3;
 const ERR_UNKNOWN: u32 = (1 << 31) + 6;
 const ERR_TOO_BIG: u32 = (1 << 31) + 9;
 const EINVAL: u32 = 22;
 
-struct Raw {
-    s: TcpStream,
-}
+type Raw = RawNbd;
 
-impl Raw {
-    /// Connects and completes the greeting with the given client flags.
-    fn greet(port: u16, client_flags: u32) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut raw = Raw { s };
-        let hello = raw.bytes(18);
-        assert_eq!(&hello[..8], b"NBDMAGIC");
-        assert_eq!(
-            u64::from_be_bytes(hello[8..16].try_into().unwrap()),
-            IHAVEOPT
-        );
-        let hflags = u16::from_be_bytes(hello[16..18].try_into().unwrap());
-        assert_eq!(hflags, 0b11, "FIXED_NEWSTYLE | NO_ZEROES");
-        raw.s.write_all(&client_flags.to_be_bytes()).unwrap();
-        raw
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut b = vec![0u8; n];
-        self.s.read_exact(&mut b).expect("read from server");
-        b
-    }
-
-    fn send_option(&mut self, option: u32, data: &[u8]) {
-        let mut m = IHAVEOPT.to_be_bytes().to_vec();
-        m.extend_from_slice(&option.to_be_bytes());
-        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        m.extend_from_slice(data);
-        self.s.write_all(&m).unwrap();
-    }
-
-    /// Reads one option reply: (reply type, data).
-    fn option_reply(&mut self, option: u32) -> (u32, Vec<u8>) {
-        let h = self.bytes(20);
-        assert_eq!(
-            u64::from_be_bytes(h[..8].try_into().unwrap()),
-            OPT_REPLY_MAGIC
-        );
-        assert_eq!(u32::from_be_bytes(h[8..12].try_into().unwrap()), option);
-        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
-        (kind, self.bytes(len))
-    }
-
-    /// Sends NBD_OPT_STRUCTURED_REPLY (if asked) and NBD_OPT_GO for the default export.
-    fn go(&mut self, structured: bool) -> u64 {
-        if structured {
-            self.send_option(8, &[]);
-            assert_eq!(self.option_reply(8).0, REP_ACK);
-        }
-        self.send_option(7, &[0, 0, 0, 0, 0, 0]);
-        let mut size = None;
-        loop {
-            let (kind, data) = self.option_reply(7);
-            match kind {
-                REP_INFO if data[..2] == [0, 0] => {
-                    size = Some(u64::from_be_bytes(data[2..10].try_into().unwrap()));
-                }
-                REP_INFO => {}
-                REP_ACK => return size.expect("NBD_INFO_EXPORT before ACK"),
-                other => panic!("GO failed with reply type {other:#x}"),
-            }
-        }
-    }
-
-    fn request(
-        &mut self,
-        flags: u16,
-        kind: u16,
-        cookie: u64,
-        offset: u64,
-        len: u32,
-        payload: &[u8],
-    ) {
-        let mut m = REQ_MAGIC.to_be_bytes().to_vec();
-        m.extend_from_slice(&flags.to_be_bytes());
-        m.extend_from_slice(&kind.to_be_bytes());
-        m.extend_from_slice(&cookie.to_be_bytes());
-        m.extend_from_slice(&offset.to_be_bytes());
-        m.extend_from_slice(&len.to_be_bytes());
-        m.extend_from_slice(payload);
-        self.s.write_all(&m).unwrap();
-    }
-
-    /// Reads a simple reply: (error, cookie).
-    fn simple(&mut self) -> (u32, u64) {
-        let h = self.bytes(16);
-        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), SIMPLE_MAGIC);
-        let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
-        (err, u64::from_be_bytes(h[8..16].try_into().unwrap()))
-    }
-
-    /// Reads a structured chunk: (flags, type, cookie, payload).
-    fn chunk(&mut self) -> (u16, u16, u64, Vec<u8>) {
-        let h = self.bytes(20);
-        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), CHUNK_MAGIC);
-        let flags = u16::from_be_bytes(h[4..6].try_into().unwrap());
-        let kind = u16::from_be_bytes(h[6..8].try_into().unwrap());
-        let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
-        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
-        (flags, kind, cookie, self.bytes(len))
-    }
-
-    /// Asserts the server has closed the connection.
-    fn assert_closed(&mut self) {
-        let mut b = [0u8; 1];
-        match self.s.read(&mut b) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("connection still open: {other:?}"),
-        }
-    }
+/// Asserts the server has closed the connection.
+fn assert_closed(raw: &mut Raw) {
+    assert!(
+        raw.closed_within(Duration::from_secs(20)),
+        "connection still open"
+    );
 }
 
 #[test]
@@ -178,7 +63,7 @@ fn unknown_and_malformed_options_are_refused_and_haggling_continues() {
 fn unknown_client_flags_end_the_session() {
     let server = Server::start(&["--size", "16MiB"]);
     let mut c = Raw::greet(server.port(), 0b11 | 1 << 7);
-    c.assert_closed();
+    assert_closed(&mut c);
 }
 
 #[test]
@@ -199,7 +84,7 @@ fn export_name_path_sends_zeroes_unless_no_zeroes_and_drops_unknown_names() {
     }
     let mut c = Raw::greet(server.port(), 0b11);
     c.send_option(1, b"other");
-    c.assert_closed();
+    assert_closed(&mut c);
 }
 
 #[test]
@@ -267,7 +152,7 @@ fn a_broken_request_drops_only_that_connection() {
     let mut bad = Raw::greet(server.port(), 0b11);
     bad.go(false);
     bad.s.write_all(&[0x55u8; 28]).unwrap();
-    bad.assert_closed();
+    assert_closed(&mut bad);
     good.request(0, 1, 1, 0, 4096, &[3u8; 4096]);
     assert_eq!(good.simple(), (0, 1));
     // A client that vanishes in the middle of a write payload loses nothing acknowledged.

@@ -350,3 +350,26 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// The model-weight fixtures (`../shared/fixtures` beside the checkout, or `NANDBOX_FIXTURES`).
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("NANDBOX_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"),
+    }
+}
+
+/// Runs the `nandbox` binary with `args` to completion; fails the test if it panicked, whatever
+/// its exit status.
+pub fn nandbox_cli(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(nandbox_bin())
+        .args(args)
+        .output()
+        .expect("run nandbox");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "nandbox {args:?} panicked: {stderr}"
+    );
+    out
+}

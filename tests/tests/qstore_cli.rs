@@ -19,32 +19,14 @@
 //! appear), and the edge test covers the other difference, `w * 127` overflowing f32.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use nandbox_tests::nandbox_bin;
+use nandbox_tests::{fixtures_dir as fixtures, nandbox_cli as nandbox};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nandbox-qstore-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
-
-fn nandbox(args: &[&str]) -> Output {
-    let out = Command::new(nandbox_bin())
-        .args(args)
-        .output()
-        .expect("run nandbox");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "nandbox {args:?} panicked: {stderr}"
-    );
-    out
 }
 
 fn ok(args: &[&str]) -> String {

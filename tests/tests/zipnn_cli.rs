@@ -3,9 +3,8 @@
 //! chunk, and nothing panics.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use nandbox_tests::nandbox_bin;
+use nandbox_tests::{fixtures_dir as fixtures, nandbox_cli as nandbox};
 
 /// Scratch directory unique to this test process and test name.
 fn scratch(name: &str) -> PathBuf {
@@ -13,20 +12,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
-
-fn nandbox(args: &[&str]) -> Output {
-    let out = Command::new(nandbox_bin())
-        .args(args)
-        .output()
-        .expect("run nandbox");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "nandbox panicked: {stderr}");
-    out
 }
 
 fn ok(args: &[&str]) {

@@ -252,7 +252,7 @@ impl SimNand {
         if at < buf.len() {
             buf[at] ^= 1 << (bit & 7);
             // Stores even into an erased page: the page then reads as programmed garbage.
-            let _ = self.store_page(page, &buf);
+            let _ = self.store_page(page, buf);
         }
     }
 
@@ -351,12 +351,13 @@ impl SimNand {
         Ok(())
     }
 
-    fn store_page(&mut self, page: PageId, raw: &[u8]) -> Result<(), SimError> {
+    /// Stores a page's raw bytes; takes them by value so RAM pages keep the buffer, uncopied.
+    fn store_page(&mut self, page: PageId, raw: Vec<u8>) -> Result<(), SimError> {
         match &mut self.store {
-            Store::Ram(pages) => pages[page.0 as usize] = Some(raw.into()),
-            Store::Image(img) => img.write_page(page, raw).map_err(SimError::Io)?,
+            Store::Ram(pages) => pages[page.0 as usize] = Some(raw.into_boxed_slice()),
+            Store::Image(img) => img.write_page(page, &raw).map_err(SimError::Io)?,
             Store::Overlay(_, ram) => {
-                ram.insert(page.0, Some(raw.into()));
+                ram.insert(page.0, Some(raw.into_boxed_slice()));
             }
         }
         Ok(())
@@ -478,7 +479,7 @@ impl Nand for SimNand {
             && self.rng.chance(self.faults.program_fail_rate);
         if torn || failed {
             let partial = self.torn_image(&raw);
-            self.store_page(page, &partial)?;
+            self.store_page(page, partial)?;
             self.persist_block_state(block)?;
             return Err(if torn {
                 SimError::PowerLoss
@@ -486,7 +487,7 @@ impl Nand for SimNand {
                 SimError::ProgramFailed(page)
             });
         }
-        self.store_page(page, &raw)?;
+        self.store_page(page, raw)?;
         self.persist_block_state(block)
     }
 

@@ -69,7 +69,8 @@ pub struct ServeArgs {
     /// Export size: bytes or with a binary suffix (4096, 512MiB, 1GiB); a multiple of 4096.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     size: u64,
-    /// Keep the NAND in this sparse image file (created if missing, reopened if present).
+    /// Keep the NAND in this sparse image file (created if missing, reopened if present; a
+    /// reopened image keeps its own size, geometry and node-cache size over --size and --profile).
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
     /// NAND geometry profile.

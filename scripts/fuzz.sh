@@ -9,6 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-30}
+
+# Known open bug (issue 4): with the delta engine on, an unclean stop can leave an LBA reading an
+# older flushed version; reproduce with
+#   (cd fuzz && cargo +nightly fuzz run -O ftl_power_cut regressions/ftl_power_cut/delta-stale-after-unclean-stop)
+# Until it is fixed the power-cut target fuzzes with delta off, so this run finds new bugs, not
+# that one. Run with NANDBOX_FUZZ_DELTA_OFF= (empty) to fuzz the delta engine too.
+export NANDBOX_FUZZ_DELTA_OFF=${NANDBOX_FUZZ_DELTA_OFF-1}
 shift || true
 fixtures=${NANDBOX_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 

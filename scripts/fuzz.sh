@@ -10,12 +10,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${1:-30}
 
-# Known open bug (issue 4): with the delta engine on, an unclean stop can leave an LBA reading an
-# older flushed version; reproduce with
-#   (cd fuzz && cargo +nightly fuzz run -O ftl_power_cut regressions/ftl_power_cut/delta-stale-after-unclean-stop)
-# Until it is fixed the power-cut target fuzzes with delta off, so this run finds new bugs, not
-# that one. Run with NANDBOX_FUZZ_DELTA_OFF= (empty) to fuzz the delta engine too.
-export NANDBOX_FUZZ_DELTA_OFF=${NANDBOX_FUZZ_DELTA_OFF-1}
+# fuzz/regressions/<target>/ holds inputs that once failed; every run replays them first.
 shift || true
 fixtures=${NANDBOX_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 
@@ -41,6 +36,10 @@ fi
 cd fuzz
 cargo +nightly fuzz build -O
 for t in "${targets[@]}"; do
+  if compgen -G "regressions/$t/*" >/dev/null; then
+    echo "==> replay regressions/$t"
+    cargo +nightly fuzz run -O "$t" regressions/"$t"/* 2>&1 | tail -n 3
+  fi
   echo "==> fuzz $t for ${seconds}s"
   # -rss_limit_mb bounds memory: a decoder that allocates from a claimed length fails here.
   # image_mount's raw-image seed is a whole dump, so its inputs may be that long.

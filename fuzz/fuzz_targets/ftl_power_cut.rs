@@ -130,10 +130,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let cut = u16::from_le_bytes([data[0], data[1]]) as u64;
     let recovery_cut = data[2] & 0x7F;
-    // NANDBOX_FUZZ_DELTA_OFF keeps the delta engine out while its known stale-read bug is open
-    // (input: fuzz/regressions/ftl_power_cut/delta-stale-after-unclean-stop).
-    let delta = data[2] & 0x80 != 0
-        && std::env::var_os("NANDBOX_FUZZ_DELTA_OFF").is_none_or(|v| v.is_empty());
+    let delta = data[2] & 0x80 != 0;
     let ops = ops(&data[3..]);
     let (g, cfg) = (geometry(), config());
     let mut mem = OwnedFtlMemory::new(&g, &cfg);

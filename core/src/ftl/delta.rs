@@ -101,14 +101,26 @@ impl<N: Nand> Ftl<'_, N> {
         }
     }
 
+    /// Drops entry `e` of node `s` from the live state and from the open log.
     fn remove_entry(&mut self, s: usize, e: &Entry) {
+        self.kill_logged(s, e.off as u32);
+        self.forget_entry(s, e);
+    }
+
+    /// Marks the open log's entries for offset `off` of node `s` dead: the live state dropped
+    /// that delta, and roll-forward would otherwise apply it after the rewrite that dropped it
+    /// (the rewrite's slot is older than the log slot).
+    fn kill_logged(&mut self, s: usize, off: u32) {
         if self.cache_meta[s].in_dlog {
-            // The open log must not bring back a delta the live state dropped: roll-forward
-            // would apply it after the rewrite that dropped it (the rewrite's slot is older).
-            let lba = (self.cache_meta[s].node_plus_one - 1) * LBAS_PER_NODE + e.off as u32;
+            let lba = (self.cache_meta[s].node_plus_one - 1) * LBAS_PER_NODE + off;
             let l = self.slot_offset(LBUF, 0);
             self.dlog.kill(&mut self.bufs[l..l + SLOT_BYTES], lba);
         }
+    }
+
+    /// Drops entry `e` of node `s` from the live state only, for a replacement whose new entry
+    /// goes into the open log right after it.
+    fn forget_entry(&mut self, s: usize, e: &Entry) {
         let len = self.inline_len(s);
         let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
         self.cache_meta[s].inline_len = inline::remove(img, len, e) as u16;
@@ -413,7 +425,12 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(false);
         }
         if let Some(old) = self.find_entry(s, off)? {
-            self.remove_entry(s, &old);
+            // The old entry stays in the open log: the new one, logged after it, supersedes it
+            // on replay. Killing it there would make replay see another inline area than the
+            // live one had when the entries logged after it were admitted, and those may fit
+            // only in the room this replacement left (a newer entry replayed as "no room" is a
+            // stale read).
+            self.forget_entry(s, &old);
         }
         let len = self.inline_len(s);
         let d = self.slot_offset(DBUF, 0);
@@ -427,6 +444,8 @@ impl<N: Nand> Ftl<'_, N> {
             new_crc,
             &self.bufs[d..d + n],
         ) else {
+            // Written whole instead: the old entry must not come back on replay either.
+            self.kill_logged(s, off);
             return Ok(false);
         };
         self.cache_meta[s].inline_len = new_len as u16;

@@ -43,6 +43,9 @@ pub struct FirmwareConfig {
     pub delta: bool,
     /// Node cache eviction policy; `--node-cache score|lru`.
     pub node_cache_policy: CachePolicy,
+    /// Power-loss protection (`--plp on|off`): write buffers count as durable, so FLUSH and
+    /// FUA program nothing; a shutdown runs the power-fail dump ([`nandbox_core::ftl::Ftl::power_fail`]).
+    pub plp: bool,
     /// Over-provisioning, percent of the logical size.
     pub op_percent: u32,
     /// Requests that may wait in the submission queue.
@@ -64,6 +67,7 @@ impl FirmwareConfig {
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
             delta: true,
             node_cache_policy: CachePolicy::Score,
+            plp: false,
             op_percent: crate::profile::DEFAULT_OP_PERCENT,
             queue_depth: 256,
             background: true,
@@ -487,6 +491,7 @@ fn run_thread(
     };
     let mut ftl = ftl;
     ftl.set_delta(config.delta);
+    ftl.set_plp(config.plp);
     ftl.set_cache_policy(config.node_cache_policy);
     if let Some(m) = ftl.nand_mut().model() {
         m.reset();
@@ -545,7 +550,7 @@ impl Runner<'_> {
                 return;
             }
         }
-        let _ = self.ftl.flush();
+        let _ = self.ftl.power_fail();
     }
 
     /// Starts the latency clock for a request submitted at `submitted`.
@@ -575,7 +580,13 @@ impl Runner<'_> {
     /// Handles one job; false once the device is shut down.
     fn handle(&mut self, (submitted, job): Submitted) -> bool {
         // FUA and flush wait for the flash; plain writes only for room in the write buffer.
-        let write_wait = |fua: bool| if fua { Wait::Durable } else { Wait::Buffered };
+        // With power-loss protection the buffer is durable: nothing waits for the flash.
+        let durable = if self.config.plp {
+            Wait::Buffered
+        } else {
+            Wait::Durable
+        };
+        let write_wait = |fua: bool| if fua { durable } else { Wait::Buffered };
         match job {
             Job::Read(offset, len, reply) => {
                 let t = self.begin(submitted);
@@ -613,7 +624,7 @@ impl Runner<'_> {
             Job::Flush(reply) => {
                 let t = self.begin(submitted);
                 let result = self.ftl.flush().map_err(io);
-                let not_before = self.end(t, Wait::Durable);
+                let not_before = self.end(t, durable);
                 let _ = reply.send(Completion { result, not_before });
             }
             Job::Mapped(offset, len, reply) => {
@@ -627,7 +638,7 @@ impl Runner<'_> {
                 let _ = reply.send(self.snapshot());
             }
             Job::Shutdown(reply) => {
-                let mut result = self.ftl.flush().map_err(io);
+                let mut result = self.ftl.power_fail().map_err(io);
                 if result.is_ok() {
                     let sync = self.ftl.nand_mut().inner_mut().sync();
                     result = sync.map_err(|e| FirmwareError::Io(e.to_string()));

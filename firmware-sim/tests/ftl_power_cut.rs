@@ -409,3 +409,66 @@ fn delta_admitted_into_room_a_replacement_left_survives_unclean_stop() {
         assert!(buf == base[l as usize], "LBA {l} changed");
     }
 }
+
+fn programs(ftl: &Ftl<'_, SimNand>) -> u64 {
+    ftl.stats().program_pages.iter().sum()
+}
+
+/// With power-loss protection a flush programs nothing, and the power-fail dump at any point
+/// keeps every acknowledged write, flushed or not; without it the same flush programs a page.
+#[test]
+fn power_loss_protection_flush_programs_nothing_and_the_dump_keeps_every_write() {
+    let logical = 192;
+    for (slots, delta) in [(4, false), (4, true), (1, true)] {
+        for (seed, stop) in [(1u64, 40usize), (2, 700), (3, 2_500)] {
+            let g = small_geometry(slots, 16, logical);
+            let cfg = config(logical, 4);
+            let mut mem = OwnedFtlMemory::new(&g, &cfg);
+            let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+            set_delta(&mut ftl, delta);
+            ftl.set_plp(true);
+            let mut rng = Rng::new(seed);
+            let mut last = vec![0u32; logical as usize];
+            for i in 0..stop {
+                let lba = rng.below(u64::from(logical)) as u32;
+                match rng.below(20) {
+                    0 => {
+                        ftl.trim(Lba(lba), 1).unwrap();
+                        last[lba as usize] = 0;
+                    }
+                    1 | 2 => {
+                        let before = programs(&ftl);
+                        ftl.flush().unwrap();
+                        assert_eq!(programs(&ftl), before, "a flush with PLP programmed");
+                    }
+                    _ => {
+                        let v = i as u32 + 1;
+                        ftl.write(Lba(lba), &content_for(delta, lba, v)).unwrap();
+                        last[lba as usize] = v;
+                    }
+                }
+            }
+            ftl.power_fail().unwrap();
+            let at = format!("{slots}-slot pages, delta {delta}, seed {seed}, {stop} ops");
+            let nand = ftl.into_nand();
+            let mut ftl = Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: {e:?}"));
+            let mut buf = [0u8; BLOCK];
+            for lba in 0..logical {
+                ftl.read(Lba(lba), &mut buf).unwrap();
+                assert_eq!(
+                    version_of(lba, &buf),
+                    Some(last[lba as usize]),
+                    "{at}: LBA {lba} after the power-fail dump"
+                );
+            }
+            // The same device without PLP: a flush after a write programs.
+            ftl.write(Lba(0), &content(0, 9)).unwrap();
+            let before = programs(&ftl);
+            ftl.flush().unwrap();
+            assert!(
+                programs(&ftl) > before,
+                "{at}: a flush without PLP programmed nothing"
+            );
+        }
+    }
+}

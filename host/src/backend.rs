@@ -40,6 +40,7 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     config.image = opts.image.clone();
     config.latency = latency;
     config.delta = opts.delta;
+    config.plp = opts.plp;
     config.node_cache_policy = match opts.node_cache.as_str() {
         "lru" => nandbox_sim::firmware::CachePolicy::Lru,
         _ => nandbox_sim::firmware::CachePolicy::Score,

@@ -108,6 +108,8 @@ pub struct DeviceOptions {
     pub dies: Option<u32>,
     /// Keep updates as inline deltas (MedFS).
     pub delta: bool,
+    /// Power-loss protection: FLUSH programs nothing; shutdown runs the power-fail dump.
+    pub plp: bool,
     /// Node cache policy: `score` or `lru`.
     pub node_cache: String,
     /// Node cache slots, when not the default (used when the device is formatted).

@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// Keep updates of blocks already on flash as small XOR deltas inline in node pages.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     delta: OnOff,
+    /// Power-loss protection, as on enterprise SSDs: the write buffer counts as durable (a
+    /// hold-up capacitor programs it when power fails), so FLUSH and FUA program no padding.
+    /// The emulator runs that dump on SIGINT, SIGTERM and shutdown; kill -9 is a capacitor that
+    /// failed, and writes not yet programmed are lost.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    plp: OnOff,
     /// Node cache eviction policy.
     #[arg(long, value_enum, default_value_t = NodeCache::Score)]
     node_cache: NodeCache,
@@ -165,6 +171,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         read_only: args.read_only,
         dies: args.dies,
         delta: args.delta == OnOff::On,
+        plp: args.plp == OnOff::On,
         node_cache: format!("{:?}", args.node_cache).to_lowercase(),
         node_cache_slots: args.node_cache_slots,
     };

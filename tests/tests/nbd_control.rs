@@ -253,3 +253,74 @@ fn sigint_removes_the_unix_socket() {
     assert!(status.success(), "{status}");
     assert!(!path.exists(), "socket file left behind");
 }
+
+/// Eight 4 KiB writes, each followed by a FLUSH, at distinct offsets of 0x5a-filled blocks
+/// numbered in their first byte.
+fn write_flush_eight(server: &Server) {
+    let out = run_ok(
+        Command::new("/usr/bin/python3").args([
+            "-c",
+            "import sys, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             for i in range(8):\n    h.pwrite(bytes([i]) + b'\\x5a' * 4095, i * 65536)\n    h.flush()\n\
+             print('ok')",
+            &server.uri(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("ok"));
+}
+
+/// `--plp on`: a FLUSH programs no padding (the write buffer is durable), SIGTERM runs the
+/// power-fail dump, and the image reopens with every write; `--plp off` pads every flush.
+#[test]
+fn plp_flushes_program_no_padding_and_sigterm_dumps_the_buffer() {
+    let mut padding = Vec::new();
+    for plp in ["off", "on"] {
+        let dir = nandbox_tests::scratch_dir();
+        let out = dir.path().join("final.json");
+        let image = dir.path().join("dev.img");
+        let (out_s, image_s) = (out.to_str().unwrap(), image.to_str().unwrap());
+        let args = [
+            "--size",
+            "16MiB",
+            "--profile",
+            "tlc",
+            "--image",
+            image_s,
+            "--plp",
+            plp,
+        ];
+        let mut server = Server::start(&[&args[..], &["--stats-out", out_s]].concat());
+        write_flush_eight(&server);
+        let status = server.signal_and_wait("TERM", Duration::from_secs(30));
+        assert!(status.success(), "{status}\n{}", server.log_text());
+        let stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        padding.push(stats["nand_program_bytes"]["padding"].as_u64().unwrap());
+
+        server.restart(&args);
+        let got = run_ok(
+            Command::new("/usr/bin/python3").args([
+                "-c",
+                "import sys, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+                 print(all(h.pread(4096, i * 65536) == bytes([i]) + b'\\x5a' * 4095 \
+                 for i in range(8)))",
+                &server.uri(),
+            ]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            got.trim(),
+            "True",
+            "--plp {plp}: data after SIGTERM and reopen"
+        );
+    }
+    // tlc pages hold four 4 KiB slots: each of the eight flushes pads three without PLP; with
+    // it only the final dump may pad one page.
+    assert!(
+        padding[0] >= 8 * 3 * 4096,
+        "--plp off padding {}",
+        padding[0]
+    );
+    assert!(padding[1] <= 3 * 4096, "--plp on padding {}", padding[1]);
+}

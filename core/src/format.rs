@@ -203,7 +203,8 @@ pub mod node {
         use core::ops::Range;
         /// `b"NBND"`.
         pub const MAGIC: Range<usize> = 0..4;
-        /// Format version, currently 2 (1 is read: no inline deltas, no compact page).
+        /// Format version, currently 3 (1 and 2 are read: 1 has no inline deltas and no compact
+        /// page, 2 one compact page and no [`COMPACT_TABLE`]).
         pub const VERSION: Range<usize> = 4..6;
         /// Reserved, written 0.
         pub const FLAGS: Range<usize> = 6..8;
@@ -215,20 +216,25 @@ pub mod node {
         pub const EXTENT: Range<usize> = 20..22;
         /// Bytes used by the inline area at the end of the page (0 in version 1).
         pub const INLINE_LEN: Range<usize> = 22..24;
-        /// Version 2: slot address of the group's compact page, all-ones = none (version 1:
-        /// reserved, 0).
+        /// Versions 2 and 3: slot address of the group's compact page 0, all-ones = none
+        /// (version 1: reserved, 0).
         pub const COMPACT: Range<usize> = 24..28;
         /// CRC32 of the whole page with these four bytes taken as zero.
         pub const CRC: Range<usize> = 28..32;
         /// First byte of the pointer area: `extent` little-endian u32 slot addresses.
         pub const POINTERS: usize = 32;
+        /// Version 3: slot addresses of compact pages 1..16, all-ones = none; after a full
+        /// pointer area (bytes past the extent and before this are zero).
+        pub const COMPACT_TABLE: Range<usize> = 1056..1116;
     }
+    /// Compact pages a group may have (page 0 in `COMPACT`, the rest in `COMPACT_TABLE`).
+    pub const COMPACT_PAGES: usize = 16;
     /// LBAs mapped by one node page.
     pub const LBAS: u32 = 256;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBND";
     /// The version written.
-    pub const VERSION: u16 = 2;
+    pub const VERSION: u16 = 3;
 }
 
 /// One delta entry in a node page's inline area (see `delta::inline`): the encoded delta, then
@@ -237,10 +243,11 @@ pub mod inline_delta {
     /// Byte ranges of the entry header.
     pub mod field {
         use core::ops::Range;
-        /// LBA offset inside the group (bits 0..15); bit 15 set = the delta lives in the
-        /// group's compact page and this entry (length 0) only marks it live.
+        /// LBA offset inside the group (bits 0..15); bit 15 set = the delta lives in one of the
+        /// group's compact pages and this entry (no delta bytes) only marks it live.
         pub const OFFSET: Range<usize> = 0..2;
-        /// Encoded delta bytes before this header.
+        /// Encoded delta bytes before this header; for a marker (bit 15 of OFFSET), which
+        /// compact page holds the delta (0..`node::COMPACT_PAGES`; always 0 in version 2).
         pub const LEN: Range<usize> = 2..4;
         /// CRC32 of the base block the delta applies to (its slot's `data_crc`).
         pub const BASE_CRC: Range<usize> = 4..8;
@@ -249,9 +256,10 @@ pub mod inline_delta {
     }
     /// Header length.
     pub const HEADER: usize = 12;
-    /// Most bytes of inline area: what a full pointer area (256 pointers) leaves.
-    pub const AREA: usize = 4096 - 32 - 4 * 256;
-    /// Flag in OFFSET: delta in the compact page.
+    /// Most bytes of inline area: what a full pointer area (256 pointers) and the compact
+    /// table leave.
+    pub const AREA: usize = 4096 - super::node::field::COMPACT_TABLE.end;
+    /// Flag in OFFSET: delta in a compact page (named by LEN).
     pub const IN_COMPACT: u16 = 0x8000;
 }
 
@@ -358,9 +366,11 @@ impl<'a> NodeView<'a> {
         {
             return Err(NodeError::BadField);
         }
-        let c = view.compact();
-        if c.is_some() && c.0 >= max_ppa {
-            return Err(NodeError::BadField);
+        for i in 0..node::COMPACT_PAGES {
+            let c = view.compact(i);
+            if c.is_some() && c.0 >= max_ppa {
+                return Err(NodeError::BadField);
+            }
         }
         for i in 0..extent {
             let p = view.pointer(i);
@@ -388,25 +398,32 @@ impl<'a> NodeView<'a> {
         &self.bytes[SLOT_BYTES - len..]
     }
 
-    /// The group's compact page, if any (never in version 1).
-    pub fn compact(&self) -> Ppa {
-        if get_u16(self.bytes, node::field::VERSION.start) < 2 {
-            return Ppa::NONE;
+    /// The group's compact page `i` (< [`node::COMPACT_PAGES`]), if any (none in version 1,
+    /// only page 0 in version 2).
+    pub fn compact(&self, i: usize) -> Ppa {
+        let version = get_u16(self.bytes, node::field::VERSION.start);
+        match i {
+            _ if version < 2 || i >= node::COMPACT_PAGES => Ppa::NONE,
+            0 => Ppa(get_u32(self.bytes, node::field::COMPACT.start)),
+            _ if version < 3 => Ppa::NONE,
+            _ => Ppa(get_u32(
+                self.bytes,
+                node::field::COMPACT_TABLE.start + 4 * (i - 1),
+            )),
         }
-        Ppa(get_u32(self.bytes, node::field::COMPACT.start))
     }
 }
 
 /// Writes a node page for `node_id` from its pointers (all [`node::LBAS`] of them; the extent
 /// is derived), its inline area (at most [`inline_delta::AREA`] bytes, placed at the end of the
-/// page) and its compact page address into `out` (4096 bytes).
+/// page) and its compact page addresses into `out` (4096 bytes).
 pub fn write_node(
     out: &mut [u8],
     node_id: u32,
     seq: u64,
     pointers: impl Fn(u32) -> Ppa,
     inline: &[u8],
-    compact: Ppa,
+    compact: impl Fn(usize) -> Ppa,
 ) {
     use node::field as f;
     out.fill(0);
@@ -429,7 +446,10 @@ pub fn write_node(
     debug_assert!(inline.len() <= inline_delta::AREA);
     out[SLOT_BYTES - inline.len()..].copy_from_slice(inline);
     put_u16(out, f::INLINE_LEN.start, inline.len() as u16);
-    put_u32(out, f::COMPACT.start, compact.0);
+    put_u32(out, f::COMPACT.start, compact(0).0);
+    for i in 1..node::COMPACT_PAGES {
+        put_u32(out, f::COMPACT_TABLE.start + 4 * (i - 1), compact(i).0);
+    }
     let crc = crc32(&[&out[..]]);
     put_u32(out, f::CRC.start, crc);
 }

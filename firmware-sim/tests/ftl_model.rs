@@ -229,3 +229,92 @@ fn model_real_profiles() {
         run(31, p.geometry(blocks), logical, 8, 10_000);
     }
 }
+
+/// `base` with `k` bytes flipped, 29 bytes apart from byte 8 on, the first 8 bytes naming
+/// `lba` and version `v`.
+fn small_update(base: &[u8; BLOCK], lba: u32, v: u32, k: usize) -> [u8; BLOCK] {
+    let mut out = *base;
+    out[..4].copy_from_slice(&lba.to_le_bytes());
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    for i in 0..k {
+        out[8 + ((i + v as usize * 7) * 29) % (BLOCK - 8)] ^= 0x3C;
+    }
+    out
+}
+
+/// A group whose deltas outgrow its inline area many times over spills them into several
+/// compact pages (not one), in batches: nearly every update stays a delta, and every LBA reads
+/// its last version after a clean remount and after an unclean stop, with a clean `check`.
+#[test]
+fn deltas_spill_into_several_compact_pages() {
+    let logical = 256;
+    let g = small_geometry(1, 16, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let base: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 1)).collect();
+    for (l, b) in base.iter().enumerate() {
+        ftl.write(Lba(l as u32), b).unwrap();
+    }
+    ftl.flush().unwrap();
+    let mut last = base.clone();
+    // Half the group is updated: its markers (12 bytes each) leave room to batch deltas.
+    let hot = logical / 2;
+    for round in 0..3u32 {
+        for lba in 0..hot {
+            let v = 2 + round * logical + lba;
+            let new = small_update(&base[lba as usize], lba, v, 30);
+            ftl.write(Lba(lba), &new).unwrap();
+            last[lba as usize] = new;
+        }
+        ftl.flush().unwrap();
+    }
+    let s = *ftl.stats();
+    // 128 deltas of ~220 bytes are ~9 times the 2,980-byte inline area; a compact page takes
+    // a batch of at least 1 KiB, so far fewer pages than deltas.
+    let updates = u64::from(3 * hot);
+    assert!(
+        s.compact_pages >= 8 && s.compact_pages <= updates / 4,
+        "compact pages written: {}",
+        s.compact_pages
+    );
+    assert!(
+        s.deltas_inlined >= updates * 8 / 10,
+        "updates kept as deltas: {} of {updates}; refused {}",
+        s.deltas_inlined,
+        s.deltas_refused
+    );
+    let check = |ftl: &mut Ftl<'_, SimNand>, last: &[[u8; BLOCK]], at: &str| {
+        let mut buf = [0u8; BLOCK];
+        for lba in 0..logical {
+            ftl.read(Lba(lba), &mut buf).unwrap();
+            assert!(buf == last[lba as usize], "{at}: LBA {lba}");
+        }
+        let rep = ftl.check().unwrap();
+        assert_eq!(rep.problems(), 0, "{at}: {rep:?}");
+    };
+    check(&mut ftl, &last, "live");
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
+    set_delta(&mut ftl, true);
+    check(&mut ftl, &last, "after remount");
+    // Unflushed updates may be lost by an unclean stop, flushed ones not.
+    let flushed = last.clone();
+    for lba in (0..logical).step_by(3) {
+        let new = small_update(&base[lba as usize], lba, 5000 + lba, 30);
+        ftl.write(Lba(lba), &new).unwrap();
+    }
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("mount after unclean stop");
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..logical {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let unflushed = small_update(&base[lba as usize], lba, 5000 + lba, 30);
+        assert!(
+            buf == flushed[lba as usize] || (lba % 3 == 0 && buf == unflushed),
+            "after unclean stop: LBA {lba}"
+        );
+    }
+    assert_eq!(ftl.check().unwrap().problems(), 0);
+}

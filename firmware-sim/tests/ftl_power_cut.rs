@@ -47,9 +47,15 @@ fn workload(seed: u64, logical: u32, len: usize, reads: bool) -> Vec<Op> {
             }
             83..=94 => Op::Flush,
             95..=97 if reads => {
-                // Reads of the last group only: it becomes read-hot, the others read-cold.
-                let n = 256.min(logical);
-                Op::Read(logical - 1 - rng.below(n as u64) as u32)
+                // Reads of the last group and of the first 32 LBAs: the last group becomes
+                // read-hot, the first group read-hot and write-hot (its evictions are rebuilds),
+                // the others read-cold (theirs go to compact pages).
+                if rng.below(2) == 0 {
+                    Op::Read(rng.below(32.min(logical as u64)) as u32)
+                } else {
+                    let n = 256.min(logical);
+                    Op::Read(logical - 1 - rng.below(n as u64) as u32)
+                }
             }
             _ => Op::Idle,
         };

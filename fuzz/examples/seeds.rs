@@ -205,7 +205,9 @@ fn main() {
     let mut len = 0;
     for off in [3u16, 17, 200] {
         let d = &delta[..delta.len().min(300)];
-        len = nandbox_core::delta::inline::push(&mut img, len, off, off == 17, 1, 2, d).unwrap();
+        let compact = (off == 17).then_some(0);
+        let d = if off == 17 { &d[..0] } else { d };
+        len = nandbox_core::delta::inline::push(&mut img, len, off, compact, 1, 2, d).unwrap();
     }
     img[..2].copy_from_slice(&(len as u16).to_le_bytes());
     put(

@@ -2,11 +2,12 @@
 //! into one 4 KiB slot of kind `Compact` owned by the group's node (layout in
 //! [`crate::format::compact`]).
 //!
-//! Each group has at most one compact page, named by its node page. An evicted delta moves
-//! there and leaves a 12-byte marker in the inline area, so the entry stays live (and a later
-//! full write of its LBA, which removes the marker, kills it without touching the compact
-//! page). Rewriting the compact page keeps only entries whose marker is still inline, so dead
-//! entries are dropped as it is rewritten. Reads of a compacted LBA pay one extra NAND read.
+//! Each group has up to 16 compact pages, named by its node page. An evicted delta moves into
+//! one and leaves a 12-byte marker naming that page in the inline area, so the entry stays live
+//! (and a later write of its LBA, which removes the marker, kills it without touching the
+//! compact page). Rewriting a compact page keeps only entries whose marker still names it, so
+//! dead entries are dropped as it is rewritten; a page with none left is dropped. Reads of a
+//! compacted LBA pay one extra NAND read.
 
 use crate::format::compact::{self as f, field};
 use crate::format::crc32;

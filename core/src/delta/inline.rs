@@ -5,8 +5,8 @@
 //! entry is its encoded delta followed by a 12-byte header (LBA offset, encoded length, CRC of
 //! the base it applies to, CRC of the block it produces; layout in
 //! [`crate::format::inline_delta`]), so the area is walked from the end of the page. The area
-//! never grows past [`AREA`] = 3,040 bytes: that is what is left beside a full pointer area
-//! (256 pointers), so the pointer area can never collide with a durable delta, not even when
+//! never grows past [`AREA`] = 2,980 bytes: that is what is left beside a full pointer area
+//! (256 pointers) and the table of compact pages, so the pointer area can never collide with a durable delta, not even when
 //! roll-forward replays writes that extend it (it cannot replay an eviction).
 //!
 //! # Benefit model (replacement when the area is full)
@@ -17,14 +17,19 @@
 //! - Admitting a new delta saves `S = P · (1 + w)` with `P` = 4,096 (the full-page program
 //!   avoided now) and `w` = 1 when the group is write-hot (its deltas tend to be overwritten
 //!   by newer deltas before they must be evicted, so an inline slot keeps saving programs), else 0.
-//! - Evicting an old entry `e` costs `C(e) = |e|` (its bytes packed into a compact page) when the
-//!   group is read-cold/write-hot, else `C(e) = P + R` (rebuild: read the base, program the
-//!   full page).
+//! - Compaction, in read-cold/write-hot groups, moves every inline delta of the group at once
+//!   into one compact page, leaving 12-byte markers: it costs `C = P` (the compact page), and is
+//!   only considered when the deltas moved add up to at least [`MIN_COMPACT_BATCH`] = P/4
+//!   bytes, so a compact page always carries a batch. (When the area is crowded with markers
+//!   there is no batch to move: the group's updates are then written whole, and each such write
+//!   retires a marker, until there is room to batch again.)
+//! - Evicting an old entry `e` by a rebuild (read the base, program the full page) costs
+//!   `C(e) = P + R`.
 //!
-//! The oldest entries are evicted (FIFO) until the new one fits, only if `S > Σ C(e)`; otherwise
-//! the new block is written whole. So a write-cold group never trades a rebuild for a delta, a
-//! write-hot group trades at most one rebuild per new delta, and a compact-class group trades as
-//! long as the packed bytes stay under two pages.
+//! Compaction comes first where it applies; then the oldest entries are rebuilt (FIFO) until
+//! the new one fits. All of it happens only if `S > Σ C`; otherwise the new block is written
+//! whole. So a write-cold group never trades a rebuild for a delta, a write-hot group trades at
+//! most one rebuild or one compaction per new delta.
 
 use crate::format::inline_delta as f;
 use crate::nand::SLOT_BYTES;
@@ -33,6 +38,8 @@ use crate::nand::SLOT_BYTES;
 pub const AREA: usize = f::AREA;
 /// Bytes of an entry header.
 pub const HEADER: usize = f::HEADER;
+/// Compact pages a group may have.
+pub const COMPACT_PAGES: usize = crate::format::node::COMPACT_PAGES;
 /// Program cost of one 4 KiB slot, in bytes.
 pub const PROGRAM_COST: u32 = SLOT_BYTES as u32;
 /// A page read expressed in program bytes (75 µs read vs 900 µs program on `tlc`).
@@ -43,8 +50,10 @@ pub const READ_EQUIV: u32 = SLOT_BYTES as u32 * 75 / 900;
 pub struct Entry {
     /// LBA offset inside the group.
     pub off: u16,
-    /// The delta itself lives in the group's compact page; only this marker is inline.
+    /// The delta itself lives in one of the group's compact pages; only this marker is inline.
     pub in_compact: bool,
+    /// For a marker: which compact page (0..[`COMPACT_PAGES`]).
+    pub page: u8,
     /// Encoded bytes.
     pub len: usize,
     /// CRC32 of the base block the delta applies to.
@@ -104,14 +113,25 @@ impl Iterator for Iter<'_> {
         }
         let h = self.pos - HEADER;
         let raw_off = get_u16(self.img, h + f::field::OFFSET.start);
-        let len = get_u16(self.img, h + f::field::LEN.start) as usize;
-        if len > h - self.low || (raw_off & !f::IN_COMPACT) >= crate::format::node::LBAS as u16 {
+        let raw_len = get_u16(self.img, h + f::field::LEN.start) as usize;
+        let in_compact = raw_off & f::IN_COMPACT != 0;
+        // A marker's length field names its compact page; it has no delta bytes.
+        let (len, page) = if in_compact {
+            (0, raw_len)
+        } else {
+            (raw_len, 0)
+        };
+        if len > h - self.low
+            || page >= COMPACT_PAGES
+            || (raw_off & !f::IN_COMPACT) >= crate::format::node::LBAS as u16
+        {
             self.pos = self.low;
             return Some(Err(Malformed));
         }
         let e = Entry {
             off: raw_off & !f::IN_COMPACT,
-            in_compact: raw_off & f::IN_COMPACT != 0,
+            in_compact,
+            page: page as u8,
             len,
             base_crc: get_u32(self.img, h + f::field::BASE_CRC.start),
             new_crc: get_u32(self.img, h + f::field::NEW_CRC.start),
@@ -149,19 +169,24 @@ pub fn remove(img: &mut [u8], len: usize, e: &Entry) -> usize {
     len - size
 }
 
-/// Appends an entry (the newest, nearest the pointer area); returns the new length, or `None`
-/// if it would not fit in [`AREA`].
+/// Appends an entry (the newest, nearest the pointer area): the delta bytes, or, when
+/// `compact` names the compact page holding them, a marker (`delta` empty). Returns the new
+/// length, or `None` if it would not fit in [`AREA`].
 pub fn push(
     img: &mut [u8],
     len: usize,
     off: u16,
-    in_compact: bool,
+    compact: Option<u8>,
     base_crc: u32,
     new_crc: u32,
     delta: &[u8],
 ) -> Option<usize> {
     let size = delta.len() + HEADER;
-    if len + size > AREA || off >= crate::format::node::LBAS as u16 {
+    let in_compact = compact.is_some();
+    if len + size > AREA
+        || off >= crate::format::node::LBAS as u16
+        || compact.is_some_and(|c| c as usize >= COMPACT_PAGES || !delta.is_empty())
+    {
         return None;
     }
     let end = SLOT_BYTES - len;
@@ -169,8 +194,8 @@ pub fn push(
     img[h - delta.len()..h].copy_from_slice(delta);
     let raw = off | if in_compact { f::IN_COMPACT } else { 0 };
     img[h + f::field::OFFSET.start..h + f::field::OFFSET.end].copy_from_slice(&raw.to_le_bytes());
-    img[h + f::field::LEN.start..h + f::field::LEN.end]
-        .copy_from_slice(&(delta.len() as u16).to_le_bytes());
+    let raw_len = compact.map_or(delta.len() as u16, u16::from);
+    img[h + f::field::LEN.start..h + f::field::LEN.end].copy_from_slice(&raw_len.to_le_bytes());
     img[h + f::field::BASE_CRC.start..h + f::field::BASE_CRC.end]
         .copy_from_slice(&base_crc.to_le_bytes());
     img[h + f::field::NEW_CRC.start..h + f::field::NEW_CRC.end]
@@ -183,14 +208,14 @@ pub const fn admit_saving(write_hot: bool) -> u32 {
     PROGRAM_COST * if write_hot { 2 } else { 1 }
 }
 
-/// Cost of evicting entry `e` (see the module docs).
-pub fn evict_cost(e: &Entry, to_compact: bool) -> u32 {
-    if to_compact {
-        e.size() as u32
-    } else {
-        PROGRAM_COST + READ_EQUIV
-    }
-}
+/// Fewest bytes of inline deltas a compaction moves (see the module docs).
+pub const MIN_COMPACT_BATCH: usize = SLOT_BYTES / 4;
+
+/// Cost of one compaction (see the module docs).
+pub const COMPACT_COST: u32 = PROGRAM_COST;
+
+/// Cost of evicting one entry by a rebuild (see the module docs).
+pub const REBUILD_COST: u32 = PROGRAM_COST + READ_EQUIV;
 
 #[cfg(test)]
 mod tests {
@@ -200,14 +225,17 @@ mod tests {
     fn push_find_remove_keep_fifo_order() {
         let mut img = [0u8; SLOT_BYTES];
         let mut len = 0;
-        len = push(&mut img, len, 1, false, 11, 12, &[1, 2, 3]).unwrap();
-        len = push(&mut img, len, 2, true, 21, 22, &[]).unwrap();
-        len = push(&mut img, len, 3, false, 31, 32, &[9; 10]).unwrap();
+        len = push(&mut img, len, 1, None, 11, 12, &[1, 2, 3]).unwrap();
+        len = push(&mut img, len, 2, Some(5), 21, 22, &[]).unwrap();
+        len = push(&mut img, len, 3, None, 31, 32, &[9; 10]).unwrap();
+        assert_eq!(push(&mut img, len, 4, Some(16), 1, 2, &[]), None);
+        assert_eq!(push(&mut img, len, 4, Some(1), 1, 2, &[1]), None);
         assert_eq!(len, 3 + 10 + 3 * HEADER);
         let offs: heapless::Vec<u16, 8> = entries(&img, len).map(|e| e.unwrap().off).collect();
         assert_eq!(&offs[..], &[1, 2, 3]);
         let e2 = find(&img, len, 2).unwrap().unwrap();
-        assert!(e2.in_compact && e2.base_crc == 21 && e2.new_crc == 22);
+        assert!(e2.in_compact && e2.page == 5 && e2.len == 0);
+        assert!(e2.base_crc == 21 && e2.new_crc == 22);
         len = remove(&mut img, len, &e2);
         let e3 = find(&img, len, 3).unwrap().unwrap();
         assert_eq!(&img[e3.data..e3.data + e3.len], &[9; 10]);
@@ -220,12 +248,15 @@ mod tests {
     #[test]
     fn full_area_refuses_and_damage_is_detected() {
         let mut img = [0u8; SLOT_BYTES];
-        let big = [5u8; 1000];
+        let big = [5u8; 970];
         let mut len = 0;
         for off in 0..3 {
-            len = push(&mut img, len, off, false, 0, 0, &big).unwrap();
+            len = push(&mut img, len, off, None, 0, 0, &big).unwrap();
         }
-        assert!(push(&mut img, len, 9, false, 0, 0, &big).is_none());
+        assert_eq!(len, 3 * (970 + HEADER));
+        let room = AREA - len - HEADER;
+        assert!(push(&mut img.clone(), len, 9, None, 0, 0, &big[..room + 1]).is_none());
+        assert!(push(&mut img.clone(), len, 9, None, 0, 0, &big[..room]).is_some());
         // Corrupt the newest header's length so it runs past the area.
         let h = SLOT_BYTES - len;
         let e = find(&img, len, 2).unwrap().unwrap();

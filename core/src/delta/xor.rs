@@ -9,7 +9,7 @@
 //!
 //! A delta whose encoding (plus the 12-byte entry header) exceeds [`MAX_DELTA`] = 1,024 bytes is
 //! not kept: the block is written whole. Why 1 KiB: the inline area of a node page holds
-//! 3,040 bytes, and a delta larger than a third of it would push out at least one other delta
+//! 2,980 bytes, and a delta larger than a third of it would push out at least one other delta
 //! (each eviction costs a rebuild: a base read plus a 4 KiB program), so the program it saves
 //! would be paid back at once; below it, the read penalty is nil when the base is read anyway
 //! (one base read replaces the data read) and the CPU cost of applying ≤ 1 KiB is small. MedFS

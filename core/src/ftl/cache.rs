@@ -7,18 +7,22 @@
 //!
 //! # Score
 //!
-//! `score = (f + 1) · (4 + 12 · inline_len / AREA)`, where `f` is the slot's access count halved
-//! once per [`FREQ_HALF_LIFE`] accesses of the whole cache since the slot was last used (so a
-//! slot hot long ago cools down). A page whose inline area is full of deltas counts four times
-//! one without: evicting it costs a write-back now and, for every later read of a delta LBA,
-//! a node read again; a delta-free page costs only a re-read. The lowest score is evicted, the
-//! older stamp on ties.
+//! LRU with a delta bonus: a page is evicted by the key `stamp + B · inline_len / AREA`, where
+//! `stamp` is the cache clock (one tick per node access) at its last use and `B` =
+//! [`DELTA_BONUS_PER_SLOT`] × the number of slots. A page whose inline area is full of live
+//! deltas is thus kept as if it had been used `B` accesses later than it was: with 64 slots it
+//! outlives a delta-free page of the same age by 192 accesses of other pages. Evicting a
+//! delta-rich page costs more than a re-read: it is dirty (a write-back programs it), and every
+//! later read of one of its delta LBAs needs it again. Without deltas the key is the stamp, so
+//! the policy is exactly LRU, and a page no longer used ages out like any other (a pure
+//! frequency count would keep yesterday's hot page and evict every newcomer first; that lost
+//! to LRU in bench/delta.sh). The older stamp breaks ties.
 
 use super::config::CacheSlot;
 use crate::format::inline_delta::AREA;
 
-/// Cache accesses after which a slot's frequency halves.
-pub const FREQ_HALF_LIFE: u64 = 1024;
+/// Accesses of bonus per cache slot for a page whose inline area is full of live deltas.
+pub const DELTA_BONUS_PER_SLOT: u64 = 3;
 
 /// Chooses the slot to evict and records accesses.
 pub trait EvictionPolicy {
@@ -53,37 +57,31 @@ impl EvictionPolicy for Lru {
     }
 }
 
-/// Frequency and delta share.
+/// LRU with a bonus for the share of live inline deltas.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Score;
 
 impl Score {
-    fn freq(slot: &CacheSlot, clock: u64) -> u64 {
-        let halvings = (clock.saturating_sub(slot.stamp) / FREQ_HALF_LIFE).min(32) as u32;
-        (slot.freq as u64) >> halvings
-    }
-
-    /// The slot's score at `clock` (higher = keep).
-    pub fn score(slot: &CacheSlot, clock: u64) -> u64 {
-        (Self::freq(slot, clock) + 1) * (4 + 12 * slot.inline_len as u64 / AREA as u64)
+    /// The slot's eviction key in a cache of `slots` slots (lower = evict first).
+    pub fn key(slot: &CacheSlot, slots: usize) -> u64 {
+        let bonus = DELTA_BONUS_PER_SLOT * slots as u64;
+        slot.stamp + bonus * u64::from(slot.inline_len).min(AREA as u64) / AREA as u64
     }
 }
 
 impl EvictionPolicy for Score {
     fn touch(&self, slot: &mut CacheSlot, clock: u64) {
-        slot.freq = (Self::freq(slot, clock) as u32).saturating_add(1);
         slot.stamp = clock;
     }
 
     fn victim(&self, slots: &[CacheSlot]) -> usize {
-        let clock = slots.iter().map(|s| s.stamp).max().unwrap_or(0);
         let mut best = 0;
         let mut best_key = (u64::MAX, u64::MAX);
         for (i, s) in slots.iter().enumerate() {
             if s.node_plus_one == 0 {
                 return i;
             }
-            let key = (Self::score(s, clock), s.stamp);
+            let key = (Self::key(s, slots.len()), s.stamp);
             if key < best_key {
                 best_key = key;
                 best = i;
@@ -99,7 +97,7 @@ pub enum CachePolicy {
     /// Least recently used.
     #[default]
     Lru,
-    /// Frequency weighted by the share of live inline deltas.
+    /// LRU with a bonus for the share of live inline deltas.
     Score,
 }
 
@@ -123,11 +121,10 @@ impl EvictionPolicy for CachePolicy {
 mod tests {
     use super::*;
 
-    fn slot(node: u32, stamp: u64, freq: u32, inline_len: u16) -> CacheSlot {
+    fn slot(node: u32, stamp: u64, inline_len: u16) -> CacheSlot {
         CacheSlot {
             node_plus_one: node,
             stamp,
-            freq,
             inline_len,
             ..CacheSlot::default()
         }
@@ -135,24 +132,32 @@ mod tests {
 
     #[test]
     fn score_keeps_delta_rich_pages_that_lru_would_drop() {
-        // Slot 0: least recent, but full of deltas; slot 1: recent, no deltas, same frequency.
-        let slots = [slot(1, 10, 3, AREA as u16), slot(2, 20, 3, 0)];
+        // Slot 0: least recent, but full of deltas; slot 1: recent, no deltas.
+        let slots = [slot(1, 10, AREA as u16), slot(2, 14, 0)];
         assert_eq!(Lru.victim(&slots), 0);
         assert_eq!(Score.victim(&slots), 1);
-        // A much more frequently used page outweighs the delta share.
-        let slots = [slot(1, 10, 1, AREA as u16), slot(2, 20, 40, 0)];
+        // A delta-rich page unused for longer than its bonus goes anyway.
+        let bonus = DELTA_BONUS_PER_SLOT * 2;
+        let slots = [slot(1, 10, AREA as u16), slot(2, 11 + bonus, 0)];
+        assert_eq!(Score.victim(&slots), 0);
+        // Half full, half the bonus.
+        let slots = [slot(1, 10, AREA as u16 / 2), slot(2, 10 + bonus / 2 + 1, 0)];
         assert_eq!(Score.victim(&slots), 0);
         // Empty slots first.
-        assert_eq!(Score.victim(&[slot(1, 1, 0, 0), slot(0, 0, 0, 0)]), 1);
+        assert_eq!(Score.victim(&[slot(1, 1, 0), slot(0, 0, 0)]), 1);
     }
 
     #[test]
-    fn frequency_cools_down_with_age() {
-        let mut s = slot(1, 0, 0, 0);
-        for t in 0..16 {
-            Score.touch(&mut s, t);
+    fn without_deltas_score_is_lru() {
+        let mut rng = 0x1234_5678_u64;
+        for _ in 0..100 {
+            let slots: [CacheSlot; 8] = core::array::from_fn(|i| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                slot(i as u32 + 1, rng >> 40, 0)
+            });
+            assert_eq!(Score.victim(&slots), Lru.victim(&slots));
         }
-        assert_eq!(s.freq, 16);
-        assert_eq!(Score::score(&s, 15 + 2 * FREQ_HALF_LIFE), 5 * 4);
     }
 }

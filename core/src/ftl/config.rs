@@ -167,8 +167,6 @@ pub struct CacheSlot {
     /// The inline area changed since the node was last written (its write-back is counted
     /// under the `delta` cause).
     pub(crate) delta_dirty: bool,
-    /// Access frequency for the score policy (decays with age).
-    pub(crate) freq: u32,
     /// The group's read/write heat.
     pub(crate) heat: Heat,
     /// The open delta log holds a delta of this node: the log goes to flash before the node.

@@ -49,14 +49,20 @@ impl<N: Nand> Ftl<'_, N> {
         self.cache_meta[s].inline_len as usize
     }
 
-    pub(super) fn compact_ptr(&self, s: usize) -> Ppa {
-        Ppa(crate::format::read_u32(self.img(s), CACHE_COMPACT))
+    /// Compact page `i` of cached node `s`.
+    pub(super) fn compact_ptr(&self, s: usize, i: usize) -> Ppa {
+        Ppa(crate::format::read_u32(self.img(s), CACHE_COMPACT + 4 * i))
     }
 
-    pub(super) fn set_compact_ptr(&mut self, s: usize, p: Ppa) {
+    /// Which compact page of cached node `s` is slot `p`, if any.
+    pub(super) fn compact_index(&self, s: usize, p: Ppa) -> Option<usize> {
+        (0..COMPACT_PAGES).find(|&i| self.compact_ptr(s, i) == p)
+    }
+
+    pub(super) fn set_compact_ptr(&mut self, s: usize, i: usize, p: Ppa) {
         crate::format::write_u32(
             &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES],
-            CACHE_COMPACT,
+            CACHE_COMPACT + 4 * i,
             p.0,
         );
         self.mark_unlogged(s);
@@ -275,7 +281,7 @@ impl<N: Nand> Ftl<'_, N> {
                 img,
                 ilen,
                 off as u16,
-                false,
+                None,
                 base_crc,
                 new_crc,
                 &self.bufs[at..at + len],
@@ -310,7 +316,7 @@ impl<N: Nand> Ftl<'_, N> {
         let b = self.slot_offset(BBUF, 0);
         let bad = |what| Error::Corrupted(corrupted(what, g * LBAS_PER_NODE + e.off as u32));
         if e.in_compact {
-            let cp = self.compact_ptr(s);
+            let cp = self.compact_ptr(s, e.page as usize);
             if !cp.is_some() {
                 return Err(bad(
                     "delta marked compacted but the group has no compact page",
@@ -439,7 +445,7 @@ impl<N: Nand> Ftl<'_, N> {
             img,
             len,
             off as u16,
-            false,
+            None,
             base_crc,
             new_crc,
             &self.bufs[d..d + n],
@@ -480,10 +486,12 @@ impl<N: Nand> Ftl<'_, N> {
         Ok((self.inline_len(s) - own + need <= AREA).then_some(()))
     }
 
-    /// Frees room for a `need`-byte entry for `off` in group `g`'s inline area by evicting the
-    /// oldest entries (never `off`'s own, which the new one replaces: rebuilding it would move
-    /// the base the new delta was computed against), if the benefit model (see
-    /// [`crate::delta::inline`]) says the new delta is worth it. Returns whether there is room.
+    /// Frees room for a `need`-byte entry for `off` in group `g`'s inline area, if the benefit
+    /// model (see [`crate::delta::inline`]) says the new delta is worth it. A compact-class
+    /// group first moves its inline deltas to a compact page (markers stay); then, and in
+    /// other groups, the oldest entries are rebuilt (never `off`'s own, which the new one
+    /// replaces: rebuilding it would move the base the new delta was computed against).
+    /// Returns whether there is room.
     fn make_inline_room(
         &mut self,
         g: u32,
@@ -497,6 +505,7 @@ impl<N: Nand> Ftl<'_, N> {
         let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
         let short = (len - own + need).saturating_sub(AREA);
         let (mut freed, mut cost) = (0usize, 0u32);
+        let mut batch = 0;
         for e in inline::entries(self.img(s), len) {
             let Ok(e) = e else {
                 return Err(Error::Corrupted(corrupted(
@@ -504,15 +513,24 @@ impl<N: Nand> Ftl<'_, N> {
                     g,
                 )));
             };
+            if !e.in_compact && e.off as u32 != off {
+                batch += e.len;
+            }
+        }
+        let compact = to_compact && batch >= inline::MIN_COMPACT_BATCH;
+        if compact {
+            freed = batch;
+            cost = inline::COMPACT_COST;
+        }
+        for e in inline::entries(self.img(s), len).filter_map(Result::ok) {
             if freed >= short {
                 break;
             }
-            if e.off as u32 == off {
+            if e.off as u32 == off || (compact && !e.in_compact) {
                 continue;
             }
-            let compacted = to_compact && !e.in_compact;
-            cost = cost.saturating_add(inline::evict_cost(&e, compacted));
-            freed += if compacted { e.len } else { e.size() };
+            cost = cost.saturating_add(inline::REBUILD_COST);
+            freed += e.size();
         }
         if freed < short || inline::admit_saving(class.write_hot()) <= cost {
             return Ok(false);
@@ -522,6 +540,13 @@ impl<N: Nand> Ftl<'_, N> {
             if self.room_after_replace(s, off, need)?.is_some() {
                 return Ok(true);
             }
+            let inline_delta = inline::entries(self.img(s), self.inline_len(s))
+                .filter_map(Result::ok)
+                .any(|e| !e.in_compact && e.off as u32 != off);
+            if compact && inline_delta && self.compact_out(g)? {
+                self.stats.deltas_replaced += 1;
+                continue;
+            }
             let victim = inline::entries(self.img(s), self.inline_len(s))
                 .filter_map(Result::ok)
                 .find(|e| e.off as u32 != off);
@@ -529,9 +554,7 @@ impl<N: Nand> Ftl<'_, N> {
                 return Ok(false);
             };
             self.stats.deltas_replaced += 1;
-            if !(to_compact && !e.in_compact && self.compact_out(g)?) {
-                self.rebuild(g, e.off as u32, false)?;
-            }
+            self.rebuild(g, e.off as u32, false)?;
         }
         Ok(false)
     }
@@ -575,12 +598,36 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(())
     }
 
-    /// Moves group `g`'s inline deltas (oldest first, as many as fit) into a new compact page
-    /// holding also the still-live entries of the old one; each leaves a marker inline.
+    /// Live markers per compact page of cached node `s`.
+    fn compact_live(&self, s: usize) -> [u16; COMPACT_PAGES] {
+        let mut live = [0u16; COMPACT_PAGES];
+        for e in inline::entries(self.img(s), self.inline_len(s)).filter_map(Result::ok) {
+            if e.in_compact {
+                live[e.page as usize] += 1;
+            }
+        }
+        live
+    }
+
+    /// Moves group `g`'s inline deltas (oldest first, as many as fit) into a compact page; each
+    /// leaves a marker inline naming the page. The page goes into a free entry of the group's
+    /// table of [`COMPACT_PAGES`] (pages without a live delta are dropped first); with none
+    /// free, the page with the fewest live deltas is rewritten with those plus the new ones.
     /// Returns `false` if none could be moved.
     fn compact_out(&mut self, g: u32) -> R<bool, N::Error> {
         let s = self.room_and_node(HOT, g)?;
-        let old = self.compact_ptr(s);
+        let live = self.compact_live(s);
+        for (i, &n) in live.iter().enumerate() {
+            let p = self.compact_ptr(s, i);
+            if n == 0 && p.is_some() {
+                self.set_compact_ptr(s, i, Ppa::NONE);
+                self.invalidate(p);
+            }
+        }
+        let slot = (0..COMPACT_PAGES)
+            .find(|&i| !self.compact_ptr(s, i).is_some())
+            .unwrap_or_else(|| (0..COMPACT_PAGES).min_by_key(|&i| live[i]).unwrap_or(0));
+        let old = self.compact_ptr(s, slot);
         let b = self.slot_offset(BBUF, 0);
         if old.is_some() {
             let src = match self.buffered_log(old) {
@@ -603,7 +650,8 @@ impl<N: Nand> Ftl<'_, N> {
                 .map_err(|_| Error::Corrupted(corrupted("compact page fails its checks", old.0)))?;
             for ce in view.entries().filter_map(Result::ok) {
                 let live = matches!(inline::find(img, len, ce.off),
-                    Ok(Some(e)) if e.in_compact && e.base_crc == ce.base_crc && e.new_crc == ce.new_crc);
+                    Ok(Some(e)) if e.in_compact && e.page as usize == slot
+                        && e.base_crc == ce.base_crc && e.new_crc == ce.new_crc);
                 if live && !builder.add(out, ce.off, ce.base_crc, ce.new_crc, ce.delta) {
                     return Ok(false);
                 }
@@ -633,7 +681,7 @@ impl<N: Nand> Ftl<'_, N> {
         builder.finish(out);
         let crc = crc32(&[&self.bufs[dst..dst + SLOT_BYTES]]);
         let new = self.commit_slot(HOT, SlotKind::Compact, g, crc, Cause::Compact);
-        self.set_compact_ptr(s, new);
+        self.set_compact_ptr(s, slot, new);
         if old.is_some() {
             self.invalidate(old);
         }
@@ -646,9 +694,15 @@ impl<N: Nand> Ftl<'_, N> {
                 let len = self.inline_len(s);
                 let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
                 // The marker is smaller than what it replaces, so it always fits.
-                if let Some(l) =
-                    inline::push(img, len, off as u16, true, e.base_crc, e.new_crc, &[])
-                {
+                if let Some(l) = inline::push(
+                    img,
+                    len,
+                    off as u16,
+                    Some(slot as u8),
+                    e.base_crc,
+                    e.new_crc,
+                    &[],
+                ) {
                     self.cache_meta[s].inline_len = l as u16;
                 }
                 self.stats.deltas_compacted += 1;

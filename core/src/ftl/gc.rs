@@ -295,16 +295,16 @@ impl<N: Nand> Ftl<'_, N> {
             }
             SlotKind::Compact if rec.owner < self.nodes => {
                 let s = self.room_and_node(COLD, rec.owner)?;
-                if self.compact_ptr(s) != p {
+                let Some(i) = self.compact_index(s, p) else {
                     self.invalidate(p);
                     return Ok(());
-                }
+                };
                 let dst = self.slot_offset(COLD, self.logs[COLD].fill);
                 self.bufs.copy_within(src..src + SLOT_BYTES, dst);
                 let new =
                     self.commit_slot(COLD, SlotKind::Compact, rec.owner, rec.data_crc, Cause::Gc);
                 // Nothing replays a compact page's move: the node is written at the next barrier.
-                self.set_compact_ptr(s, new);
+                self.set_compact_ptr(s, i, new);
                 self.invalidate(p);
             }
             SlotKind::Node if rec.owner < self.nodes => {

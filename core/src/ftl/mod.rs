@@ -69,9 +69,12 @@ const BBUF: usize = 7;
 const LBUF: usize = 8;
 /// Blocks holding delta log slots that may not be erased before the next checkpoint.
 const DLOG_BLOCKS: usize = 32;
-/// Where a cached node image keeps the group's compact page address (after the 256 pointers;
-/// the inline area, at most `inline_delta::AREA` bytes at the end, never reaches it).
+/// Where a cached node image keeps the group's compact page addresses, `COMPACT_PAGES` u32s
+/// after the 256 pointers (the inline area, at most `inline_delta::AREA` bytes at the end,
+/// never reaches them).
 const CACHE_COMPACT: usize = 4 * LBAS_PER_NODE as usize;
+/// Compact pages per group.
+const COMPACT_PAGES: usize = crate::format::node::COMPACT_PAGES;
 
 /// Open a checkpoint after this many blocks were opened since the last one: bounds
 /// roll-forward work at mount.
@@ -642,12 +645,14 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
             }
             let idx = self.node_index[g as usize];
-            let compact;
+            let mut compact = [Ppa::NONE; COMPACT_PAGES];
             if idx != NONE {
                 for (i, p) in ptrs.iter_mut().enumerate() {
                     *p = self.ptr(idx as usize, i as u32).0;
                 }
-                compact = self.compact_ptr(idx as usize);
+                for (i, c) in compact.iter_mut().enumerate() {
+                    *c = self.compact_ptr(idx as usize, i);
+                }
             } else if !nat.is_some() {
                 continue;
             } else {
@@ -671,7 +676,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 let at = self.slot_offset(buf, nat.0 % self.spp);
                 match NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots) {
                     Ok(view) => {
-                        compact = view.compact();
+                        for (i, c) in compact.iter_mut().enumerate() {
+                            *c = view.compact(i);
+                        }
                         for (i, p) in ptrs.iter_mut().enumerate() {
                             let i = i as u32;
                             *p = if i < view.extent() {
@@ -688,8 +695,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
             }
             rep.nodes_checked += 1;
-            let c = compact;
-            if c.is_some() {
+            for c in compact.into_iter().filter(|c| c.is_some()) {
                 referenced += 1;
                 if c.0 >= self.total_slots || !self.valid[c.0 as usize] {
                     rep.bitmap_mismatches += 1;
@@ -827,9 +833,11 @@ impl<'a, N: Nand> Ftl<'a, N> {
             copy_pointers(&view, img);
             let inline = view.inline_area();
             inline_len = inline.len();
-            img[CACHE_COMPACT + 4..SLOT_BYTES - inline_len].fill(0);
+            img[CACHE_COMPACT + 4 * COMPACT_PAGES..SLOT_BYTES - inline_len].fill(0);
             img[SLOT_BYTES - inline_len..].copy_from_slice(inline);
-            crate::format::write_u32(img, CACHE_COMPACT, view.compact().0);
+            for i in 0..COMPACT_PAGES {
+                crate::format::write_u32(img, CACHE_COMPACT + 4 * i, view.compact(i).0);
+            }
         }
         self.cache_meta[s] = CacheSlot {
             node_plus_one: g + 1,
@@ -871,14 +879,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
         {
             let cache = &self.cache_data[src..src + SLOT_BYTES];
             let inline = &cache[SLOT_BYTES - self.cache_meta[s].inline_len as usize..];
-            let compact = Ppa(crate::format::read_u32(cache, CACHE_COMPACT));
             write_node(
                 &mut self.bufs[at..at + SLOT_BYTES],
                 g,
                 seq,
                 |i| Ppa(crate::format::read_u32(cache, 4 * i as usize)),
                 inline,
-                compact,
+                |i| Ppa(crate::format::read_u32(cache, CACHE_COMPACT + 4 * i)),
             );
         }
         let crc = crc32(&[&self.bufs[at..at + SLOT_BYTES]]);
@@ -1214,14 +1221,14 @@ impl<'a, N: Nand> Ftl<'a, N> {
                         continue;
                     }
                     let s = self.room_and_node(log, rec.owner)?;
-                    if self.compact_ptr(s) != old {
+                    let Some(i) = self.compact_index(s, old) else {
                         continue;
-                    }
+                    };
                     let dst = self.slot_offset(log, self.logs[log].fill);
                     self.bufs.copy_within(src..src + SLOT_BYTES, dst);
                     let new =
                         self.commit_slot(log, SlotKind::Compact, rec.owner, rec.data_crc, cause);
-                    self.set_compact_ptr(s, new);
+                    self.set_compact_ptr(s, i, new);
                     self.invalidate(old);
                 }
                 SlotKind::DeltaLog => {

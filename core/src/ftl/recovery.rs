@@ -649,9 +649,11 @@ impl<N: Nand> Ftl<'_, N> {
                         mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
                     }
                 }
-                let c = self.compact_ptr(idx as usize);
-                if c.is_some() {
-                    mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
+                for i in 0..crate::format::node::COMPACT_PAGES {
+                    let c = self.compact_ptr(idx as usize, i);
+                    if c.is_some() {
+                        mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
+                    }
                 }
                 continue;
             }
@@ -671,9 +673,11 @@ impl<N: Nand> Ftl<'_, N> {
                     mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
                 }
             }
-            let c = view.compact();
-            if c.is_some() {
-                mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
+            for i in 0..crate::format::node::COMPACT_PAGES {
+                let c = view.compact(i);
+                if c.is_some() {
+                    mark(self.valid, self.blocks, self.spp, self.ppb, c)?;
+                }
             }
         }
         Ok(())

@@ -96,17 +96,6 @@ impl<N: Nand> Ftl<'_, N> {
         })
     }
 
-    fn oldest_entry(&self, s: usize) -> R<Option<Entry>, N::Error> {
-        match inline::entries(self.img(s), self.inline_len(s)).next() {
-            None => Ok(None),
-            Some(Ok(e)) => Ok(Some(e)),
-            Some(Err(_)) => Err(Error::Corrupted(corrupted(
-                "inline delta area malformed",
-                self.cache_meta[s].node_plus_one - 1,
-            ))),
-        }
-    }
-
     /// Drops entry `e` of node `s` from the live state and from the open log.
     fn remove_entry(&mut self, s: usize, e: &Entry) {
         self.kill_logged(s, e.off as u32);
@@ -713,9 +702,11 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(true)
     }
 
-    /// One idle restore: the oldest delta of a cached read-hot, write-cold group is rebuilt into
-    /// its full block, so its reads stop paying for the delta (the compact page read, the
-    /// patching). Write-hot groups keep theirs: their next update would be a delta again.
+    /// One idle restore: the oldest compacted delta of a cached read-hot, write-cold group is
+    /// rebuilt into its full block, so its reads stop paying for the compact page read.
+    /// Write-hot groups keep theirs: their next update would be a delta again. Inline deltas
+    /// stay: reading one costs the base read the plain block would cost anyway, plus patching
+    /// in RAM, so restoring it would spend a program to save no NAND time.
     pub(super) fn restore_step(&mut self) -> R<bool, N::Error> {
         if !self.delta_on || self.in_gc {
             return Ok(false);
@@ -729,7 +720,10 @@ impl<N: Nand> Ftl<'_, N> {
             if heat.reads == 0 || self.classifier.class_of(heat) != Class::ReadHotWriteCold {
                 continue;
             }
-            let Some(e) = self.oldest_entry(s)? else {
+            let Some(e) = inline::entries(self.img(s), m.inline_len as usize)
+                .filter_map(Result::ok)
+                .find(|e| e.in_compact)
+            else {
                 continue;
             };
             self.rebuild(m.node_plus_one - 1, e.off as u32, true)?;

@@ -511,6 +511,7 @@ impl<N: Nand> Ftl<'_, N> {
             freed = batch;
             cost = inline::COMPACT_COST;
         }
+        let mut rebuilds = 0;
         for e in inline::entries(self.img(s), len).filter_map(Result::ok) {
             if freed >= short {
                 break;
@@ -520,21 +521,20 @@ impl<N: Nand> Ftl<'_, N> {
             }
             cost = cost.saturating_add(inline::REBUILD_COST);
             freed += e.size();
+            rebuilds += 1;
         }
         if freed < short || inline::admit_saving(class.write_hot()) <= cost {
             return Ok(false);
         }
-        for _ in 0..MAX_EVICTIONS {
+        // Exactly what was costed: a compaction that cannot take its batch is not replaced by
+        // rebuilds the model did not pay for.
+        if compact && !self.compact_out(g, inline::MIN_COMPACT_BATCH)? {
+            return Ok(false);
+        }
+        for _ in 0..rebuilds.min(MAX_EVICTIONS) {
             let s = self.node_slot(g)?;
             if self.room_after_replace(s, off, need)?.is_some() {
                 return Ok(true);
-            }
-            let inline_delta = inline::entries(self.img(s), self.inline_len(s))
-                .filter_map(Result::ok)
-                .any(|e| !e.in_compact && e.off as u32 != off);
-            if compact && inline_delta && self.compact_out(g)? {
-                self.stats.deltas_replaced += 1;
-                continue;
             }
             let victim = inline::entries(self.img(s), self.inline_len(s))
                 .filter_map(Result::ok)
@@ -545,7 +545,8 @@ impl<N: Nand> Ftl<'_, N> {
             self.stats.deltas_replaced += 1;
             self.rebuild(g, e.off as u32, false)?;
         }
-        Ok(false)
+        let s = self.node_slot(g)?;
+        Ok(self.room_after_replace(s, off, need)?.is_some())
     }
 
     /// Writes the full block of offset `off` of group `g` (base + delta) and drops its delta:
@@ -602,8 +603,8 @@ impl<N: Nand> Ftl<'_, N> {
     /// leaves a marker inline naming the page. The page goes into a free entry of the group's
     /// table of [`COMPACT_PAGES`] (pages without a live delta are dropped first); with none
     /// free, the page with the fewest live deltas is rewritten with those plus the new ones.
-    /// Returns `false` if none could be moved.
-    fn compact_out(&mut self, g: u32) -> R<bool, N::Error> {
+    /// Returns `false`, writing nothing, if fewer than `min_bytes` of deltas could be moved.
+    fn compact_out(&mut self, g: u32, min_bytes: usize) -> R<bool, N::Error> {
         let s = self.room_and_node(HOT, g)?;
         let live = self.compact_live(s);
         for (i, &n) in live.iter().enumerate() {
@@ -647,7 +648,7 @@ impl<N: Nand> Ftl<'_, N> {
             }
         }
         let mut moved = [0u32; LBAS_PER_NODE as usize / 32];
-        let mut any = false;
+        let mut moved_bytes = 0;
         for e in inline::entries(img, len).filter_map(Result::ok) {
             if e.in_compact {
                 continue;
@@ -662,9 +663,9 @@ impl<N: Nand> Ftl<'_, N> {
                 break;
             }
             moved[e.off as usize / 32] |= 1 << (e.off % 32);
-            any = true;
+            moved_bytes += e.len;
         }
-        if !any {
+        if moved_bytes == 0 || moved_bytes < min_bytes {
             return Ok(false);
         }
         builder.finish(out);

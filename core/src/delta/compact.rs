@@ -1,4 +1,4 @@
-//! Compact pages: the deltas evicted from a read-cold/write-hot group's inline area, packed
+//! Compact pages: the deltas evicted from a read-cold group's inline area, packed
 //! into one 4 KiB slot of kind `Compact` owned by the group's node (layout in
 //! [`crate::format::compact`]).
 //!

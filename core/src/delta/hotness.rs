@@ -7,8 +7,9 @@
 //! exponentially weighted mean, weight 1/16), and a group is *hot* on an axis when its count is
 //! above that axis' mean: an online two-cluster split per axis whose threshold follows the
 //! workload. The four classes decide what happens to a group's evicted deltas (compact pages for
-//! read-cold/write-hot, rebuilds otherwise) and whether idle time restores its full pages
-//! (read-hot groups whose reads pay a delta penalty).
+//! read-cold groups, rebuilds otherwise), how much a new delta may cost (write-hot groups keep
+//! overwriting theirs), and whether idle time restores its full pages (read-hot, write-cold
+//! groups whose reads pay a delta penalty).
 
 /// Access-clock ticks after which a group's counts halve.
 pub const HALF_LIFE: u64 = 4096;

@@ -17,19 +17,28 @@
 //! - Admitting a new delta saves `S = P · (1 + w)` with `P` = 4,096 (the full-page program
 //!   avoided now) and `w` = 1 when the group is write-hot (its deltas tend to be overwritten
 //!   by newer deltas before they must be evicted, so an inline slot keeps saving programs), else 0.
-//! - Compaction, in read-cold/write-hot groups, moves every inline delta of the group at once
-//!   into one compact page, leaving 12-byte markers: it costs `C = P` (the compact page), and is
-//!   only considered when the deltas moved add up to at least [`MIN_COMPACT_BATCH`] = P/4
-//!   bytes, so a compact page always carries a batch. (When the area is crowded with markers
-//!   there is no batch to move: the group's updates are then written whole, and each such write
-//!   retires a marker, until there is room to batch again.)
+//! - Compaction, in read-cold groups, moves every inline delta of the group at once into one
+//!   compact page, leaving 12-byte markers. It is only considered when the deltas moved add up to
+//!   at least [`MIN_COMPACT_BATCH`] = P/4 bytes, so a compact page always carries a batch, and
+//!   the new delta is charged its share of that page: `C = P · need / batch` (at most `P`),
+//!   where `need` is the new entry's size. (When the area is crowded with markers there is no
+//!   batch to move: the group's updates are then written whole, and each such write retires a
+//!   marker, until there is room to batch again.)
 //! - Evicting an old entry `e` by a rebuild (read the base, program the full page) costs
 //!   `C(e) = P + R`.
 //!
 //! Compaction comes first where it applies; then the oldest entries are rebuilt (FIFO) until
 //! the new one fits. All of it happens only if `S > Σ C`; otherwise the new block is written
 //! whole. So a write-cold group never trades a rebuild for a delta, a write-hot group trades at
-//! most one rebuild or one compaction per new delta.
+//! most one rebuild per new delta, and a read-cold group packs its deltas.
+//!
+//! MedFS packs only read-cold/*write-hot* groups and rebuilds the others. Here a read-cold,
+//! write-cold group packs too: with compaction batched, its cost per delta is a fraction of a
+//! page, against a full page and a read for a rebuild, and reads of a read-cold group rarely pay
+//! the compact page's extra read. Write heat still sets the saving `S` and so how many rebuilds a
+//! delta may cost. (On SQLite over ext4 the database's groups are written far less often than
+//! the journal's and metadata's, so they classify as write-cold: MedFS's rule refused half the
+//! updates there.)
 
 use crate::format::inline_delta as f;
 use crate::nand::SLOT_BYTES;
@@ -211,8 +220,11 @@ pub const fn admit_saving(write_hot: bool) -> u32 {
 /// Fewest bytes of inline deltas a compaction moves (see the module docs).
 pub const MIN_COMPACT_BATCH: usize = SLOT_BYTES / 4;
 
-/// Cost of one compaction (see the module docs).
-pub const COMPACT_COST: u32 = PROGRAM_COST;
+/// What a compaction moving `batch` bytes costs the admission of a `need`-byte entry: its share
+/// of the compact page (see the module docs).
+pub fn compact_cost(need: usize, batch: usize) -> u32 {
+    (PROGRAM_COST as usize * need / batch.max(1)).min(PROGRAM_COST as usize) as u32
+}
 
 /// Cost of evicting one entry by a rebuild (see the module docs).
 pub const REBUILD_COST: u32 = PROGRAM_COST + READ_EQUIV;

@@ -6,7 +6,7 @@
 //! - [`inline`] — Delta Chunk Inlining: deltas kept tail-to-head in a node page's inline area,
 //!   FIFO order, and the benefit model that decides whether a new delta may replace old ones.
 //! - [`hotness`] — per-group read/write heat and its online clustering into four classes.
-//! - [`compact`] — compact pages: evicted deltas of read-cold/write-hot groups packed together.
+//! - [`compact`] — compact pages: evicted deltas of read-cold groups packed together.
 //! - [`log`] — the delta log: new deltas packed into one slot per flush, replayed at mount.
 //!
 //! The FTL glue (when to encode, evict, rebuild, restore) is `ftl::delta`. Deltas are always

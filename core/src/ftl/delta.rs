@@ -488,7 +488,7 @@ impl<N: Nand> Ftl<'_, N> {
         need: usize,
         class: Class,
     ) -> R<bool, N::Error> {
-        let to_compact = class == Class::ReadColdWriteHot;
+        let to_compact = !class.read_hot();
         let s = self.node_slot(g)?;
         let len = self.inline_len(s);
         let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
@@ -509,7 +509,7 @@ impl<N: Nand> Ftl<'_, N> {
         let compact = to_compact && batch >= inline::MIN_COMPACT_BATCH;
         if compact {
             freed = batch;
-            cost = inline::COMPACT_COST;
+            cost = inline::compact_cost(need, batch);
         }
         let mut rebuilds = 0;
         for e in inline::entries(self.img(s), len).filter_map(Result::ok) {

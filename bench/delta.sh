@@ -244,6 +244,7 @@ def load(n):
 off, on = load("lat-off"), load("lat-score-64")
 r_off, r_on = off["latency"]["read_mean_ns"], on["latency"]["read_mean_ns"]
 print(f"64 slots, score: mean virtual read latency (whole run) delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}")
+print(f"read p99: off {off['latency']['read_p99_ns']/1000:.1f} us, on {on['latency']['read_p99_ns']/1000:.1f} us; host reads: off {off['latency']['reads']}, on {on['latency']['reads']}")
 print(f"NAND reads per host read: off {off['nand_reads_per_host_read']:.3f}, on {on['nand_reads_per_host_read']:.3f}")
 print("slots\tpolicy\thit rate\tnode-page NAND reads\tNAND reads per host read")
 for n in sys.argv[2:]:

@@ -703,8 +703,9 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(true)
     }
 
-    /// One idle restore: the oldest compacted delta of a cached read-hot, write-cold group is
-    /// rebuilt into its full block, so its reads stop paying for the compact page read.
+    /// One idle restore: the oldest compacted delta of a cached read-hot, write-cold group
+    /// whose reads outnumber its writes twelvefold is rebuilt into its full block, so its reads
+    /// stop paying for the compact page read.
     /// Write-hot groups keep theirs: their next update would be a delta again. Inline deltas
     /// stay: reading one costs the base read the plain block would cost anyway, plus patching
     /// in RAM, so restoring it would spend a program to save no NAND time.
@@ -718,7 +719,11 @@ impl<N: Nand> Ftl<'_, N> {
                 continue;
             }
             let heat = m.heat.at(self.clock);
-            if heat.reads == 0 || self.classifier.class_of(heat) != Class::ReadHotWriteCold {
+            // A restore programs a page to save one read per later read of the block: worth it
+            // only where reads outnumber writes by the program/read cost ratio (12 on tlc).
+            let worth = u32::from(heat.reads)
+                >= u32::from(heat.writes.max(1)) * (inline::PROGRAM_COST / inline::READ_EQUIV);
+            if !worth || self.classifier.class_of(heat) != Class::ReadHotWriteCold {
                 continue;
             }
             let Some(e) = inline::entries(self.img(s), m.inline_len as usize)

@@ -52,12 +52,14 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     Ok(Arc::new(FirmwareDevice {
         firmware,
         read_only: opts.read_only,
+        plp: opts.plp,
     }))
 }
 
 struct FirmwareDevice {
     firmware: Firmware,
     read_only: bool,
+    plp: bool,
 }
 
 fn dev(e: FirmwareError) -> DevError {
@@ -142,7 +144,11 @@ impl BlockDevice for FirmwareDevice {
 
     fn stats_json(&self) -> Value {
         match self.firmware.snapshot() {
-            Ok(s) => snapshot_json(&s),
+            Ok(s) => {
+                let mut v = snapshot_json(&s);
+                v["device"]["plp"] = json!(self.plp);
+                v
+            }
             Err(e) => json!({ "error": e.to_string() }),
         }
     }

@@ -297,6 +297,7 @@ fn plp_flushes_program_no_padding_and_sigterm_dumps_the_buffer() {
         let stats: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
         padding.push(stats["nand_program_bytes"]["padding"].as_u64().unwrap());
+        assert_eq!(stats["device"]["plp"], (plp == "on"), "{stats}");
 
         server.restart(&args);
         let got = run_ok(

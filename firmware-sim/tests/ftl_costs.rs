@@ -231,3 +231,35 @@ fn pinned_costs_delta_on() {
     assert_eq!(delta(&ftl, &mut c), [32, 0, 0, 0], "reads after remount");
     assert_eq!(ftl.stats().delta_reads, 8);
 }
+
+/// A flush that must write a node (a trim changed it; nothing replays a trim) puts it in the
+/// padding of the data page it programs anyway: one page program, not a data page and a node
+/// page. The trim and the write survive an unclean stop after the flush.
+#[test]
+fn a_node_written_by_a_flush_rides_in_the_data_page() {
+    let logical = 1024;
+    let geo: Geometry = small_geometry(4, 16, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    for lba in 0..8 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let mut before = ftl.nand().counters();
+    ftl.write(Lba(300), &content(300, 2)).unwrap();
+    ftl.trim(Lba(5), 1).unwrap();
+    ftl.flush().unwrap();
+    // One program: slot 0 the data, slot 1 the node of group 0, slots 2..4 padding.
+    assert_eq!(delta(&ftl, &mut before), [0, 0, 1, 0]);
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    let mut buf = [0u8; BLOCK];
+    ftl.read(Lba(5), &mut buf).unwrap();
+    assert_eq!(version_of(5, &buf), Some(0), "the trim was flushed");
+    ftl.read(Lba(300), &mut buf).unwrap();
+    assert_eq!(version_of(300, &buf), Some(2));
+    ftl.read(Lba(4), &mut buf).unwrap();
+    assert_eq!(version_of(4, &buf), Some(1));
+    assert_eq!(ftl.check().unwrap().problems(), 0);
+}

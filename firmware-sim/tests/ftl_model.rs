@@ -161,7 +161,9 @@ fn model_four_slot_pages() {
 }
 
 /// The same model with the delta engine on (score cache): updates become inline deltas,
-/// which get evicted (rebuilt or compacted), restored at idle and read back through.
+/// which get evicted (rebuilt or compacted) and read back through. (Its groups are read about
+/// as often as written, so idle restores, which need twelve reads per write, are left to
+/// `ftl_power_cut::power_cut_at_every_op_of_idle_restores`.)
 #[test]
 fn model_delta_on() {
     let mut all = DeltaTotals::default();
@@ -178,7 +180,6 @@ fn model_delta_on() {
     assert!(all.inlined > 1000, "{all:?}");
     assert!(all.rebuilt > 0 && all.delta_reads > 0, "{all:?}");
     assert!(all.compact_pages > 0, "{all:?}");
-    assert!(all.restored > 0, "{all:?}");
 }
 
 #[test]

@@ -111,8 +111,9 @@ fn corrupt_data_spare_and_node_pages_are_reported_by_name() {
     assert_eq!(report.bad_records, 1, "{report:?}");
     assert_eq!(report.problems(), 2, "{report:?}");
 
-    // A damaged node page: the device refuses to mount and names it. A remount's checkpoint
-    // writes every cached node, so node 2 is on flash afterwards.
+    // A damaged node page costs its group, not the device: the mount succeeds, the group's
+    // LBAs (512..=767) fail naming the node page, every other LBA reads and writes. A
+    // remount's checkpoint writes every cached node, so node 2 is on flash afterwards.
     let nand = ftl.into_nand();
     let ftl = Ftl::mount(nand, mem.lend()).unwrap();
     let node = ftl
@@ -121,13 +122,44 @@ fn corrupt_data_spare_and_node_pages_are_reported_by_name() {
     let (page, slot) = page_of(&geo, node);
     let mut nand = ftl.into_nand();
     nand.flip_bit(page, slot * BLOCK + 40, 1);
-    match Ftl::mount(nand, mem.lend()) {
-        Err(MountError::Corrupted(c)) => {
-            assert_eq!(c.what, "data CRC mismatch");
-            assert_eq!(c.at, node.0);
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("mount over one damaged node page");
+    let expect_node_error = |r: Result<(), Error<_>>, what: &str| match r {
+        Err(Error::Corrupted(c)) => {
+            assert_eq!(c.what, "data CRC mismatch", "{what}");
+            assert_eq!(c.at, node.0, "{what}: the node page's slot address");
+            assert_eq!(c.node, Some(2), "{what}: the node named");
+            let msg = Error::<nandbox_sim::SimError>::Corrupted(c).to_string();
+            assert!(
+                msg.contains("node page of group 2 (LBAs 512..=767)")
+                    && msg.contains(&format!("slot {}", node.0)),
+                "{what}: {msg}"
+            );
         }
-        Err(e) => panic!("expected a corrupt node page, got {e}"),
-        Ok(_) => panic!("mounted over a corrupt node page"),
+        other => panic!("{what}: expected the damaged node page, got {other:?}"),
+    };
+    for lba in [512, 600, 767] {
+        expect_node_error(ftl.read(Lba(lba), &mut buf), "read");
+    }
+    expect_node_error(ftl.write(Lba(700), &content(700, 3)), "write");
+    for lba in (0..logical).filter(|l| !(512..768).contains(l) && *l != 10 && *l != 20) {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(1), "LBA {lba}");
+    }
+    for lba in [0, 300, 800, 1023] {
+        ftl.write(Lba(lba), &content(lba, 2)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let report = ftl.check().unwrap();
+    assert_eq!(report.bad_nodes, 1, "{report:?}");
+    // LBA 10's data and LBA 20's records are still damaged too; nothing else is wrong.
+    assert_eq!(report.problems(), 3, "{report:?}");
+    // And it stays that way across another mount (whose checkpoint keeps the damaged page).
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("second mount");
+    expect_node_error(ftl.read(Lba(513), &mut buf), "read after remount");
+    for lba in [0, 300, 800, 1023] {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(2), "LBA {lba} after remount");
     }
 }
 
@@ -183,11 +215,15 @@ fn unformatted_garbage_and_truncated_media_are_refused() {
             }
         }
     }
+    // The newest pack is sealed (completely written), so this is rot, not a cut: refused,
+    // naming the pack, rather than another pack tried.
     match Ftl::mount(nand, mem.lend()) {
-        Err(MountError::Corrupted(c)) => {
-            assert_eq!(c.what, "no valid checkpoint pack in the checkpoint area")
+        Err(e @ MountError::CheckpointDamaged { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("checkpoint pack at block"), "{msg}");
+            assert!(msg.contains("fails its CRC"), "{msg}");
         }
-        Err(e) => panic!("expected Corrupted, got {e}"),
+        Err(e) => panic!("expected CheckpointDamaged, got {e}"),
         Ok(_) => panic!("mounted with every checkpoint damaged"),
     }
 
@@ -334,7 +370,7 @@ fn random_media_damage_never_panics_or_returns_garbage() {
         }
         let mut ftl = match Ftl::mount(nand, mem.lend()) {
             Ok(f) => f,
-            Err(MountError::Corrupted(_)) => {
+            Err(MountError::Corrupted(_) | MountError::CheckpointDamaged { .. }) => {
                 refused += 1;
                 continue;
             }

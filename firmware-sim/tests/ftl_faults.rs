@@ -6,7 +6,7 @@
 mod ftl_support;
 
 use ftl_support::*;
-use nandbox_core::format::Ppa;
+use nandbox_core::format::{Ppa, SlotKind, SpareRecord};
 use nandbox_core::ftl::{Error, Ftl, MountError, CP_AREA_BLOCKS};
 use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
 use nandbox_core::Lba;
@@ -405,4 +405,149 @@ fn random_media_damage_never_panics_or_returns_garbage() {
          {stale} stale"
     );
     assert!(mounted > 0 && read_errors > 0);
+}
+
+/// A page-by-page copy of a RAM array (programmed pages only).
+fn copy_nand(src: &mut SimNand) -> SimNand {
+    let geo = src.geometry();
+    let mut dst = SimNand::new_ram(geo);
+    let mut data = vec![0u8; geo.page_bytes as usize];
+    let mut spare = vec![0u8; geo.spare_bytes as usize];
+    for page in 0..geo.total_pages() {
+        src.read(PageId(page), &mut data, &mut spare).unwrap();
+        if data.iter().chain(spare.iter()).any(|&x| x != 0xFF) {
+            dst.program(PageId(page), &data, &spare).unwrap();
+        }
+    }
+    dst
+}
+
+/// The newest checkpoint pack on `nand`: (first page, slots) from its head record.
+fn newest_pack(nand: &mut SimNand) -> (PageId, u32) {
+    let geo = nand.geometry();
+    let mut spare = vec![0u8; geo.spare_bytes as usize];
+    let mut best: Option<(u64, PageId, u32)> = None;
+    for b in 0..CP_AREA_BLOCKS {
+        for n in 0..geo.pages_per_block {
+            let page = geo.page(BlockId(b), n);
+            nand.read_spare(page, &mut spare).unwrap();
+            if let Ok(r) = SpareRecord::parse(&spare) {
+                if r.kind == SlotKind::Checkpoint
+                    && r.owner == 0
+                    && best.is_none_or(|(s, _, _)| r.seq > s)
+                {
+                    best = Some((r.seq, page, r.aux));
+                }
+            }
+        }
+    }
+    let (_, page, nslots) = best.expect("a checkpoint pack");
+    (page, nslots)
+}
+
+/// Bit rot in the newest checkpoint pack (not a power cut: the pack was completely written and
+/// the FTL went on using it). Falling back to the previous pack and rolling forward would miss
+/// what happened since the newest one (blocks it released were erased and reused), so the only
+/// acceptable outcomes are the newest state exactly, or a refusal naming the damaged pack.
+/// Layouts: 4 KiB pages (a pack of several pages) and 16 KiB pages of four slots (a one-page
+/// pack, where the damaged page is also the pack's last); several workloads each.
+#[test]
+fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
+    let logical = 512;
+    let (mut exact, mut refused) = (0, 0);
+    for (slots, ppb) in [(1u32, 16u32), (4, 16)] {
+        let geo = small_geometry(slots, ppb, logical);
+        let cfg = config(logical, 3);
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        for seed in 0..4u64 {
+            // A used device: random overwrites with flushes (GC, several checkpoints), then,
+            // after one more checkpoint, enough flushed writes that blocks it released get
+            // erased and reused. No checkpoint ends it: the last pack is a few blocks old.
+            let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+            let mut disk = vec![0u32; logical as usize];
+            let mut rng = Rng::new(100 + seed);
+            let mut v = 0;
+            let mut write = |ftl: &mut Ftl<'_, SimNand>, disk: &mut Vec<u32>, n: u32| {
+                for _ in 0..n {
+                    v += 1;
+                    let lba = rng.below(logical as u64) as u32;
+                    ftl.write(Lba(lba), &content(lba, v)).unwrap();
+                    disk[lba as usize] = v;
+                    if v % 40 == 0 {
+                        ftl.flush().unwrap();
+                    }
+                }
+            };
+            write(&mut ftl, &mut disk, 3000 + 500 * seed as u32);
+            let cps = ftl.stats().checkpoints;
+            while ftl.stats().checkpoints == cps {
+                write(&mut ftl, &mut disk, 1);
+            }
+            let cps = ftl.stats().checkpoints;
+            write(&mut ftl, &mut disk, (4 + seed as u32) * ppb * slots);
+            ftl.flush().unwrap();
+            assert_eq!(ftl.stats().checkpoints, cps, "no checkpoint after the damaged one");
+            let mut pristine = ftl.into_nand();
+            let (head, nslots) = newest_pack(&mut pristine);
+            let pages = nslots / slots;
+            let block = head.0 / ppb;
+            for damage in 0..3 {
+                let mut nand = copy_nand(&mut pristine);
+                let mut r = Rng::new(seed * 7 + damage);
+                let what = match damage {
+                    0 => {
+                        // A bit of a pack page's data (header, NAT, block table or padding).
+                        let page = PageId(head.0 + r.below(pages as u64) as u32);
+                        let byte = r.below(geo.page_bytes as u64) as usize;
+                        nand.flip_bit(page, byte, (r.below(8)) as u8);
+                        format!("data byte {byte} of page {}", page.0)
+                    }
+                    1 => {
+                        // Both copies of the head slot's record: the pack is found through
+                        // its other records and its seal.
+                        nand.flip_spare_bit(head, 9, 1);
+                        nand.flip_spare_bit(head, 32 + 9, 1);
+                        "both copies of the head record".to_string()
+                    }
+                    _ => {
+                        // The last page of the pack: the place a power cut would tear.
+                        let page = PageId(head.0 + pages - 1);
+                        nand.flip_bit(page, 77, 4);
+                        format!("the pack's last page {}", page.0)
+                    }
+                };
+                let case = format!("{slots}-slot pages, seed {seed}, {what}");
+                match Ftl::mount(nand, mem.lend()) {
+                    Ok(mut ftl) => {
+                        let mut buf = [0u8; BLOCK];
+                        for lba in 0..logical {
+                            ftl.read(Lba(lba), &mut buf)
+                                .unwrap_or_else(|e| panic!("{case}: LBA {lba}: {e}"));
+                            let want = disk[lba as usize];
+                            let got = version_of(lba, &buf);
+                            if want == 0 {
+                                assert!(buf.iter().all(|&b| b == 0), "{case}: LBA {lba}");
+                            } else {
+                                assert_eq!(got, Some(want), "{case}: LBA {lba} is stale");
+                            }
+                        }
+                        exact += 1;
+                    }
+                    Err(e @ MountError::CheckpointDamaged { .. }) => {
+                        let msg = e.to_string();
+                        let name = format!(
+                            "checkpoint pack at block {block} page {}",
+                            head.0 % ppb
+                        );
+                        assert!(msg.contains(&name), "{case}: `{msg}` does not name {name}");
+                        assert!(msg.contains("stale"), "{case}: {msg}");
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{case}: unexpected mount error {e}"),
+                }
+            }
+        }
+    }
+    eprintln!("{exact} mounted the newest state, {refused} refused naming the pack");
+    assert!(refused > 0);
 }

@@ -486,7 +486,11 @@ fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
             let cps = ftl.stats().checkpoints;
             write(&mut ftl, &mut disk, (4 + seed as u32) * ppb * slots);
             ftl.flush().unwrap();
-            assert_eq!(ftl.stats().checkpoints, cps, "no checkpoint after the damaged one");
+            assert_eq!(
+                ftl.stats().checkpoints,
+                cps,
+                "no checkpoint after the damaged one"
+            );
             let mut pristine = ftl.into_nand();
             let (head, nslots) = newest_pack(&mut pristine);
             let pages = nslots / slots;
@@ -535,10 +539,8 @@ fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
                     }
                     Err(e @ MountError::CheckpointDamaged { .. }) => {
                         let msg = e.to_string();
-                        let name = format!(
-                            "checkpoint pack at block {block} page {}",
-                            head.0 % ppb
-                        );
+                        let name =
+                            format!("checkpoint pack at block {block} page {}", head.0 % ppb);
                         assert!(msg.contains(&name), "{case}: `{msg}` does not name {name}");
                         assert!(msg.contains("stale"), "{case}: {msg}");
                         refused += 1;

@@ -220,7 +220,10 @@ fn find_checkpoint<N: Nand>(
                 page: p - back,
                 nslots: r.aux,
             };
-            if cands.iter().any(|x| x.seq == c.seq && x.block == b && x.page == c.page) {
+            if cands
+                .iter()
+                .any(|x| x.seq == c.seq && x.block == b && x.page == c.page)
+            {
                 continue;
             }
             if cands.is_full() {
@@ -791,8 +794,7 @@ impl<N: Nand> Ftl<'_, N> {
             let buf = match self.buffered_log(p) {
                 Some(log) => log,
                 None => {
-                    match self.read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Checkpoint)
-                    {
+                    match self.read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Checkpoint) {
                         Ok(_) => SCRATCH,
                         Err(Error::Corrupted(_)) => {
                             self.keep_damaged_node(p)?;

@@ -1,7 +1,10 @@
 //! Mounting: finding the newest valid checkpoint pack and rolling forward from it.
 //!
-//! 1. Every good block of the checkpoint area is walked by spare records; pack starts are
-//!    candidates, newest first; the first whose every slot, header and payload check wins.
+//! 1. Every good block of the checkpoint area is walked by spare records; every pack any of
+//!    whose slot records checks is a candidate, newest first; the first whose every slot,
+//!    header and payload check wins. A newer pack that fails is passed over only if its seal
+//!    page is unprogrammed (a power cut while it was written); a sealed one was damaged later,
+//!    and the mount is refused naming it, since an older pack could return stale data.
 //! 2. The NAT and block table are loaded from it.
 //! 3. Roll-forward finds the blocks written after the checkpoint (the log heads it recorded,
 //!    plus every block whose first page carries a newer sequence number), validates them page by
@@ -11,7 +14,8 @@
 //!    - pass 2 applies data slots in global sequence order, skipping those older than the node
 //!      copy they would land in.
 //! 4. Valid bitmaps and counts are rebuilt from the NAT and the node pages, and a checkpoint is
-//!    written so the next mount starts from here.
+//!    written so the next mount starts from here. A node page that fails its checks costs its
+//!    group only: its LBAs fail naming it, the rest of the device mounts.
 
 use heapless::Vec as HVec;
 

@@ -445,6 +445,70 @@ fn newest_pack(nand: &mut SimNand) -> (PageId, u32) {
     (page, nslots)
 }
 
+/// A used device: random overwrites with flushes (GC, several checkpoints), then, after one
+/// more checkpoint, enough flushed writes that blocks it released get erased and reused. No
+/// checkpoint ends it: the last pack is a few blocks old. Returns the array and each LBA's
+/// flushed version (0 = never written).
+fn used_device(geo: Geometry, mem: &mut OwnedFtlMemory, seed: u64) -> (SimNand, Vec<u32>) {
+    let logical = 512;
+    let slots = geo.slots_per_page();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), config(logical, 3), mem.lend()).unwrap();
+    let mut disk = vec![0u32; logical as usize];
+    let mut rng = Rng::new(100 + seed);
+    let mut v = 0;
+    let mut write = |ftl: &mut Ftl<'_, SimNand>, disk: &mut Vec<u32>, n: u32| {
+        for _ in 0..n {
+            v += 1;
+            let lba = rng.below(logical as u64) as u32;
+            ftl.write(Lba(lba), &content(lba, v)).unwrap();
+            disk[lba as usize] = v;
+            if v % 40 == 0 {
+                ftl.flush().unwrap();
+            }
+        }
+    };
+    write(&mut ftl, &mut disk, 3000 + 500 * seed as u32);
+    let cps = ftl.stats().checkpoints;
+    while ftl.stats().checkpoints == cps {
+        write(&mut ftl, &mut disk, 1);
+    }
+    let cps = ftl.stats().checkpoints;
+    write(
+        &mut ftl,
+        &mut disk,
+        (4 + seed as u32) * geo.pages_per_block * slots,
+    );
+    ftl.flush().unwrap();
+    assert_eq!(
+        ftl.stats().checkpoints,
+        cps,
+        "no checkpoint after the last one"
+    );
+    (ftl.into_nand(), disk)
+}
+
+/// Reads every LBA and checks it holds exactly its flushed version.
+fn assert_exact<N: Nand>(ftl: &mut Ftl<'_, N>, disk: &[u32], case: &str)
+where
+    N::Error: std::fmt::Display,
+{
+    let mut buf = [0u8; BLOCK];
+    for (lba, &want) in disk.iter().enumerate() {
+        let lba = lba as u32;
+        ftl.read(Lba(lba), &mut buf)
+            .unwrap_or_else(|e| panic!("{case}: LBA {lba}: {e}"));
+        if want == 0 {
+            assert!(buf.iter().all(|&b| b == 0), "{case}: LBA {lba}");
+        } else {
+            assert_eq!(
+                version_of(lba, &buf),
+                Some(want),
+                "{case}: LBA {lba} is stale"
+            );
+        }
+    }
+}
+
 /// Bit rot in the newest checkpoint pack (not a power cut: the pack was completely written and
 /// the FTL went on using it). Falling back to the previous pack and rolling forward would miss
 /// what happened since the newest one (blocks it released were erased and reused), so the only
@@ -460,38 +524,7 @@ fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
         let cfg = config(logical, 3);
         let mut mem = OwnedFtlMemory::new(&geo, &cfg);
         for seed in 0..4u64 {
-            // A used device: random overwrites with flushes (GC, several checkpoints), then,
-            // after one more checkpoint, enough flushed writes that blocks it released get
-            // erased and reused. No checkpoint ends it: the last pack is a few blocks old.
-            let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
-            let mut disk = vec![0u32; logical as usize];
-            let mut rng = Rng::new(100 + seed);
-            let mut v = 0;
-            let mut write = |ftl: &mut Ftl<'_, SimNand>, disk: &mut Vec<u32>, n: u32| {
-                for _ in 0..n {
-                    v += 1;
-                    let lba = rng.below(logical as u64) as u32;
-                    ftl.write(Lba(lba), &content(lba, v)).unwrap();
-                    disk[lba as usize] = v;
-                    if v % 40 == 0 {
-                        ftl.flush().unwrap();
-                    }
-                }
-            };
-            write(&mut ftl, &mut disk, 3000 + 500 * seed as u32);
-            let cps = ftl.stats().checkpoints;
-            while ftl.stats().checkpoints == cps {
-                write(&mut ftl, &mut disk, 1);
-            }
-            let cps = ftl.stats().checkpoints;
-            write(&mut ftl, &mut disk, (4 + seed as u32) * ppb * slots);
-            ftl.flush().unwrap();
-            assert_eq!(
-                ftl.stats().checkpoints,
-                cps,
-                "no checkpoint after the damaged one"
-            );
-            let mut pristine = ftl.into_nand();
+            let (mut pristine, disk) = used_device(geo, &mut mem, seed);
             let (head, nslots) = newest_pack(&mut pristine);
             let pages = nslots / slots;
             let block = head.0 / ppb;
@@ -523,18 +556,7 @@ fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
                 let case = format!("{slots}-slot pages, seed {seed}, {what}");
                 match Ftl::mount(nand, mem.lend()) {
                     Ok(mut ftl) => {
-                        let mut buf = [0u8; BLOCK];
-                        for lba in 0..logical {
-                            ftl.read(Lba(lba), &mut buf)
-                                .unwrap_or_else(|e| panic!("{case}: LBA {lba}: {e}"));
-                            let want = disk[lba as usize];
-                            let got = version_of(lba, &buf);
-                            if want == 0 {
-                                assert!(buf.iter().all(|&b| b == 0), "{case}: LBA {lba}");
-                            } else {
-                                assert_eq!(got, Some(want), "{case}: LBA {lba} is stale");
-                            }
-                        }
+                        assert_exact(&mut ftl, &disk, &case);
                         exact += 1;
                     }
                     Err(e @ MountError::CheckpointDamaged { .. }) => {
@@ -552,4 +574,50 @@ fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
     }
     eprintln!("{exact} mounted the newest state, {refused} refused naming the pack");
     assert!(refused > 0);
+}
+
+/// The other side of the rule: a power cut at any step of writing a checkpoint (the erase of
+/// the next checkpoint block, any page of the pack, its seal) still mounts, with exactly the
+/// flushed state. The cut pack is unsealed, so mount passes over it to the previous pack; a cut
+/// during the seal leaves a complete pack, which is used. A third mount then checks that what
+/// the recovery left (a torn pack beside newer ones) does not trip the rule later.
+#[test]
+fn a_power_cut_while_a_checkpoint_is_written_mounts_the_previous_pack() {
+    let mut cuts = 0;
+    for (slots, ppb) in [(1u32, 16u32), (4, 16)] {
+        let geo = small_geometry(slots, ppb, 512);
+        let cfg = config(512, 3);
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        for seed in 0..2u64 {
+            let (mut pristine, disk) = used_device(geo, &mut mem, seed);
+            // A mount ends with a checkpoint: its last operations are the erase of the next
+            // checkpoint block, the pack's pages and the seal. Count them on an uncut mount.
+            let mut nand = copy_nand(&mut pristine);
+            let before = nand.ops();
+            drop(Ftl::mount(Lent(&mut nand), mem.lend()).unwrap());
+            let total = nand.ops() - before;
+            let (_, nslots) = newest_pack(&mut nand);
+            let tail = (nslots / slots + 1 + 1) as u64;
+            for k in total - tail - 2..total {
+                let case = format!("{slots}-slot pages, seed {seed}, cut after {k} of {total} ops");
+                let mut nand = copy_nand(&mut pristine);
+                nand.power_cut_after(k);
+                match Ftl::mount(Lent(&mut nand), mem.lend()) {
+                    Err(MountError::Nand(_)) => {}
+                    Err(e) => panic!("{case}: {e}"),
+                    Ok(_) => panic!("{case}: the cut did not hit the mount"),
+                }
+                cuts += 1;
+                nand.restore_power();
+                let mut ftl = Ftl::mount(Lent(&mut nand), mem.lend())
+                    .unwrap_or_else(|e| panic!("{case}: remount: {e}"));
+                assert_exact(&mut ftl, &disk, &case);
+                drop(ftl);
+                let mut ftl = Ftl::mount(Lent(&mut nand), mem.lend())
+                    .unwrap_or_else(|e| panic!("{case}: third mount: {e}"));
+                assert_exact(&mut ftl, &disk, &case);
+            }
+        }
+    }
+    assert!(cuts >= 16);
 }

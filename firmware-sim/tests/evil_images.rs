@@ -362,7 +362,10 @@ fn newest_checkpoint_damaged_falls_back_or_is_refused() {
         for (j, byte) in [3usize, 100, 4000].into_iter().enumerate() {
             let img = p.copy(&format!("cp-{i}-{j}.img"));
             flip(&img, page, byte, (j * 3 % 8) as u8);
-            let o = open_both(&img, &p, &["checkpoint"]);
+            // The pack was completely written (sealed), so damage to it is rot: refused naming
+            // the pack, never a silent fall back to the older one. A flip in the seal page
+            // itself leaves the pack valid.
+            let o = open_both(&img, &p, &["checkpoint pack at block"]);
             println!("checkpoint page {page} byte {byte} flipped: {o:?}");
             if let Outcome::Recovered { unreadable } = &o {
                 assert!(
@@ -536,5 +539,74 @@ fn a_forged_checkpoint_asking_for_huge_memory_is_refused_before_allocating() {
             &["checkpoint", "config", "cache", "capacity", "blocks"],
         );
         println!("forged checkpoint ({name} = {value}): {o:?}");
+    }
+}
+
+/// One flipped bit in a live node page (the copy the NAT points to) costs that node's group of
+/// 256 LBAs, not the device: the image mounts, every other LBA reads its flushed content, and
+/// each LBA of the group fails with an error naming the node page (group, LBAs, slot address),
+/// in-process and through the firmware — not a refusal of the whole image over "data CRC
+/// mismatch (at N)".
+#[test]
+fn a_flipped_live_node_page_costs_its_group_and_is_named() {
+    let p = pristine("a_flipped_live_node_page");
+    // Where each group's live node page is: mount a read-only view and ask the NAT. A page
+    // counts only if the file holds that node there (the mount's own checkpoint could have
+    // moved it in the overlay).
+    let nodes: Vec<(u32, u32)> = {
+        let mut nand = SimNand::open_image_read_only(&p.path()).unwrap();
+        let g = nand.geometry();
+        let mut scratch = vec![0u8; (g.page_bytes + g.spare_bytes) as usize];
+        let cfg = Ftl::probe(&mut nand, &mut scratch).unwrap();
+        let mut mem = OwnedFtlMemory::new(&g, &cfg);
+        let ftl = Ftl::mount(nand, mem.lend()).unwrap();
+        let locs: Vec<(u32, u32)> = (0..LOGICAL / 256)
+            .filter_map(|n| ftl.node_location(n).map(|s| (n, s.0)))
+            .collect();
+        let mut file = SimNand::open_image_read_only(&p.path()).unwrap();
+        let mut spare = vec![0u8; g.spare_bytes as usize];
+        locs.into_iter()
+            .filter(|&(n, slot)| {
+                file.read_spare(PageId(slot), &mut spare).unwrap();
+                matches!(SpareRecord::parse(&spare),
+                    Ok(r) if r.kind == SlotKind::Node && r.owner == n)
+            })
+            .collect()
+    };
+    assert!(nodes.len() >= 2, "live node pages found: {nodes:?}");
+    let mut rng = Rng::new(21);
+    for (i, &(node, slot)) in nodes.iter().enumerate() {
+        let img = p.copy(&format!("live-node-{i}.img"));
+        // SLC: one slot per page, so the slot address is the page.
+        let byte = rng.below(BLOCK as u64) as usize;
+        flip(&img, slot, byte, (i % 8) as u8);
+        let o = open_both(&img, &p, &["node page of group"]);
+        let group: Vec<u32> = (node * 256..(node + 1) * 256).collect();
+        if let Outcome::Recovered { unreadable } = &o {
+            println!(
+                "live node page of group {node} (slot {slot}) byte {byte} flipped: mounted, \
+                 {} LBAs unreadable",
+                unreadable.len()
+            );
+        }
+        match o {
+            Outcome::Recovered { unreadable } => assert_eq!(
+                unreadable, group,
+                "exactly group {node}'s LBAs are lost, every other LBA reads"
+            ),
+            Outcome::Refused(msg) => panic!("one damaged node page refused the image: {msg}"),
+        }
+        // What a user sees for such an LBA, through the firmware (`serve --image`).
+        let fw = Firmware::start(fw_config(&img)).expect("start over a damaged node page");
+        let err = fw
+            .read(group[7] as u64 * BLOCK as u64, BLOCK)
+            .expect_err("an LBA of the damaged group");
+        let msg = err.to_string();
+        let name = format!(
+            "node page of group {node} (LBAs {}..={}) at slot {slot}",
+            group[0], group[255]
+        );
+        assert!(msg.contains(&name), "`{msg}` does not name {name}");
+        let _ = fw.shutdown();
     }
 }

@@ -35,8 +35,8 @@ fn pinned_costs_one_slot_pages() {
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
     // Format: every block erased once (50), then checkpoint block 0 erased again as the first
     // pack goes into it (1). The pack is a header slot plus one payload slot (4 NAT entries +
-    // 50 block entries = 416 bytes): 2 pages.
-    assert_eq!(delta(&ftl, &mut c), [0, 0, 2, 51], "format");
+    // 50 block entries = 416 bytes): 2 pages, then its seal page: 3 programs.
+    assert_eq!(delta(&ftl, &mut c), [0, 0, 3, 51], "format");
 
     for lba in 0..256 {
         ftl.write(Lba(lba), &content(lba, 1)).unwrap();
@@ -67,18 +67,19 @@ fn pinned_costs_one_slot_pages() {
     let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
     let mount = delta(&ftl, &mut c);
     // Mount, by steps:
-    // - spare reads: the checkpoint-area walk reads 3 pages of block 0 (a 2-page pack, then an
-    //   erased page) and page 0 of blocks 1-3 (erased): 6. Roll-forward reads page 0 of the 46
-    //   data blocks: 46. Pass 2 reads one spare per replayed slot: 256 + 64 data + 1 node = 321.
-    //   6 + 46 + 321 = 373.
+    // - spare reads: the checkpoint-area walk reads 4 pages of block 0 (a 2-page pack, its
+    //   seal, then an erased page) and page 0 of blocks 1-3 (erased): 7. Roll-forward reads
+    //   page 0 of the 46 data blocks: 46. Pass 2 reads one spare per replayed slot: 256 + 64
+    //   data + 1 node = 321. 7 + 46 + 321 = 374.
     // - page reads: pack validation 2 + loading its payload page 1 = 3. Pass 1 validates every
     //   page written after the format checkpoint: 8 + 2 full blocks (320 pages) and the node
     //   block's page 0 plus its first erased page (2) = 322. Pass 2 loads node 0 once (1): its
     //   newest copy (the flush's) postdates every replayed data slot of its group, so none is
     //   applied and the node stays clean. 3 + 322 + 1 = 326.
-    // - the mount checkpoint has no dirty node to write: one 2-page pack into checkpoint block 1,
-    //   erased first (the block the last pack went to is never appended to after a mount).
-    assert_eq!(mount, [326, 373, 2, 1], "mount");
+    // - the mount checkpoint has no dirty node to write: one 2-page pack and its seal into
+    //   checkpoint block 1, erased first (the block the last pack went to is never appended to
+    //   after a mount).
+    assert_eq!(mount, [326, 374, 3, 1], "mount");
     for lba in 0..256 {
         ftl.read(Lba(lba), &mut buf).unwrap();
         let want = if lba < 64 {
@@ -103,10 +104,11 @@ fn pinned_costs_four_slot_pages() {
     let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let mut c = NandCounters::default();
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
-    // Every block once, checkpoint block 0 again; the pack (2 slots) rounds up to one page.
+    // Every block once, checkpoint block 0 again; the pack (2 slots) rounds up to one page,
+    // then its seal page.
     assert_eq!(
         delta(&ftl, &mut c),
-        [0, 0, 1, geo.blocks as u64 + 1],
+        [0, 0, 2, geo.blocks as u64 + 1],
         "format"
     );
 

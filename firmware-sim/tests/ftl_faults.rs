@@ -6,7 +6,7 @@
 mod ftl_support;
 
 use ftl_support::*;
-use nandbox_core::format::Ppa;
+use nandbox_core::format::{Ppa, SlotKind, SpareRecord};
 use nandbox_core::ftl::{Error, Ftl, MountError, CP_AREA_BLOCKS};
 use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
 use nandbox_core::Lba;
@@ -111,8 +111,9 @@ fn corrupt_data_spare_and_node_pages_are_reported_by_name() {
     assert_eq!(report.bad_records, 1, "{report:?}");
     assert_eq!(report.problems(), 2, "{report:?}");
 
-    // A damaged node page: the device refuses to mount and names it. A remount's checkpoint
-    // writes every cached node, so node 2 is on flash afterwards.
+    // A damaged node page costs its group, not the device: the mount succeeds, the group's
+    // LBAs (512..=767) fail naming the node page, every other LBA reads and writes. A
+    // remount's checkpoint writes every cached node, so node 2 is on flash afterwards.
     let nand = ftl.into_nand();
     let ftl = Ftl::mount(nand, mem.lend()).unwrap();
     let node = ftl
@@ -121,13 +122,44 @@ fn corrupt_data_spare_and_node_pages_are_reported_by_name() {
     let (page, slot) = page_of(&geo, node);
     let mut nand = ftl.into_nand();
     nand.flip_bit(page, slot * BLOCK + 40, 1);
-    match Ftl::mount(nand, mem.lend()) {
-        Err(MountError::Corrupted(c)) => {
-            assert_eq!(c.what, "data CRC mismatch");
-            assert_eq!(c.at, node.0);
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("mount over one damaged node page");
+    let expect_node_error = |r: Result<(), Error<_>>, what: &str| match r {
+        Err(Error::Corrupted(c)) => {
+            assert_eq!(c.what, "data CRC mismatch", "{what}");
+            assert_eq!(c.at, node.0, "{what}: the node page's slot address");
+            assert_eq!(c.node, Some(2), "{what}: the node named");
+            let msg = Error::<nandbox_sim::SimError>::Corrupted(c).to_string();
+            assert!(
+                msg.contains("node page of group 2 (LBAs 512..=767)")
+                    && msg.contains(&format!("slot {}", node.0)),
+                "{what}: {msg}"
+            );
         }
-        Err(e) => panic!("expected a corrupt node page, got {e}"),
-        Ok(_) => panic!("mounted over a corrupt node page"),
+        other => panic!("{what}: expected the damaged node page, got {other:?}"),
+    };
+    for lba in [512, 600, 767] {
+        expect_node_error(ftl.read(Lba(lba), &mut buf), "read");
+    }
+    expect_node_error(ftl.write(Lba(700), &content(700, 3)), "write");
+    for lba in (0..logical).filter(|l| !(512..768).contains(l) && *l != 10 && *l != 20) {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(1), "LBA {lba}");
+    }
+    for lba in [0, 300, 800, 1023] {
+        ftl.write(Lba(lba), &content(lba, 2)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let report = ftl.check().unwrap();
+    assert_eq!(report.bad_nodes, 1, "{report:?}");
+    // LBA 10's data and LBA 20's records are still damaged too; nothing else is wrong.
+    assert_eq!(report.problems(), 3, "{report:?}");
+    // And it stays that way across another mount (whose checkpoint keeps the damaged page).
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("second mount");
+    expect_node_error(ftl.read(Lba(513), &mut buf), "read after remount");
+    for lba in [0, 300, 800, 1023] {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert_eq!(version_of(lba, &buf), Some(2), "LBA {lba} after remount");
     }
 }
 
@@ -183,11 +215,15 @@ fn unformatted_garbage_and_truncated_media_are_refused() {
             }
         }
     }
+    // The newest pack is sealed (completely written), so this is rot, not a cut: refused,
+    // naming the pack, rather than another pack tried.
     match Ftl::mount(nand, mem.lend()) {
-        Err(MountError::Corrupted(c)) => {
-            assert_eq!(c.what, "no valid checkpoint pack in the checkpoint area")
+        Err(e @ MountError::CheckpointDamaged { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("checkpoint pack at block"), "{msg}");
+            assert!(msg.contains("fails its CRC"), "{msg}");
         }
-        Err(e) => panic!("expected Corrupted, got {e}"),
+        Err(e) => panic!("expected CheckpointDamaged, got {e}"),
         Ok(_) => panic!("mounted with every checkpoint damaged"),
     }
 
@@ -334,7 +370,7 @@ fn random_media_damage_never_panics_or_returns_garbage() {
         }
         let mut ftl = match Ftl::mount(nand, mem.lend()) {
             Ok(f) => f,
-            Err(MountError::Corrupted(_)) => {
+            Err(MountError::Corrupted(_) | MountError::CheckpointDamaged { .. }) => {
                 refused += 1;
                 continue;
             }
@@ -369,4 +405,219 @@ fn random_media_damage_never_panics_or_returns_garbage() {
          {stale} stale"
     );
     assert!(mounted > 0 && read_errors > 0);
+}
+
+/// A page-by-page copy of a RAM array (programmed pages only).
+fn copy_nand(src: &mut SimNand) -> SimNand {
+    let geo = src.geometry();
+    let mut dst = SimNand::new_ram(geo);
+    let mut data = vec![0u8; geo.page_bytes as usize];
+    let mut spare = vec![0u8; geo.spare_bytes as usize];
+    for page in 0..geo.total_pages() {
+        src.read(PageId(page), &mut data, &mut spare).unwrap();
+        if data.iter().chain(spare.iter()).any(|&x| x != 0xFF) {
+            dst.program(PageId(page), &data, &spare).unwrap();
+        }
+    }
+    dst
+}
+
+/// The newest checkpoint pack on `nand`: (first page, slots) from its head record.
+fn newest_pack(nand: &mut SimNand) -> (PageId, u32) {
+    let geo = nand.geometry();
+    let mut spare = vec![0u8; geo.spare_bytes as usize];
+    let mut best: Option<(u64, PageId, u32)> = None;
+    for b in 0..CP_AREA_BLOCKS {
+        for n in 0..geo.pages_per_block {
+            let page = geo.page(BlockId(b), n);
+            nand.read_spare(page, &mut spare).unwrap();
+            if let Ok(r) = SpareRecord::parse(&spare) {
+                if r.kind == SlotKind::Checkpoint
+                    && r.owner == 0
+                    && best.is_none_or(|(s, _, _)| r.seq > s)
+                {
+                    best = Some((r.seq, page, r.aux));
+                }
+            }
+        }
+    }
+    let (_, page, nslots) = best.expect("a checkpoint pack");
+    (page, nslots)
+}
+
+/// A used device: random overwrites with flushes (GC, several checkpoints), then, after one
+/// more checkpoint, enough flushed writes that blocks it released get erased and reused. No
+/// checkpoint ends it: the last pack is a few blocks old. Returns the array and each LBA's
+/// flushed version (0 = never written).
+fn used_device(geo: Geometry, mem: &mut OwnedFtlMemory, seed: u64) -> (SimNand, Vec<u32>) {
+    let logical = 512;
+    let slots = geo.slots_per_page();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), config(logical, 3), mem.lend()).unwrap();
+    let mut disk = vec![0u32; logical as usize];
+    let mut rng = Rng::new(100 + seed);
+    let mut v = 0;
+    let mut write = |ftl: &mut Ftl<'_, SimNand>, disk: &mut Vec<u32>, n: u32| {
+        for _ in 0..n {
+            v += 1;
+            let lba = rng.below(logical as u64) as u32;
+            ftl.write(Lba(lba), &content(lba, v)).unwrap();
+            disk[lba as usize] = v;
+            if v % 40 == 0 {
+                ftl.flush().unwrap();
+            }
+        }
+    };
+    write(&mut ftl, &mut disk, 3000 + 500 * seed as u32);
+    let cps = ftl.stats().checkpoints;
+    while ftl.stats().checkpoints == cps {
+        write(&mut ftl, &mut disk, 1);
+    }
+    let cps = ftl.stats().checkpoints;
+    write(
+        &mut ftl,
+        &mut disk,
+        (4 + seed as u32) * geo.pages_per_block * slots,
+    );
+    ftl.flush().unwrap();
+    assert_eq!(
+        ftl.stats().checkpoints,
+        cps,
+        "no checkpoint after the last one"
+    );
+    (ftl.into_nand(), disk)
+}
+
+/// Reads every LBA and checks it holds exactly its flushed version.
+fn assert_exact<N: Nand>(ftl: &mut Ftl<'_, N>, disk: &[u32], case: &str)
+where
+    N::Error: std::fmt::Display,
+{
+    let mut buf = [0u8; BLOCK];
+    for (lba, &want) in disk.iter().enumerate() {
+        let lba = lba as u32;
+        ftl.read(Lba(lba), &mut buf)
+            .unwrap_or_else(|e| panic!("{case}: LBA {lba}: {e}"));
+        if want == 0 {
+            assert!(buf.iter().all(|&b| b == 0), "{case}: LBA {lba}");
+        } else {
+            assert_eq!(
+                version_of(lba, &buf),
+                Some(want),
+                "{case}: LBA {lba} is stale"
+            );
+        }
+    }
+}
+
+/// Bit rot in the newest checkpoint pack (not a power cut: the pack was completely written and
+/// the FTL went on using it). Falling back to the previous pack and rolling forward would miss
+/// what happened since the newest one (blocks it released were erased and reused), so the only
+/// acceptable outcomes are the newest state exactly, or a refusal naming the damaged pack.
+/// Layouts: 4 KiB pages (a pack of several pages) and 16 KiB pages of four slots (a one-page
+/// pack, where the damaged page is also the pack's last); several workloads each.
+#[test]
+fn bit_rot_in_the_newest_checkpoint_pack_never_mounts_stale_data() {
+    let logical = 512;
+    let (mut exact, mut refused) = (0, 0);
+    for (slots, ppb) in [(1u32, 16u32), (4, 16)] {
+        let geo = small_geometry(slots, ppb, logical);
+        let cfg = config(logical, 3);
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        for seed in 0..4u64 {
+            let (mut pristine, disk) = used_device(geo, &mut mem, seed);
+            let (head, nslots) = newest_pack(&mut pristine);
+            let pages = nslots / slots;
+            let block = head.0 / ppb;
+            for damage in 0..3 {
+                let mut nand = copy_nand(&mut pristine);
+                let mut r = Rng::new(seed * 7 + damage);
+                let what = match damage {
+                    0 => {
+                        // A bit of a pack page's data (header, NAT, block table or padding).
+                        let page = PageId(head.0 + r.below(pages as u64) as u32);
+                        let byte = r.below(geo.page_bytes as u64) as usize;
+                        nand.flip_bit(page, byte, (r.below(8)) as u8);
+                        format!("data byte {byte} of page {}", page.0)
+                    }
+                    1 => {
+                        // Both copies of the head slot's record: the pack is found through
+                        // its other records and its seal.
+                        nand.flip_spare_bit(head, 9, 1);
+                        nand.flip_spare_bit(head, 32 + 9, 1);
+                        "both copies of the head record".to_string()
+                    }
+                    _ => {
+                        // The last page of the pack: the place a power cut would tear.
+                        let page = PageId(head.0 + pages - 1);
+                        nand.flip_bit(page, 77, 4);
+                        format!("the pack's last page {}", page.0)
+                    }
+                };
+                let case = format!("{slots}-slot pages, seed {seed}, {what}");
+                match Ftl::mount(nand, mem.lend()) {
+                    Ok(mut ftl) => {
+                        assert_exact(&mut ftl, &disk, &case);
+                        exact += 1;
+                    }
+                    Err(e @ MountError::CheckpointDamaged { .. }) => {
+                        let msg = e.to_string();
+                        let name =
+                            format!("checkpoint pack at block {block} page {}", head.0 % ppb);
+                        assert!(msg.contains(&name), "{case}: `{msg}` does not name {name}");
+                        assert!(msg.contains("stale"), "{case}: {msg}");
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{case}: unexpected mount error {e}"),
+                }
+            }
+        }
+    }
+    eprintln!("{exact} mounted the newest state, {refused} refused naming the pack");
+    assert!(refused > 0);
+}
+
+/// The other side of the rule: a power cut at any step of writing a checkpoint (the erase of
+/// the next checkpoint block, any page of the pack, its seal) still mounts, with exactly the
+/// flushed state. The cut pack is unsealed, so mount passes over it to the previous pack; a cut
+/// during the seal leaves a complete pack, which is used. A third mount then checks that what
+/// the recovery left (a torn pack beside newer ones) does not trip the rule later.
+#[test]
+fn a_power_cut_while_a_checkpoint_is_written_mounts_the_previous_pack() {
+    let mut cuts = 0;
+    for (slots, ppb) in [(1u32, 16u32), (4, 16)] {
+        let geo = small_geometry(slots, ppb, 512);
+        let cfg = config(512, 3);
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        for seed in 0..2u64 {
+            let (mut pristine, disk) = used_device(geo, &mut mem, seed);
+            // A mount ends with a checkpoint: its last operations are the erase of the next
+            // checkpoint block, the pack's pages and the seal. Count them on an uncut mount.
+            let mut nand = copy_nand(&mut pristine);
+            let before = nand.ops();
+            drop(Ftl::mount(Lent(&mut nand), mem.lend()).unwrap());
+            let total = nand.ops() - before;
+            let (_, nslots) = newest_pack(&mut nand);
+            let tail = (nslots / slots + 1 + 1) as u64;
+            for k in total - tail - 2..total {
+                let case = format!("{slots}-slot pages, seed {seed}, cut after {k} of {total} ops");
+                let mut nand = copy_nand(&mut pristine);
+                nand.power_cut_after(k);
+                match Ftl::mount(Lent(&mut nand), mem.lend()) {
+                    Err(MountError::Nand(_)) => {}
+                    Err(e) => panic!("{case}: {e}"),
+                    Ok(_) => panic!("{case}: the cut did not hit the mount"),
+                }
+                cuts += 1;
+                nand.restore_power();
+                let mut ftl = Ftl::mount(Lent(&mut nand), mem.lend())
+                    .unwrap_or_else(|e| panic!("{case}: remount: {e}"));
+                assert_exact(&mut ftl, &disk, &case);
+                drop(ftl);
+                let mut ftl = Ftl::mount(Lent(&mut nand), mem.lend())
+                    .unwrap_or_else(|e| panic!("{case}: third mount: {e}"));
+                assert_exact(&mut ftl, &disk, &case);
+            }
+        }
+    }
+    assert!(cuts >= 16);
 }

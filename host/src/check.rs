@@ -62,11 +62,15 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         ("nat_errors", report.nat_errors as u64),
         ("problems", report.problems()),
     ];
+    // Where the first damage is (a node page names its group and LBAs): the counts alone do
+    // not tell a user which blocks to restore.
+    let first = report.first_problem.map(|c| c.to_string());
     if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = fields
+        let mut map: serde_json::Map<String, serde_json::Value> = fields
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
+        map.insert("first_problem".into(), first.clone().into());
         println!("{}", serde_json::Value::Object(map));
     } else {
         println!(
@@ -80,9 +84,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         for (name, value) in fields {
             println!("  {name:<24} {value}");
         }
+        if let Some(first) = &first {
+            println!("  first problem: {first}");
+        }
     }
     if report.problems() > 0 {
-        bail!("{}: {} problems found", path.display(), report.problems());
+        bail!(
+            "{}: {} problems found (first: {})",
+            path.display(),
+            report.problems(),
+            first.as_deref().unwrap_or("unknown")
+        );
     }
     Ok(())
 }

@@ -5,6 +5,12 @@
 //! area. Packs are appended to one reserved block until it is full, then the next good reserved
 //! block is erased and used: the block holding the newest pack is never erased while it is the
 //! newest, so a torn pack always leaves an older valid one to mount from.
+//!
+//! Each pack is followed by a *seal* page, programmed after the pack's last page and before the
+//! checkpoint returns. Nothing is programmed after a page torn by a power cut, so a programmed
+//! seal proves every page of the pack was completely written: a sealed pack that fails its checks
+//! was damaged later (bit rot), and mount refuses it rather than fall back to an older pack, which
+//! could return stale data once the FTL has moved on from the older pack.
 
 use super::*;
 use crate::format::{checkpoint as cpf, CheckpointHeader};
@@ -115,8 +121,9 @@ impl<N: Nand> Ftl<'_, N> {
         let mut failed = NONE;
         let mut done = false;
         for _ in 0..=CP_AREA_BLOCKS {
-            // Switch first: erasing a block changes the block table the pack carries.
-            if self.cp_block == NONE || self.cp_page + pages > self.ppb {
+            // Switch first: erasing a block changes the block table the pack carries. The pack
+            // and its seal page must both fit.
+            if self.cp_block == NONE || self.cp_page + pages + 1 > self.ppb {
                 self.switch_cp_block()?;
             }
             let mut h = crc32fast::Hasher::new();
@@ -148,7 +155,7 @@ impl<N: Nand> Ftl<'_, N> {
                 nand_program_bytes: self.stats.lifetime_program_bytes,
             };
             if self.program_pack(&header, nslots, payload_slots)? {
-                self.cp_page += pages;
+                self.cp_page += pages + 1;
                 done = true;
                 break;
             }
@@ -168,7 +175,9 @@ impl<N: Nand> Ftl<'_, N> {
         }
     }
 
-    /// Programs one pack at `cp_page` of `cp_block`. `Ok(false)` if a program failed.
+    /// Programs one pack at `cp_page` of `cp_block`, then its seal page. `Ok(false)` if a
+    /// program failed (a pack whose seal failed is abandoned too: a sealed pack is one whose
+    /// damage mount may not explain by a power cut).
     fn program_pack(
         &mut self,
         header: &CheckpointHeader,
@@ -176,7 +185,8 @@ impl<N: Nand> Ftl<'_, N> {
         payload_slots: u32,
     ) -> R<bool, N::Error> {
         let pages = nslots / self.spp;
-        for k in 0..pages {
+        // Page `pages` is the seal: zero slots whose records continue the pack's slot indices.
+        for k in 0..=pages {
             for i in 0..self.spp {
                 let idx = k * self.spp + i;
                 let at = self.slot_offset(SCRATCH, i);

@@ -87,11 +87,11 @@ impl FtlConfig {
         {
             return Err(ConfigError::CacheSlots);
         }
-        // A checkpoint pack must fit in one block.
+        // A checkpoint pack and its seal page must fit in one block.
         let payload = (4 * self.nodes() as u64).next_multiple_of(8) + 8 * g.blocks as u64;
         let pack_pages =
             (1 + payload.div_ceil(SLOT_BYTES as u64)).div_ceil(g.slots_per_page() as u64);
-        if pack_pages > g.pages_per_block as u64 {
+        if pack_pages + 1 > g.pages_per_block as u64 {
             return Err(ConfigError::TooFewBlocks {
                 needed: 0,
                 available: g.blocks,

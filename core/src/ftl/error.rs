@@ -3,6 +3,7 @@
 
 use core::fmt;
 
+use super::LBAS_PER_NODE;
 use crate::nand::GeometryError;
 
 /// What failed a check on flash, and where (a slot address, page, block or node id, as `what`
@@ -11,19 +12,50 @@ use crate::nand::GeometryError;
 pub struct Corruption {
     /// What was wrong.
     pub what: &'static str,
-    /// The address it was found at (meaning given by `what`).
+    /// The address it was found at (meaning given by `what`; the slot address when `node` is
+    /// set).
     pub at: u32,
+    /// The node (group of [`LBAS_PER_NODE`] LBAs) whose node page is damaged, when the damage is
+    /// in a node page: a user then knows which LBAs are affected, not just a flash address.
+    pub node: Option<u32>,
+}
+
+impl Corruption {
+    /// The same damage, found while reading the node page of group `node` (`at` must be that
+    /// page's slot address).
+    pub(crate) const fn in_node(self, node: u32) -> Corruption {
+        Corruption {
+            node: Some(node),
+            ..self
+        }
+    }
 }
 
 impl fmt::Display for Corruption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (at {})", self.what, self.at)
+        match self.node {
+            Some(g) => {
+                let first = g as u64 * LBAS_PER_NODE as u64;
+                write!(
+                    f,
+                    "node page of group {g} (LBAs {first}..={}) at slot {}: {}",
+                    first + LBAS_PER_NODE as u64 - 1,
+                    self.at,
+                    self.what
+                )
+            }
+            None => write!(f, "{} (at {})", self.what, self.at),
+        }
     }
 }
 
 /// The single place corruption errors are built, so a fuzzing build could turn them into panics.
 pub(crate) const fn corrupted(what: &'static str, at: u32) -> Corruption {
-    Corruption { what, at }
+    Corruption {
+        what,
+        at,
+        node: None,
+    }
 }
 
 /// Why a configuration cannot be used on a geometry.
@@ -111,6 +143,16 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
 
 impl<E: fmt::Debug + fmt::Display> core::error::Error for Error<E> {}
 
+impl<E> Error<E> {
+    /// Names node `g` in a corruption error met while reading its node page.
+    pub(crate) fn in_node(self, g: u32) -> Self {
+        match self {
+            Self::Corrupted(c) => Self::Corrupted(c.in_node(g)),
+            e => e,
+        }
+    }
+}
+
 /// Errors of [`super::Ftl::format`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -176,6 +218,21 @@ pub enum MountError<E> {
     },
     /// Recovery needed space the device does not have.
     NoSpace,
+    /// The newest checkpoint pack fails its checks although it was completely written (its
+    /// seal page is programmed): damage on flash, not a power cut. An older pack cannot stand in
+    /// for it, since blocks may have been erased and reused since that one was written.
+    CheckpointDamaged {
+        /// Checkpoint-area block holding the pack.
+        block: u32,
+        /// Page (within the block) where the pack starts.
+        page: u32,
+        /// The pack's sequence number.
+        seq: u64,
+        /// Which check failed.
+        why: &'static str,
+        /// Whether an older pack exists (which mounting refuses to use).
+        older: bool,
+    },
 }
 
 impl<E: fmt::Display> fmt::Display for MountError<E> {
@@ -196,6 +253,24 @@ impl<E: fmt::Display> fmt::Display for MountError<E> {
                 write!(f, "buffer {what} too small: {needed} needed")
             }
             Self::NoSpace => f.write_str("no space to complete recovery"),
+            Self::CheckpointDamaged {
+                block,
+                page,
+                seq,
+                why,
+                older,
+            } => {
+                write!(
+                    f,
+                    "checkpoint pack at block {block} page {page} (seq {seq}) {why}; it was \
+                     completely written, so this is damage on flash, not a power cut"
+                )?;
+                if *older {
+                    f.write_str("; an older pack exists but using it could return stale data")
+                } else {
+                    f.write_str("; no older pack exists")
+                }
+            }
         }
     }
 }

@@ -138,6 +138,8 @@ pub struct CheckReport {
     pub unreferenced_valid: u64,
     /// NAT entries pointing outside the array or into bad/reserved blocks.
     pub nat_errors: u32,
+    /// The first damage found, naming where it is (a node page names its group and LBAs).
+    pub first_problem: Option<Corruption>,
 }
 
 impl CheckReport {
@@ -666,8 +668,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
                         Cause::Checkpoint,
                     ) {
                         Ok(_) => GCBUF,
-                        Err(Error::Corrupted(_)) => {
+                        Err(Error::Corrupted(c)) => {
                             rep.bad_nodes += 1;
+                            rep.first_problem.get_or_insert(c.in_node(g));
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -690,6 +693,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     }
                     Err(_) => {
                         rep.bad_nodes += 1;
+                        let c = corrupted("node page fails its checks", nat.0);
+                        rep.first_problem.get_or_insert(c.in_node(g));
                         continue;
                     }
                 }
@@ -721,13 +726,15 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
                 match self.read_slot_checked(q, SlotKind::Data, lba, SCRATCH, Cause::Checkpoint) {
                     Ok(_) => {}
-                    Err(Error::Corrupted(c)) => match c.what {
-                        "data CRC mismatch" => rep.bad_data_crc += 1,
-                        "slot belongs to another block" | "slot holds another kind of record" => {
-                            rep.wrong_owner += 1
+                    Err(Error::Corrupted(c)) => {
+                        rep.first_problem.get_or_insert(c);
+                        match c.what {
+                            "data CRC mismatch" => rep.bad_data_crc += 1,
+                            "slot belongs to another block"
+                            | "slot holds another kind of record" => rep.wrong_owner += 1,
+                            _ => rep.bad_records += 1,
                         }
-                        _ => rep.bad_records += 1,
-                    },
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -821,14 +828,17 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
                 None => {
                     base_seq = self
-                        .read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Node)?
+                        .read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Node)
+                        .map_err(|e| e.in_node(g))?
                         .seq;
                     SCRATCH
                 }
             };
             let at = self.slot_offset(buf, p.0 % self.spp);
             let view = NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots)
-                .map_err(|_| Error::Corrupted(corrupted("node page fails its checks", g)))?;
+                .map_err(|_| {
+                    Error::Corrupted(corrupted("node page fails its checks", p.0).in_node(g))
+                })?;
             let img = &mut self.cache_data[dst..dst + SLOT_BYTES];
             copy_pointers(&view, img);
             let inline = view.inline_area();

@@ -1,7 +1,10 @@
 //! Mounting: finding the newest valid checkpoint pack and rolling forward from it.
 //!
-//! 1. Every good block of the checkpoint area is walked by spare records; pack starts are
-//!    candidates, newest first; the first whose every slot, header and payload check wins.
+//! 1. Every good block of the checkpoint area is walked by spare records; every pack any of
+//!    whose slot records checks is a candidate, newest first; the first whose every slot,
+//!    header and payload check wins. A newer pack that fails is passed over only if its seal
+//!    page is unprogrammed (a power cut while it was written); a sealed one was damaged later,
+//!    and the mount is refused naming it, since an older pack could return stale data.
 //! 2. The NAT and block table are loaded from it.
 //! 3. Roll-forward finds the blocks written after the checkpoint (the log heads it recorded,
 //!    plus every block whose first page carries a newer sequence number), validates them page by
@@ -11,7 +14,8 @@
 //!    - pass 2 applies data slots in global sequence order, skipping those older than the node
 //!      copy they would land in.
 //! 4. Valid bitmaps and counts are rebuilt from the NAT and the node pages, and a checkpoint is
-//!    written so the next mount starts from here.
+//!    written so the next mount starts from here. A node page that fails its checks costs its
+//!    group only: its LBAs fail naming it, the rest of the device mounts.
 
 use heapless::Vec as HVec;
 
@@ -31,6 +35,9 @@ struct CpLocation {
     page: u32,
     header: CheckpointHeader,
     nslots: u32,
+    /// Highest sequence number of any pack seen, torn ones passed over included: new slots
+    /// and packs must be newer, so the next pack outranks a torn one.
+    newest_seq: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -103,6 +110,78 @@ fn read_first_record<N: Nand>(
     Ok(last)
 }
 
+/// A pack found in the checkpoint area: (seq, block, first page, slots), from any of its slot
+/// records (the pack's own or its seal's), so a pack whose first page's record is damaged is
+/// still seen.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Candidate {
+    seq: u64,
+    block: u32,
+    page: u32,
+    nslots: u32,
+}
+
+/// Reads a page's spare and returns the first slot record that checks, retrying while none
+/// does. `Err(Erased)` when every record reads erased.
+fn read_any_record<N: Nand>(
+    nand: &mut N,
+    page: u32,
+    spare: &mut [u8],
+    spp: u32,
+) -> Result<Result<SpareRecord, RecordError>, N::Error> {
+    let mut last = Err(RecordError::Damaged);
+    for _ in 0..READ_ATTEMPTS {
+        nand.read_spare(PageId(page), spare)?;
+        let mut erased = true;
+        for i in 0..spp as usize {
+            match SpareRecord::parse(&spare[i * SPARE..]) {
+                Ok(r) => return Ok(Ok(r)),
+                Err(RecordError::Damaged) => erased = false,
+                Err(RecordError::Erased) => {}
+            }
+        }
+        if erased {
+            return Ok(Err(RecordError::Erased));
+        }
+        last = Err(RecordError::Damaged);
+    }
+    Ok(last)
+}
+
+/// Whether the seal page of a pack (the page after its last) was programmed at all. Only an
+/// unprogrammed seal lets mount put the pack's damage down to a power cut: the writer programs
+/// the seal after every page of the pack and before anything else, and nothing is programmed
+/// after a torn page, so a seal with any programmed byte proves the pack was complete. A seal
+/// that cannot exist (past the end of the block, or an impossible slot count) proves nothing
+/// and counts as programmed.
+fn sealed<N: Nand>(
+    nand: &mut N,
+    geo: &Geometry,
+    spare: &mut [u8],
+    c: &Candidate,
+) -> Result<bool, N::Error> {
+    let spp = geo.slots_per_page();
+    if c.nslots == 0 || !c.nslots.is_multiple_of(spp) {
+        return Ok(true);
+    }
+    let seal = c.page as u64 + (c.nslots / spp) as u64;
+    if seal >= geo.pages_per_block as u64 {
+        return Ok(true);
+    }
+    // One clean read proves it erased; a flip on read must not turn a tear into a refusal.
+    for _ in 0..READ_ATTEMPTS {
+        nand.read_spare(PageId(c.block * geo.pages_per_block + seal as u32), spare)?;
+        if spare.iter().all(|&b| b == 0xFF) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Finds the pack to mount from: the newest whose checks pass. A newer pack that fails them is
+/// passed over only if its seal page was never programmed (a power cut while the pack was being
+/// written, so the FTL never acted on it and the previous pack plus roll-forward is the current
+/// state); a sealed one was damaged after it was written and mounting is refused, naming it.
 fn find_checkpoint<N: Nand>(
     nand: &mut N,
     geo: &Geometry,
@@ -115,8 +194,9 @@ fn find_checkpoint<N: Nand>(
             needed: stride,
         });
     }
+    let spp = geo.slots_per_page();
     let (data, spare) = buf[..stride].split_at_mut(geo.page_bytes as usize);
-    let mut cands: HVec<(u64, u32, u32), MAX_CANDIDATES> = HVec::new();
+    let mut cands: HVec<Candidate, MAX_CANDIDATES> = HVec::new();
     let mut seen = false;
     for b in 0..CP_AREA_BLOCKS.min(geo.blocks) {
         if nand.is_bad(BlockId(b)).map_err(MountError::Nand)? {
@@ -124,34 +204,67 @@ fn find_checkpoint<N: Nand>(
         }
         for p in 0..geo.pages_per_block {
             let page = b * geo.pages_per_block + p;
-            match read_first_record(nand, page, spare).map_err(MountError::Nand)? {
+            let r = match read_any_record(nand, page, spare, spp).map_err(MountError::Nand)? {
                 Err(RecordError::Erased) => break,
-                Err(RecordError::Damaged) => seen = true,
-                Ok(r) => {
+                Err(RecordError::Damaged) => {
                     seen = true;
-                    if r.kind == SlotKind::Checkpoint && r.owner == 0 {
-                        if cands.is_full() {
-                            let (i, min) = cands
-                                .iter()
-                                .enumerate()
-                                .min_by_key(|(_, c)| c.0)
-                                .map(|(i, c)| (i, c.0))
-                                .unwrap_or((0, 0));
-                            if r.seq > min {
-                                cands[i] = (r.seq, b, p);
-                            }
-                        } else {
-                            let _ = cands.push((r.seq, b, p));
-                        }
-                    }
+                    continue;
                 }
+                Ok(r) => r,
+            };
+            seen = true;
+            // Slot indices run on through a pack and its seal, so any slot locates the start.
+            let back = r.owner / spp;
+            if r.kind != SlotKind::Checkpoint || back > p {
+                continue;
+            }
+            let c = Candidate {
+                seq: r.seq,
+                block: b,
+                page: p - back,
+                nslots: r.aux,
+            };
+            if cands
+                .iter()
+                .any(|x| x.seq == c.seq && x.block == b && x.page == c.page)
+            {
+                continue;
+            }
+            if cands.is_full() {
+                // Keep the newest: only they can be mounted from or stand in the way.
+                let (i, min) = cands
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, x)| x.seq)
+                    .map(|(i, x)| (i, x.seq))
+                    .unwrap_or((0, 0));
+                if c.seq > min {
+                    cands[i] = c;
+                }
+            } else {
+                let _ = cands.push(c);
             }
         }
     }
-    cands.sort_unstable_by_key(|c| core::cmp::Reverse(c.0));
-    for &(_, b, p) in cands.iter() {
-        if let Some(loc) = validate_pack(nand, geo, data, spare, b, p)? {
-            return Ok(loc);
+    cands.sort_unstable_by_key(|c| core::cmp::Reverse(c.seq));
+    let newest_seq = cands.first().map_or(0, |c| c.seq);
+    for (n, c) in cands.iter().enumerate() {
+        match validate_pack(nand, geo, data, spare, c.block, c.page)? {
+            Ok(mut loc) => {
+                loc.newest_seq = newest_seq;
+                return Ok(loc);
+            }
+            Err(why) => {
+                if sealed(nand, geo, spare, c).map_err(MountError::Nand)? {
+                    return Err(MountError::CheckpointDamaged {
+                        block: c.block,
+                        page: c.page,
+                        seq: c.seq,
+                        why,
+                        older: n + 1 < cands.len(),
+                    });
+                }
+            }
         }
     }
     if seen {
@@ -164,6 +277,8 @@ fn find_checkpoint<N: Nand>(
     }
 }
 
+/// Checks the pack starting at `page` of `block`: every slot record, the header, the sizes and
+/// the payload CRC. `Ok(Err(why))` says which check failed.
 fn validate_pack<N: Nand>(
     nand: &mut N,
     geo: &Geometry,
@@ -171,21 +286,26 @@ fn validate_pack<N: Nand>(
     spare: &mut [u8],
     block: u32,
     page: u32,
-) -> Result<Option<CpLocation>, ME<N::Error>> {
+) -> Result<Result<CpLocation, &'static str>, ME<N::Error>> {
+    const UNSOUND: &str = "has a page that fails its CRC (or reads erased)";
+    const RECORDS: &str = "has slot records that do not belong to it";
     let spp = geo.slots_per_page();
     let ppb = geo.pages_per_block;
     let first = block * ppb + page;
     if !read_sound(nand, first, data, spare, spp).map_err(MountError::Nand)? {
-        return Ok(None);
+        return Ok(Err(UNSOUND));
     }
     let Ok(rec) = SpareRecord::parse(spare) else {
-        return Ok(None);
+        return Ok(Err(RECORDS));
     };
+    if rec.kind != SlotKind::Checkpoint || rec.owner != 0 {
+        return Ok(Err(RECORDS));
+    }
     let Some(header) = CheckpointHeader::parse(data) else {
-        return Ok(None);
+        return Ok(Err("has a header that fails its checks"));
     };
     if header.seq != rec.seq {
-        return Ok(None);
+        return Ok(Err("has a header whose seq disagrees with its records"));
     }
     if header.page_bytes != geo.page_bytes
         || header.spare_bytes != geo.spare_bytes
@@ -208,7 +328,7 @@ fn validate_pack<N: Nand>(
     let nslots = pack_slots(payload_len, spp);
     if header.payload_len as usize != payload_len || rec.aux != nslots || page + nslots / spp > ppb
     {
-        return Ok(None);
+        return Ok(Err("has sizes that disagree with its header"));
     }
     let mut h = crc32fast::Hasher::new();
     for idx in 1..nslots {
@@ -216,13 +336,13 @@ fn validate_pack<N: Nand>(
         if slot == 0
             && !read_sound(nand, first + idx / spp, data, spare, spp).map_err(MountError::Nand)?
         {
-            return Ok(None);
+            return Ok(Err(UNSOUND));
         }
         let Ok(r) = SpareRecord::parse(&spare[slot * SPARE..]) else {
-            return Ok(None);
+            return Ok(Err(RECORDS));
         };
         if r.kind != SlotKind::Checkpoint || r.owner != idx || r.seq != rec.seq || r.aux != nslots {
-            return Ok(None);
+            return Ok(Err(RECORDS));
         }
         let off = (idx as usize - 1) * SLOT_BYTES;
         if off < payload_len {
@@ -231,13 +351,14 @@ fn validate_pack<N: Nand>(
         }
     }
     if h.finalize() != header.payload_crc {
-        return Ok(None);
+        return Ok(Err("fails its payload CRC"));
     }
-    Ok(Some(CpLocation {
+    Ok(Ok(CpLocation {
         block,
         page,
         header,
         nslots,
+        newest_seq: rec.seq,
     }))
 }
 
@@ -503,7 +624,7 @@ impl<N: Nand> Ftl<'_, N> {
             e.end = page_in;
         }
         self.node_index.fill(NONE);
-        self.next_seq = max_seen + 1;
+        self.next_seq = max_seen.max(loc.newest_seq) + 1;
 
         // Pass 2: data slots in global sequence order.
         for e in scan.iter_mut() {
@@ -538,8 +659,14 @@ impl<N: Nand> Ftl<'_, N> {
             if kind == SlotKind::Data {
                 self.replay_seq = Some(last_applied);
                 let g = owner / LBAS_PER_NODE;
-                let s = self.node_slot(g)?;
-                if seq > self.cache_meta[s].stamp_base() {
+                let s = match self.node_slot(g) {
+                    Ok(s) => Some(s),
+                    // The group's newest node page is damaged: the group is lost (see
+                    // `keep_damaged_node`), and its later writes with it.
+                    Err(Error::Corrupted(c)) if c.node == Some(g) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(s) = s.filter(|&s| seq > self.cache_meta[s].stamp_base()) {
                     self.set_ptr(s, owner % LBAS_PER_NODE, p);
                     self.cache_meta[s].dirty = true;
                     self.replay_drop_stale(s, owner % LBAS_PER_NODE, p)?;
@@ -627,7 +754,18 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(())
     }
 
-    /// Recomputes every valid bit and count from the NAT and the node pages.
+    /// A node page that fails its checks (after the retries of a checked read) cannot say
+    /// which slots its group maps, and no older copy can stand in for it (it would miss later
+    /// trims and deltas): the group is lost, every other group is not. Its LBAs stay unreadable
+    /// (reads and writes fail naming the node page, since the NAT still points at it), its data
+    /// slots are left invalid for GC to reclaim, and the damaged page itself stays valid so GC
+    /// moves it with its original CRC and the damage stays visible to reads and `check`.
+    fn keep_damaged_node(&mut self, p: Ppa) -> Result<(), ME<N::Error>> {
+        mark(self.valid, self.blocks, self.spp, self.ppb, p)
+    }
+
+    /// Recomputes every valid bit and count from the NAT and the node pages. A damaged node
+    /// page costs only its own group (see [`Self::keep_damaged_node`]).
     fn rebuild_valid(&mut self) -> Result<(), ME<N::Error>> {
         self.valid.fill(false);
         for b in self.blocks.iter_mut() {
@@ -660,13 +798,23 @@ impl<N: Nand> Ftl<'_, N> {
             let buf = match self.buffered_log(p) {
                 Some(log) => log,
                 None => {
-                    self.read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Checkpoint)?;
-                    SCRATCH
+                    match self.read_slot_checked(p, SlotKind::Node, g, SCRATCH, Cause::Checkpoint) {
+                        Ok(_) => SCRATCH,
+                        Err(Error::Corrupted(_)) => {
+                            self.keep_damaged_node(p)?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             };
             let at = self.slot_offset(buf, p.0 % self.spp);
-            let view = NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots)
-                .map_err(|_| mcorrupt("node page fails its checks", g))?;
+            let Ok(view) =
+                NodeView::new_checked(&self.bufs[at..at + SLOT_BYTES], g, self.total_slots)
+            else {
+                self.keep_damaged_node(p)?;
+                continue;
+            };
             for i in 0..view.extent() {
                 let q = view.pointer(i);
                 if q.is_some() {

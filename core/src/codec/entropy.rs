@@ -172,13 +172,12 @@ impl Histogram {
 /// bytes, so a table index is one shift and four entries share a cache line.
 #[derive(Clone, Copy, Debug, Default)]
 struct EncSym {
+    /// 64-bit reciprocal of `f`: `⌊x / f⌋` is the high half of `x · rcp`, no shift needed.
+    rcp: u64,
     x_max: u32,
-    rcp: u32,
     bias: u32,
     /// `scale − f` (< 4096).
-    cmpl: u16,
-    /// Post-multiply shift of the reciprocal (< 12).
-    rcp_shift: u16,
+    cmpl: u32,
 }
 
 /// Working memory of the encoder (about 30 KiB, most of it for per-context tables), lent by the
@@ -205,9 +204,8 @@ pub(super) const WIDE_VALUES: usize = 1 << 11;
 const MAX_TABLE_LEN: usize = (16 + 255 * 28usize).div_ceil(8);
 
 const ENC_SYM_ZERO: EncSym = EncSym {
-    x_max: 0,
     rcp: 0,
-    rcp_shift: 0,
+    x_max: 0,
     bias: 0,
     cmpl: 0,
 };
@@ -560,24 +558,21 @@ fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) 
         syms[s] = if f == 0 {
             EncSym::default()
         } else if f == 1 {
-            // q = (x·(2^32−1)) >> 32 = x − 1 for x ≥ 1, so x + bias + q·cmpl = x·scale + cum.
+            // q = (x·(2^64−1)) >> 64 = x − 1 for x ≥ 1, so x + bias + q·cmpl = x·scale + cum.
             EncSym {
+                rcp: u64::MAX,
                 x_max: ((RANS_L >> scale_bits) << 16) * f,
-                rcp: u32::MAX,
-                rcp_shift: 0,
                 bias: cum + scale - 1,
-                cmpl: (scale - f) as u16,
+                cmpl: scale - f,
             }
         } else {
-            // Reciprocal with one bit more than f needs: exact for every x < 2^31.
-            let shift = 32 - (f - 1).leading_zeros();
-            let rcp = (1u64 << (shift + 31)).div_ceil(u64::from(f));
+            // rcp = ⌈2^64 / f⌉ = 2^64/f + e/f with e < f: for x < 2^31, x·e < 2^64 keeps the
+            // error below the gap between x/f and the next integer, so the quotient is exact.
             EncSym {
+                rcp: (u128::from(u64::MAX) + 1).div_ceil(u128::from(f)) as u64,
                 x_max: ((RANS_L >> scale_bits) << 16) * f,
-                rcp: rcp as u32,
-                rcp_shift: (shift - 1) as u16,
                 bias: cum,
-                cmpl: (scale - f) as u16,
+                cmpl: scale - f,
             }
         };
         cum += f;
@@ -699,17 +694,19 @@ fn encode_counted(
     Ok(store_raw(symbols, n, out))
 }
 
-/// One encoder step of a lane, for the quad loop of [`rans_encode`]: `k` words emitted so far in
-/// this quad sit in the top of `acc`.
+/// One encoder step of a lane. Words go down from the end of `win`, `o` bytes still free: the
+/// low 16 bits of the state are stored whether or not they are emitted (a later store
+/// overwrites them if not), so there is no branch, and the state is narrowed by a select, so
+/// no variable shift sits in the lane's dependency chain.
 #[inline(always)]
-fn enc_step(x: &mut u32, e: &EncSym, acc: &mut u64, k: &mut u32) {
-    let emit = u32::from(*x >= e.x_max);
-    // k ≤ 3 whenever emit is 1, so the shift stays in range; when emit is 0 nothing is added.
-    *acc |= u64::from((*x & 0xffff) * emit) << ((48 - 16 * *k) & 63);
-    *k += emit;
-    let xi = *x >> (16 * emit);
-    let q = ((u64::from(xi) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-    *x = xi + e.bias + q * u32::from(e.cmpl);
+fn enc_step(x: &mut u32, e: &EncSym, win: &mut [u8], o: &mut usize) {
+    let emit = *x >= e.x_max;
+    let at = o.wrapping_sub(2) & 6;
+    win[at..at + 2].copy_from_slice(&(*x as u16).to_le_bytes());
+    *o -= 2 * usize::from(emit);
+    let xi = if emit { *x >> 16 } else { *x };
+    let q = ((u128::from(xi) * u128::from(e.rcp)) >> 64) as u32;
+    *x = xi + e.bias + q * e.cmpl;
 }
 
 /// The rANS pass shared by both block kinds: `enc(symbol, key)` gives a symbol's encoder
@@ -737,35 +734,27 @@ where
         if w < words_floor + 2 {
             return None;
         }
-        let mut acc = 0u64;
-        let mut k = 0u32;
-        enc_step(
-            &mut x[i % LANES],
-            enc(symbols[i], keys[i]),
-            &mut acc,
-            &mut k,
-        );
-        out[w - 2..w].copy_from_slice(&((acc >> 48) as u16).to_le_bytes());
-        w -= 2 * k as usize;
+        let mut o = 2;
+        let e = enc(symbols[i], keys[i]);
+        enc_step(&mut x[i % LANES], e, &mut out[w - 2..w], &mut o);
+        w -= 2 - o;
     }
     // Hot loop, branch-free: whether a lane emits is close to random, so a branch would
-    // mispredict often. The words a quad emits (at most four) are gathered in a u64, first word
-    // in the top bits, and stored with one 8-byte write ending at `w`; bytes below the words
-    // actually emitted are scratch that later quads overwrite.
+    // mispredict often. A quad emits at most four words: they are stored into the 8 bytes
+    // below `w` (bytes below the words actually emitted are scratch later quads overwrite).
     let [mut x0, mut x1, mut x2, mut x3] = x;
     let quads = symbols[..full].chunks_exact(LANES).rev();
     for (quad, key) in quads.zip(keys[..full].chunks_exact(LANES).rev()) {
         if w < words_floor + 2 * LANES {
             return None;
         }
-        let mut acc = 0u64;
-        let mut k = 0u32;
-        enc_step(&mut x3, enc(quad[3], key[3]), &mut acc, &mut k);
-        enc_step(&mut x2, enc(quad[2], key[2]), &mut acc, &mut k);
-        enc_step(&mut x1, enc(quad[1], key[1]), &mut acc, &mut k);
-        enc_step(&mut x0, enc(quad[0], key[0]), &mut acc, &mut k);
-        out[w - 8..w].copy_from_slice(&acc.to_le_bytes());
-        w -= 2 * k as usize;
+        let win = &mut out[w - 8..w];
+        let mut o = 8;
+        enc_step(&mut x3, enc(quad[3], key[3]), win, &mut o);
+        enc_step(&mut x2, enc(quad[2], key[2]), win, &mut o);
+        enc_step(&mut x1, enc(quad[1], key[1]), win, &mut o);
+        enc_step(&mut x0, enc(quad[0], key[0]), win, &mut o);
+        w -= 8 - o;
     }
     for (lane, xi) in [x0, x1, x2, x3].iter().enumerate() {
         let at = front + 4 * lane;
@@ -1101,8 +1090,8 @@ mod tests {
             let e = syms[0];
             for _ in 0..64 {
                 let x = (rng.next() as u32 % (e.x_max - RANS_L)) + RANS_L;
-                let q = ((u64::from(x) * u64::from(e.rcp)) >> 32) as u32 >> e.rcp_shift;
-                let got = x + e.bias + q * u32::from(e.cmpl);
+                let q = ((u128::from(x) * u128::from(e.rcp)) >> 64) as u32;
+                let got = x + e.bias + q * e.cmpl;
                 assert_eq!(got, ((x / f) << SCALE_BITS) + x % f, "f={f} x={x}");
             }
         }

@@ -968,6 +968,29 @@ fn read_states(body: &[u8], at: usize) -> Result<[u32; LANES], CodecError> {
     Ok(x)
 }
 
+/// One decoding step of a lane in the fast loop: `w8` holds every word the quad's lanes can take,
+/// `off` how many bytes of it earlier lanes took. Branch-free, since whether a lane refills is
+/// close to random: the word is loaded either way and merged by a mask (a plain `if` may be
+/// compiled to a branch), and no variable shift sits in the lane's dependency chain.
+#[inline(always)]
+fn dec_step<const SB: u32>(
+    x: &mut u32,
+    base: u32,
+    slots: &[u32; SLOTS],
+    w8: &[u8; 8],
+    off: &mut usize,
+) -> u8 {
+    let mask = (1u32 << SB) - 1;
+    let e = slots[((base | (*x & mask)) as usize) & (SLOTS - 1)];
+    let xi = (e >> 20) * (*x >> SB) + ((e >> 8) & 0xfff);
+    let o = *off & 6;
+    let word = u32::from(u16::from_le_bytes([w8[o], w8[o + 1]]));
+    let refill = u32::from(xi < RANS_L);
+    *x = if refill != 0 { (xi << 16) | word } else { xi };
+    *off += 2 * refill as usize;
+    e as u8
+}
+
 /// The rANS decoding loop. With `CTX`, symbol `i` uses the table at `base[keys[i]]` within
 /// `t` (each `2^SB` slots); without, the table at 0 and `keys` is unused.
 fn rans_decode<const SB: u32, const CTX: bool>(
@@ -981,7 +1004,6 @@ fn rans_decode<const SB: u32, const CTX: bool>(
     if words.len() & 1 != 0 {
         return Err(CodecError::Corrupted);
     }
-    let mask = (1u32 << SB) - 1;
     let mut pos = 0usize;
 
     // `(b | slot) & (SLOTS − 1)` lets the compiler drop the bounds checks; b and slot never
@@ -997,12 +1019,13 @@ fn rans_decode<const SB: u32, const CTX: bool>(
 
     let full = out.len() / LANES * LANES;
     let mut i = 0usize;
-    // Fast path: while 8 bytes remain, the four lanes' refills cannot overrun.
+    // Fast path: while 8 bytes remain, the four lanes' refills cannot overrun. The states live
+    // in locals (an array indexed by `i % LANES` below would keep them in memory).
+    let [mut x0, mut x1, mut x2, mut x3] = x;
     while i < full {
-        let Some(w8) = words.get(pos..pos + 8) else {
+        let Some(w8) = words.get(pos..pos + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok()) else {
             break;
         };
-        let quad = &mut out[i..i + LANES];
         let bases = if CTX {
             let k = &keys[i..i + LANES];
             [
@@ -1014,25 +1037,16 @@ fn rans_decode<const SB: u32, const CTX: bool>(
         } else {
             [0; LANES]
         };
-        // Branch-free refill (the refill pattern is close to random): the next 8 bytes hold
-        // every word the four lanes can take; each lane takes the one at `off` or none. The
-        // word is loaded whether or not it is taken and kept by a select, so no variable
-        // shift or branch sits in the lanes' dependency chains.
         let mut off = 0usize;
-        for lane in 0..LANES {
-            let xi = x[lane];
-            let e = t.slots[((bases[lane] | (xi & mask)) as usize) & (SLOTS - 1)];
-            quad[lane] = e as u8;
-            let xi = (e >> 20) * (xi >> SB) + ((e >> 8) & 0xfff);
-            let o = off & 6;
-            let word = u32::from(u16::from_le_bytes([w8[o], w8[o + 1]]));
-            let refill = xi < RANS_L;
-            x[lane] = if refill { (xi << 16) | word } else { xi };
-            off += 2 * usize::from(refill);
-        }
+        let s0 = dec_step::<SB>(&mut x0, bases[0], &t.slots, w8, &mut off);
+        let s1 = dec_step::<SB>(&mut x1, bases[1], &t.slots, w8, &mut off);
+        let s2 = dec_step::<SB>(&mut x2, bases[2], &t.slots, w8, &mut off);
+        let s3 = dec_step::<SB>(&mut x3, bases[3], &t.slots, w8, &mut off);
+        out[i..i + LANES].copy_from_slice(&[s0, s1, s2, s3]);
         pos += off;
         i += LANES;
     }
+    x = [x0, x1, x2, x3];
     // The last few symbols: checked refills.
     while i < out.len() {
         let lane = i % LANES;

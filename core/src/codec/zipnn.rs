@@ -497,12 +497,30 @@ fn group<const SIZE: usize, const SPLIT: u32>(
     let (raw, raw_rest) = raw.split_at_mut(body.len() / (8 * SIZE) * width);
     let mut groups = body.chunks_exact(8 * SIZE);
     let mut idx_groups = idx.chunks_exact_mut(8);
+    let (mut any4, mut all4) = (0u64, u64::MAX);
     for ((g, ix), r) in (&mut groups).zip(&mut idx_groups).zip(raw.chunks_exact_mut(width)) {
-        let mut bits = 0u64;
-        for k in 0..8 {
-            bits |= one(&g[k * SIZE..k * SIZE + SIZE], &mut ix[k]) << (width * k);
+        if SPLIT == 4 {
+            // Four elements at a time in a u64 (one 16-bit lane each): the raw bits of all four
+            // are extracted and packed with a few word operations instead of per element.
+            let mut bits = 0u64;
+            for q in 0..2 {
+                let mut t4 = 0u64;
+                for k in 0..4 {
+                    let e = &g[(4 * q + k) * SIZE..(4 * q + k + 1) * SIZE];
+                    let t = top::<SIZE>(e);
+                    ix[4 * q + k] = map[usize::from((t & 0x7fff) >> 4) & (WIDE_VALUES - 1)];
+                    t4 |= u64::from(t) << (16 * k);
+                }
+                bits |= pack_raw4(t4, &mut any4, &mut all4) << (20 * q);
+            }
+            r.copy_from_slice(&bits.to_le_bytes()[..width]);
+        } else {
+            let mut bits = 0u64;
+            for k in 0..8 {
+                bits |= one(&g[k * SIZE..k * SIZE + SIZE], &mut ix[k]) << (width * k);
+            }
+            r.copy_from_slice(&bits.to_le_bytes()[..width]);
         }
-        r.copy_from_slice(&bits.to_le_bytes()[..width]);
     }
     let (g, ix) = (groups.remainder(), idx_groups.into_remainder());
     if !g.is_empty() {
@@ -513,7 +531,34 @@ fn group<const SIZE: usize, const SPLIT: u32>(
         let len = packed_len(g.len() / SIZE, width);
         raw_rest[..len].copy_from_slice(&bits.to_le_bytes()[..len]);
     }
+    // Fold the four lanes' accumulators of the word-at-a-time path into the per-element ones.
+    for k in 0..4 {
+        any |= (any4 >> (16 * k)) as u16;
+        all &= (all4 >> (16 * k)) as u16;
+    }
     any == all
+}
+
+/// Raw bits (sign above the low 4 bits) of the four 16-bit lanes of `t4`, packed into 20 bits,
+/// lane 0 lowest; accumulates the lanes' raw values into `any` (OR) and `all` (AND).
+#[inline(always)]
+fn pack_raw4(t4: u64, any: &mut u64, all: &mut u64) -> u64 {
+    const LOW: u64 = 0x000f_000f_000f_000f;
+    const SIGN: u64 = 0x0010_0010_0010_0010;
+    let w4 = (t4 & LOW) | ((t4 >> 11) & SIGN);
+    *any |= w4;
+    *all &= w4;
+    let c = (w4 | (w4 >> 11)) & 0x0000_03ff_0000_03ff;
+    (c | (c >> 22)) & 0xf_ffff
+}
+
+/// Inverse of [`pack_raw4`]: the 20 bits spread to four 16-bit lanes, sign to bit 15.
+#[inline(always)]
+fn unpack_raw4(bits: u64) -> u64 {
+    let bits = bits & 0xf_ffff;
+    let c = (bits | (bits << 22)) & 0x0000_03ff_0000_03ff;
+    let w4 = (c | (c << 11)) & 0x001f_001f_001f_001f;
+    ((w4 & 0x0010_0010_0010_0010) << 11) | (w4 & 0x000f_000f_000f_000f)
 }
 
 /// Inverse of [`group`] for the upper 16 bits of each element of `body`, from the indices,
@@ -543,10 +588,21 @@ fn ungroup<const SIZE: usize, const SPLIT: u32>(
         let ix: [u8; 8] = ix.try_into().unwrap_or([0; 8]);
         // Four elements to a u64 (scalar: the table lookups do not vectorise).
         let mut halves = [0u64; 2];
-        for k in 0..8 {
-            let w = (bits >> (width * k)) & w_mask;
-            let t = ((w >> SPLIT) << 15) | u64::from(values[usize::from(ix[k])]) | (w & low_mask);
-            halves[k / 4] |= t << (16 * (k % 4));
+        if SPLIT == 4 {
+            for (q, h) in halves.iter_mut().enumerate() {
+                *h = unpack_raw4(bits >> (20 * q));
+                for k in 0..4 {
+                    *h |= u64::from(values[usize::from(ix[4 * q + k])]) << (16 * k);
+                }
+            }
+        } else {
+            for k in 0..8 {
+                let w = (bits >> (width * k)) & w_mask;
+                let t = ((w >> SPLIT) << 15)
+                    | u64::from(values[usize::from(ix[k])])
+                    | (w & low_mask);
+                halves[k / 4] |= t << (16 * (k % 4));
+            }
         }
         let mut tops = [0u8; 16];
         tops[..8].copy_from_slice(&halves[0].to_le_bytes());

@@ -6,9 +6,11 @@
 //!
 //! ZipNN's exponent planes have a few very skewed symbols; Huffman's whole-bit code lengths lose
 //! about 1–3% against the entropy there, while rANS gets within ~0.1% of it at the cost of one
-//! multiply per symbol. Decoding is table driven (20 KiB of tables, one slot per symbol) and four
-//! states interleave so the CPU overlaps their dependency chains. Encoding avoids division with a
-//! per-symbol reciprocal.
+//! multiply per symbol. Decoding is table driven (16 KiB: one packed word per slot, so one load
+//! per symbol) and four states interleave so the CPU overlaps their dependency chains. Encoding
+//! avoids division with a per-symbol 64-bit reciprocal (the quotient is the high half of one
+//! multiply). Both hot loops are branch-free: whether a lane renormalises is close to random,
+//! so the word is stored or loaded either way and kept by a select.
 //!
 //! # API
 //!
@@ -18,7 +20,7 @@
 //!   many small blocks); decoded by [`decode`] as usual.
 //! - [`encode_with_context`] / [`decode_with_context`]: symbol `i` is coded with the table of
 //!   context `lut[keys[i]]` (0..4), where `keys` are bytes both sides already have.
-//! - Memory: [`EncoderScratch`] (~30 KiB) and [`DecoderTables`] (20 KiB), reusable, `const fn
+//! - Memory: [`EncoderScratch`] (~48 KiB) and [`DecoderTables`] (16.5 KiB), reusable, `const fn
 //!   new()`; every error is a [`CodecError`], corrupt input never panics.
 //!
 //! # Block format
@@ -180,7 +182,7 @@ struct EncSym {
     cmpl: u32,
 }
 
-/// Working memory of the encoder (about 30 KiB, most of it for per-context tables), lent by the
+/// Working memory of the encoder (about 48 KiB, half of it for per-context tables), lent by the
 /// caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {
@@ -940,7 +942,8 @@ fn decode_inner(
                     // A context the encoder never used: any valid table keeps decoding of
                     // corrupt keys bounded; the final state check then reports it.
                     for j in 0..ctx_slots {
-                        tables.slots[c * ctx_slots + j] = slot_entry(j as u32 >> 2, j as u32 & 3, 4);
+                        tables.slots[c * ctx_slots + j] =
+                            slot_entry(j as u32 >> 2, j as u32 & 3, 4);
                     }
                 }
             }
@@ -1023,7 +1026,10 @@ fn rans_decode<const SB: u32, const CTX: bool>(
     // in locals (an array indexed by `i % LANES` below would keep them in memory).
     let [mut x0, mut x1, mut x2, mut x3] = x;
     while i < full {
-        let Some(w8) = words.get(pos..pos + 8).and_then(|w| <&[u8; 8]>::try_from(w).ok()) else {
+        let Some(w8) = words
+            .get(pos..pos + 8)
+            .and_then(|w| <&[u8; 8]>::try_from(w).ok())
+        else {
             break;
         };
         let bases = if CTX {

@@ -399,10 +399,10 @@ fn write_dictionary(
     let mut runs = 0usize;
     let mut prev_end = 0usize;
     let mut distinct = 0usize;
-    // Runs are written after their count, so gather them first in a small scan.
+    // The run count comes first but is known last: reserve its two bytes, and close the gap
+    // if it needs only one.
     let mut v = 0;
     let count_at = *at;
-    // Reserve the count's two bytes; shift later if it needs one.
     *at += 2;
     while v < hist.len() {
         if hist[v] == 0 {

@@ -174,7 +174,8 @@ impl Histogram {
 /// bytes, so a table index is one shift and four entries share a cache line.
 #[derive(Clone, Copy, Debug, Default)]
 struct EncSym {
-    /// 64-bit reciprocal of `f`: `⌊x / f⌋` is the high half of `x · rcp`, no shift needed.
+    /// Reciprocal of `f` in fixed point: `⌊x / f⌋ = (x · rcp) >> (32 + B)` for a table of
+    /// `2^B` (see [`build_encoder`]); a plain 64-bit multiply and a constant shift.
     rcp: u64,
     x_max: u32,
     bias: u32,
@@ -559,19 +560,13 @@ fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) 
         let f = u32::from(freqs[s]);
         syms[s] = if f == 0 {
             EncSym::default()
-        } else if f == 1 {
-            // q = (x·(2^64−1)) >> 64 = x − 1 for x ≥ 1, so x + bias + q·cmpl = x·scale + cum.
-            EncSym {
-                rcp: u64::MAX,
-                x_max: ((RANS_L >> scale_bits) << 16) * f,
-                bias: cum + scale - 1,
-                cmpl: scale - f,
-            }
         } else {
-            // rcp = ⌈2^64 / f⌉ = 2^64/f + e/f with e < f: for x < 2^31, x·e < 2^64 keeps the
-            // error below the gap between x/f and the next integer, so the quotient is exact.
+            // With S = 32 + B, rcp = ⌈2^S / f⌉ = 2^S/f + e/f, e < f. The encoder divides only
+            // x < x_max = 2^(31−B)·f, so x·rcp < 2^(31−B+S) + x < 2^64 (no overflow) and
+            // x·e < 2^(31−B)·f² < 2^(31+B) < 2^S keeps the error below the gap between x/f and
+            // the next integer: the quotient is exact.
             EncSym {
-                rcp: (u128::from(u64::MAX) + 1).div_ceil(u128::from(f)) as u64,
+                rcp: (1u64 << (32 + scale_bits)).div_ceil(u64::from(f)),
                 x_max: ((RANS_L >> scale_bits) << 16) * f,
                 bias: cum,
                 cmpl: scale - f,
@@ -689,7 +684,7 @@ fn encode_counted(
         build_encoder(&scratch.freqs, SCALE_BITS, &mut scratch.syms);
         let syms = &scratch.syms;
         let enc = |s: u8, _key: u8| &syms[s as usize];
-        if let Some(len) = rans_encode(symbols, symbols, enc, out, h + t, limit) {
+        if let Some(len) = rans_encode::<_, SCALE_BITS>(symbols, symbols, enc, out, h + t, limit) {
             return Ok(len);
         }
     }
@@ -701,13 +696,13 @@ fn encode_counted(
 /// overwrites them if not), so there is no branch, and the state is narrowed by a select, so
 /// no variable shift sits in the lane's dependency chain.
 #[inline(always)]
-fn enc_step(x: &mut u32, e: &EncSym, win: &mut [u8], o: &mut usize) {
+fn enc_step<const SB: u32>(x: &mut u32, e: &EncSym, win: &mut [u8], o: &mut usize) {
     let emit = *x >= e.x_max;
     let at = o.wrapping_sub(2) & 6;
     win[at..at + 2].copy_from_slice(&(*x as u16).to_le_bytes());
     *o -= 2 * usize::from(emit);
     let xi = if emit { *x >> 16 } else { *x };
-    let q = ((u128::from(xi) * u128::from(e.rcp)) >> 64) as u32;
+    let q = ((u64::from(xi) * e.rcp) >> (32 + SB)) as u32;
     *x = xi + e.bias + q * e.cmpl;
 }
 
@@ -715,7 +710,7 @@ fn enc_step(x: &mut u32, e: &EncSym, win: &mut [u8], o: &mut usize) {
 /// constants (`keys` has one byte per symbol; plain blocks pass the symbols again). Header and
 /// tables are already in `out[..front]`; states and words follow. `None` when the result would
 /// not fit below `limit` (the raw size), meaning "store raw".
-fn rans_encode<'a, F>(
+fn rans_encode<'a, F, const SB: u32>(
     symbols: &[u8],
     keys: &[u8],
     enc: F,
@@ -738,7 +733,7 @@ where
         }
         let mut o = 2;
         let e = enc(symbols[i], keys[i]);
-        enc_step(&mut x[i % LANES], e, &mut out[w - 2..w], &mut o);
+        enc_step::<SB>(&mut x[i % LANES], e, &mut out[w - 2..w], &mut o);
         w -= 2 - o;
     }
     // Hot loop, branch-free: whether a lane emits is close to random, so a branch would
@@ -752,10 +747,10 @@ where
         }
         let win = &mut out[w - 8..w];
         let mut o = 8;
-        enc_step(&mut x3, enc(quad[3], key[3]), win, &mut o);
-        enc_step(&mut x2, enc(quad[2], key[2]), win, &mut o);
-        enc_step(&mut x1, enc(quad[1], key[1]), win, &mut o);
-        enc_step(&mut x0, enc(quad[0], key[0]), win, &mut o);
+        enc_step::<SB>(&mut x3, enc(quad[3], key[3]), win, &mut o);
+        enc_step::<SB>(&mut x2, enc(quad[2], key[2]), win, &mut o);
+        enc_step::<SB>(&mut x1, enc(quad[1], key[1]), win, &mut o);
+        enc_step::<SB>(&mut x0, enc(quad[0], key[0]), win, &mut o);
         w -= 8 - o;
     }
     for (lane, xi) in [x0, x1, x2, x3].iter().enumerate() {
@@ -848,7 +843,7 @@ pub fn encode_with_context(
         }
         let ctx_syms = &scratch.ctx_syms;
         let enc = |s: u8, k: u8| &ctx_syms[(lut[k as usize] & 3) as usize][s as usize];
-        if let Some(len) = rans_encode(symbols, keys, enc, out, front, limit) {
+        if let Some(len) = rans_encode::<_, CTX_SCALE_BITS>(symbols, keys, enc, out, front, limit) {
             return Ok(len);
         }
     } else if one_total < raw_len {
@@ -858,7 +853,7 @@ pub fn encode_with_context(
         build_encoder(&scratch.freqs, SCALE_BITS, &mut scratch.syms);
         let syms = &scratch.syms;
         let enc = |s: u8, _key: u8| &syms[s as usize];
-        if let Some(len) = rans_encode(symbols, symbols, enc, out, h + t, limit) {
+        if let Some(len) = rans_encode::<_, SCALE_BITS>(symbols, symbols, enc, out, h + t, limit) {
             return Ok(len);
         }
     }
@@ -1100,19 +1095,25 @@ mod tests {
 
     #[test]
     fn reciprocal_division_is_exact() {
+        // Both table precisions, every frequency, the ends of the range the encoder divides
+        // (x in [2^15, x_max)) and random points between.
         let mut rng = Rng(0x1234_5678);
-        for f in 1..SCALE {
-            let mut freqs = [0u16; 256];
-            freqs[0] = f as u16;
-            freqs[1] = (SCALE - f) as u16;
-            let mut syms = [EncSym::default(); 256];
-            build_encoder(&freqs, SCALE_BITS, &mut syms);
-            let e = syms[0];
-            for _ in 0..64 {
-                let x = (rng.next() as u32 % (e.x_max - RANS_L)) + RANS_L;
-                let q = ((u128::from(x) * u128::from(e.rcp)) >> 64) as u32;
-                let got = x + e.bias + q * e.cmpl;
-                assert_eq!(got, ((x / f) << SCALE_BITS) + x % f, "f={f} x={x}");
+        for bits in [SCALE_BITS, CTX_SCALE_BITS] {
+            let scale = 1u32 << bits;
+            for f in 1..scale {
+                let mut freqs = [0u16; 256];
+                freqs[0] = f as u16;
+                freqs[1] = (scale - f) as u16;
+                let mut syms = [EncSym::default(); 256];
+                build_encoder(&freqs, bits, &mut syms);
+                let e = syms[0];
+                let ends = [RANS_L, RANS_L + 1, e.x_max - 1];
+                let random = (0..64).map(|_| (rng.next() as u32 % (e.x_max - RANS_L)) + RANS_L);
+                for x in ends.into_iter().chain(random) {
+                    let q = u64::from(x).checked_mul(e.rcp).expect("no overflow") >> (32 + bits);
+                    let got = x + e.bias + q as u32 * e.cmpl;
+                    assert_eq!(got, ((x / f) << bits) + x % f, "B={bits} f={f} x={x}");
+                }
             }
         }
     }

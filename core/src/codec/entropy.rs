@@ -393,6 +393,27 @@ fn unzigzag(v: u32) -> i32 {
     ((v >> 1) as i32) ^ -((v & 1) as i32)
 }
 
+/// Order-0 entropy of the counted symbols, in whole bits (`Σ c·log2(total / c)`): what an
+/// ideal coder would spend on them, for callers choosing between models (ZipNN's split).
+pub(super) fn entropy_bits(counts: &[u32]) -> u64 {
+    // log2 of any u32 in 16.16: the top 16 significant bits are exact enough (< 2^-15 relative).
+    let log2 = |x: u32| {
+        let shift = (32 - x.leading_zeros()).saturating_sub(16);
+        log2_q16(x >> shift) + (shift << 16)
+    };
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let Ok(total) = u32::try_from(total) else {
+        return u64::MAX;
+    };
+    let log_total = log2(total.max(1));
+    let bits_q16: u64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| u64::from(c) * u64::from(log_total - log2(c)))
+        .sum();
+    bits_q16 >> 16
+}
+
 /// log2(x) in 16.16 fixed point for `1 ≤ x < 2^16`, exact to the last bit (squaring method).
 fn log2_q16(x: u32) -> u32 {
     let int = 31 - x.leading_zeros();

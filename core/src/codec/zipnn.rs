@@ -354,6 +354,26 @@ fn count_wide<const SIZE: usize>(body: &[u8], hist: &mut [u32; WIDE_VALUES]) {
     }
 }
 
+/// Estimated bits a table entry costs (the Rice-coded frequency, and its dictionary share).
+const TABLE_BITS_PER_VALUE: u64 = 7;
+
+/// Whether the 11-bit split (`wide`: counts of bits 14..4) codes `n` elements smaller than the
+/// 8-bit one (`byte`: counts of bits 14..7), by order-0 entropy, raw bits and table sizes. The
+/// wide split wins on big chunks of weights (its symbol also carries the mantissa's dependence
+/// on the exponent); on small ones its larger table can cost more than that gains, and it is
+/// impossible beyond 256 distinct values.
+fn cheaper_wide(wide: &[u32; WIDE_VALUES], byte: &[u32; 256], n: usize) -> bool {
+    let distinct = |h: &[u32]| h.iter().filter(|&&c| c > 0).count() as u64;
+    let wide_values = distinct(wide);
+    if wide_values > 256 {
+        return false;
+    }
+    let n = n as u64;
+    let wide_bits = entropy::entropy_bits(wide) + TABLE_BITS_PER_VALUE * wide_values + 5 * n;
+    let byte_bits = entropy::entropy_bits(byte) + TABLE_BITS_PER_VALUE * distinct(byte) + 8 * n;
+    wide_bits < byte_bits
+}
+
 /// Bytes of `n` packed `width`-bit values.
 const fn packed_len(n: usize, width: usize) -> usize {
     (n * width).div_ceil(8)
@@ -494,28 +514,20 @@ fn group<const SIZE: usize, const SPLIT: u32>(
         .zip(&mut idx_groups)
         .zip(raw.chunks_exact_mut(width))
     {
-        if SPLIT == 4 {
-            // Four elements at a time in a u64 (one 16-bit lane each): the raw bits of all four
-            // are extracted and packed with a few word operations instead of per element.
-            let mut bits = 0u64;
-            for q in 0..2 {
-                let mut t4 = 0u64;
-                for k in 0..4 {
-                    let e = &g[(4 * q + k) * SIZE..(4 * q + k + 1) * SIZE];
-                    let t = top::<SIZE>(e);
-                    ix[4 * q + k] = map[usize::from((t & 0x7fff) >> 4) & (WIDE_VALUES - 1)];
-                    t4 |= u64::from(t) << (16 * k);
-                }
-                bits |= pack_raw4(t4, &mut any4, &mut all4) << (20 * q);
+        // Four elements at a time in a u64 (one 16-bit lane each).
+        let mut quads = [0u64; 2];
+        for (q, packed) in quads.iter_mut().enumerate() {
+            let mut t4 = 0u64;
+            for k in 0..4 {
+                let e = &g[(4 * q + k) * SIZE..(4 * q + k + 1) * SIZE];
+                let t = top::<SIZE>(e);
+                ix[4 * q + k] = map[usize::from((t & 0x7fff) >> SPLIT) & (WIDE_VALUES - 1)];
+                t4 |= u64::from(t) << (16 * k);
             }
-            r.copy_from_slice(&bits.to_le_bytes()[..width]);
-        } else {
-            let mut bits = 0u64;
-            for k in 0..8 {
-                bits |= one(&g[k * SIZE..k * SIZE + SIZE], &mut ix[k]) << (width * k);
-            }
-            r.copy_from_slice(&bits.to_le_bytes()[..width]);
+            *packed = pack_raw4::<SPLIT>(t4, &mut any4, &mut all4);
         }
+        let bits = quads[0] | quads[1] << (4 * width);
+        r.copy_from_slice(&bits.to_le_bytes()[..width]);
     }
     let (g, ix) = (groups.remainder(), idx_groups.into_remainder());
     if !g.is_empty() {
@@ -534,26 +546,44 @@ fn group<const SIZE: usize, const SPLIT: u32>(
     any == all
 }
 
-/// Raw bits (sign above the low 4 bits) of the four 16-bit lanes of `t4`, packed into 20 bits,
-/// lane 0 lowest; accumulates the lanes' raw values into `any` (OR) and `all` (AND).
-#[inline(always)]
-fn pack_raw4(t4: u64, any: &mut u64, all: &mut u64) -> u64 {
-    const LOW: u64 = 0x000f_000f_000f_000f;
-    const SIGN: u64 = 0x0010_0010_0010_0010;
-    let w4 = (t4 & LOW) | ((t4 >> 11) & SIGN);
-    *any |= w4;
-    *all &= w4;
-    let c = (w4 | (w4 >> 11)) & 0x0000_03ff_0000_03ff;
-    (c | (c >> 22)) & 0xf_ffff
+/// `v` (below 2^16) repeated in each of the four 16-bit lanes of a u64.
+const fn lanes(v: u64) -> u64 {
+    v * 0x0001_0001_0001_0001
 }
 
-/// Inverse of [`pack_raw4`]: the 20 bits spread to four 16-bit lanes, sign to bit 15.
+/// Raw bits (sign above the low `SPLIT` bits) of the four 16-bit lanes of `t4`, packed into
+/// `4 · (SPLIT + 1)` bits, lane 0 lowest; accumulates the lanes' raw values into `any` (OR) and
+/// `all` (AND). A few word operations for four elements instead of a few per element.
 #[inline(always)]
-fn unpack_raw4(bits: u64) -> u64 {
-    let bits = bits & 0xf_ffff;
-    let c = (bits | (bits << 22)) & 0x0000_03ff_0000_03ff;
-    let w4 = (c | (c << 11)) & 0x001f_001f_001f_001f;
-    ((w4 & 0x0010_0010_0010_0010) << 11) | (w4 & 0x000f_000f_000f_000f)
+fn pack_raw4<const SPLIT: u32>(t4: u64, any: &mut u64, all: &mut u64) -> u64 {
+    let low = lanes((1 << SPLIT) - 1);
+    let sign = lanes(1 << SPLIT);
+    let w4 = (t4 & low) | ((t4 >> (15 - SPLIT)) & sign);
+    *any |= w4;
+    *all &= w4;
+    if SPLIT == 4 {
+        let c = (w4 | (w4 >> 11)) & 0x0000_03ff_0000_03ff;
+        (c | (c >> 22)) & 0xf_ffff
+    } else {
+        let c = (w4 | (w4 >> 8)) & 0x0000_ffff_0000_ffff;
+        (c | (c >> 16)) & 0xffff_ffff
+    }
+}
+
+/// Inverse of [`pack_raw4`]: the low `4 · (SPLIT + 1)` bits spread to four 16-bit lanes, each
+/// with its sign at bit 15 and its low bits at the bottom.
+#[inline(always)]
+fn unpack_raw4<const SPLIT: u32>(bits: u64) -> u64 {
+    let w4 = if SPLIT == 4 {
+        let bits = bits & 0xf_ffff;
+        let c = (bits | (bits << 22)) & 0x0000_03ff_0000_03ff;
+        (c | (c << 11)) & 0x001f_001f_001f_001f
+    } else {
+        let bits = bits & 0xffff_ffff;
+        let c = (bits | (bits << 16)) & 0x0000_ffff_0000_ffff;
+        (c | (c << 8)) & 0x00ff_00ff_00ff_00ff
+    };
+    ((w4 & lanes(1 << SPLIT)) << (15 - SPLIT)) | (w4 & lanes((1 << SPLIT) - 1))
 }
 
 /// Inverse of [`group`] for the upper 16 bits of each element of `body`, from the indices,
@@ -586,19 +616,10 @@ fn ungroup<const SIZE: usize, const SPLIT: u32>(
         let ix: [u8; 8] = ix.try_into().unwrap_or([0; 8]);
         // Four elements to a u64 (scalar: the table lookups do not vectorise).
         let mut halves = [0u64; 2];
-        if SPLIT == 4 {
-            for (q, h) in halves.iter_mut().enumerate() {
-                *h = unpack_raw4(bits >> (20 * q));
-                for k in 0..4 {
-                    *h |= u64::from(values[usize::from(ix[4 * q + k])]) << (16 * k);
-                }
-            }
-        } else {
-            for k in 0..8 {
-                let w = (bits >> (width * k)) & w_mask;
-                let t =
-                    ((w >> SPLIT) << 15) | u64::from(values[usize::from(ix[k])]) | (w & low_mask);
-                halves[k / 4] |= t << (16 * (k % 4));
+        for (q, h) in halves.iter_mut().enumerate() {
+            *h = unpack_raw4::<SPLIT>(bits >> (4 * width * q));
+            for k in 0..4 {
+                *h |= u64::from(values[usize::from(ix[4 * q + k])]) << (16 * k);
             }
         }
         let mut tops = [0u8; 16];
@@ -677,8 +698,8 @@ pub fn encode_chunk(
     let stored_len = max_payload_len(dtype, src.len());
     let coded = match dtype {
         Dtype::Raw => None,
-        Dtype::Bf16 | Dtype::Fp16 => encode_elements::<2>(dtype, src, planes, payload, scratch)?,
-        Dtype::Fp32 => encode_elements::<4>(dtype, src, planes, payload, scratch)?,
+        Dtype::Bf16 | Dtype::Fp16 => encode_elements::<2>(src, planes, payload, scratch)?,
+        Dtype::Fp32 => encode_elements::<4>(src, planes, payload, scratch)?,
     };
     let len = match coded {
         Some(len) if len < stored_len => len,
@@ -709,7 +730,6 @@ fn encode_err(e: CodecError) -> ZipnnError {
 /// Writes the coded payload of a float chunk (elements of `SIZE` bytes) into `out` (room for
 /// `src.len() + CODED_SLACK`); returns its length, or `None` when there is no whole element.
 fn encode_elements<const SIZE: usize>(
-    dtype: Dtype,
     src: &[u8],
     planes: &mut [u8],
     out: &mut [u8],
@@ -722,15 +742,13 @@ fn encode_elements<const SIZE: usize>(
     let (body, tail) = src.split_at(n * SIZE);
     let idx = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
     count_wide::<SIZE>(body, &mut scratch.wide_hist);
-    let distinct = scratch.wide_hist.iter().filter(|&&c| c > 0).count();
-    let split = if dtype != Dtype::Fp16 && distinct <= 256 {
+    // Bits 14..7: the counts of bits 14..4 folded down.
+    let byte_hist: [u32; 256] =
+        core::array::from_fn(|v| scratch.wide_hist[8 * v..8 * v + 8].iter().sum());
+    let split = if cheaper_wide(&scratch.wide_hist, &byte_hist, n) {
         SPLIT_WIDE
     } else {
-        // Bits 14..7: fold the counts of bits 14..4 down (in place: entry v reads 8v..8v+8).
-        for v in 0..256 {
-            let s = &scratch.wide_hist[8 * v..8 * v + 8];
-            scratch.wide_hist[v] = s.iter().sum();
-        }
+        scratch.wide_hist[..256].copy_from_slice(&byte_hist);
         SPLIT_BYTE
     };
     let values = 1usize << (15 - split);
@@ -1103,13 +1121,21 @@ mod tests {
         len
     }
 
-    /// Weight-like elements: normal-ish magnitudes around 2^-4 with random signs and mantissas,
-    /// written as FP32 (BF16/FP16 take the upper or converted halves).
+    /// Weight-like elements: magnitudes around 2^-4 with random signs, written as FP32
+    /// (BF16/FP16 take the upper or converted halves). The top three mantissa bits depend on
+    /// the exponent (much more than in real weights, so that coding them with it pays even in
+    /// small chunks); the lower ones are random.
     fn weights(rng: &mut Rng, out: &mut [u8], dtype: Dtype) {
         for e in out.chunks_exact_mut(dtype.size()) {
             let r = rng.next();
             let exp = 123 - r.trailing_zeros().min(9);
-            let v = ((r >> 63) as u32) << 31 | exp << 23 | ((r >> 20) as u32 & 0x7f_ffff);
+            let top3 = if r >> 60 == 0 {
+                (r >> 40) as u32 & 7
+            } else {
+                exp & 7
+            };
+            let low = (r >> 20) as u32 & 0xf_ffff;
+            let v = ((r >> 63) as u32) << 31 | exp << 23 | top3 << 20 | low;
             match dtype {
                 Dtype::Fp32 => e.copy_from_slice(&v.to_le_bytes()),
                 Dtype::Bf16 => e.copy_from_slice(&((v >> 16) as u16).to_le_bytes()),

@@ -19,9 +19,10 @@
 //! mantissa's distribution depends on the exponent (near the top of a binade larger mantissas
 //! are rarer), which is most of what coding the whole mantissa would gain (BF16 fixture: 0.6602,
 //! against 0.6616 for the order-0 entropy of separate exponent and sign+mantissa planes), at half
-//! the coder work. The raw bits (sign above the low mantissa bits) are bit-packed, eight elements
-//! per `bits` bytes. A BF16/FP32 chunk with more than 256 distinct 11-bit values falls back to the
-//! FP16 split (exponent only coded); a chunk that does not code smaller than itself is stored.
+//! the coder work. The raw bits (sign above the low mantissa bits, `w` bits) are bit-packed, eight
+//! elements per `w` bytes. Each chunk takes the split (11-bit or 8-bit coded value) with the smaller
+//! estimated size: small chunks (4 KiB device blocks) and chunks with more than 256 distinct
+//! 11-bit values use the 8-bit one; a chunk that does not code smaller than itself is stored.
 //!
 //! This module owns the container format (see `docs/format/zipnn.md`): a header with the
 //! segment table, then CRC-protected chunk records. Everything works in caller-lent buffers; the

@@ -30,8 +30,25 @@ fn bench_entropy(c: &mut Criterion) {
         .chunks_exact(2)
         .map(|e| (e[1] & 0x80) | (e[0] & 0x7f))
         .collect();
+    // What ZipNN codes for a BF16 chunk: per element the exponent and top 3 mantissa bits (11
+    // bits), as the rank of that value among the chunk's distinct ones.
+    let wide: Vec<u16> = chunk
+        .chunks_exact(2)
+        .map(|e| (u16::from_le_bytes([e[0], e[1]]) >> 4) & 0x7ff)
+        .collect();
+    let mut rank = vec![0u8; 2048];
+    let mut present = vec![false; 2048];
+    wide.iter().for_each(|&v| present[v as usize] = true);
+    let mut next = 0u8;
+    for v in 0..2048 {
+        if present[v] {
+            rank[v] = next;
+            next = next.wrapping_add(1);
+        }
+    }
+    let index: Vec<u8> = wide.iter().map(|&v| rank[v as usize]).collect();
     let mut g = c.benchmark_group("entropy");
-    for (name, plane) in [("exponent", &exps), ("mantissa", &mants)] {
+    for (name, plane) in [("index", &index), ("exponent", &exps), ("mantissa", &mants)] {
         let mut out = vec![0u8; entropy::max_encoded_len(plane.len())];
         let mut scratch = EncoderScratch::new();
         let len = entropy::encode(plane, &mut out, &mut scratch).unwrap();

@@ -10,7 +10,7 @@
 //! segments, so it gives back the identical file without having to understand it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -116,9 +116,10 @@ fn open(path: &Path) -> Result<(File, u64)> {
     Ok((f, len))
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>> {
-    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+/// The output file, unbuffered: records and chunks are written whole (hundreds of KiB), so a
+/// buffer would only add a copy of every byte.
+fn create(path: &Path) -> Result<File> {
+    File::create(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 fn progress(total: u64) -> indicatif::ProgressBar {
@@ -133,6 +134,16 @@ fn progress(total: u64) -> indicatif::ProgressBar {
         bar
     } else {
         indicatif::ProgressBar::hidden()
+    }
+}
+
+/// Chunks per batch. One thread codes one chunk at a time, so its buffers stay in cache and
+/// only a chunk's worth of memory is ever touched.
+fn batch_len(threads: usize) -> usize {
+    if threads == 1 {
+        1
+    } else {
+        threads * CHUNKS_PER_THREAD
     }
 }
 
@@ -268,7 +279,8 @@ fn compress(a: &CompressArgs) -> Result<()> {
     let threads = a.threads.max(1);
     let (mut file, len) = open(&a.input)?;
     let (flags, segments) = plan_segments(a, &mut file, len)?;
-    let mut input = BufReader::with_capacity(1 << 20, File::open(&a.input)?);
+    // Unbuffered: chunks are read whole straight into their job buffers.
+    let mut input = File::open(&a.input)?;
     let mut out = create(&a.output)?;
 
     let chunk = zipnn::DEFAULT_CHUNK_SIZE;
@@ -278,7 +290,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
 
     let bar = progress(len);
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new()).collect();
-    let batch = threads * CHUNKS_PER_THREAD;
+    let batch = batch_len(threads);
     let mut index = 0u64;
     let mut jobs: Vec<Job> = Vec::with_capacity(batch);
     for seg in &segments {
@@ -325,7 +337,8 @@ fn compress(a: &CompressArgs) -> Result<()> {
 fn decompress(a: &DecompressArgs) -> Result<()> {
     let threads = a.threads.max(1);
     let (file, container_len) = open(&a.input)?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
+    // Unbuffered: two reads a record (its header, then its payload straight into the job).
+    let mut input = file;
     let name = a.input.display();
 
     let mut head = [0u8; zipnn::HEADER_LEN];
@@ -363,7 +376,7 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
     for w in &mut workers {
         w.planes.resize(header.chunk_size as usize, 0);
     }
-    let batch = threads * CHUNKS_PER_THREAD;
+    let batch = batch_len(threads);
     let chunk = u64::from(header.chunk_size);
     let mut index = 0u64;
     let mut jobs: Vec<Job> = Vec::with_capacity(batch);

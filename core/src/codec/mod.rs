@@ -2,8 +2,9 @@
 //!
 //! - [`entropy`]: an order-0 rANS coder over bytes with a compact, self-describing block format
 //!   (raw / constant / coded chosen per block), working only in caller-lent buffers.
-//! - [`zipnn`]: ZipNN byte grouping of BF16/FP16/FP32 weights into planes, each plane coded by
-//!   [`entropy`], in a chunked, CRC-checked container.
+//! - [`zipnn`]: ZipNN grouping of BF16/FP16/FP32 weights (exponent and top mantissa bits
+//!   coded by [`entropy`], one symbol per element; sign and low mantissa bits packed raw), in a
+//!   chunked, CRC-checked container.
 //! - `qstore`: one file serving a model at high precision and at INT8.
 
 use core::fmt;

@@ -5,11 +5,13 @@
 //! - [`zipnn`]: ZipNN byte grouping of BF16/FP16/FP32 weights into planes, each plane coded by
 //!   [`entropy`], in a chunked, CRC-checked container.
 //! - `qstore`: one file serving a model at high precision and at INT8.
+//! - [`weights`]: telling 4 KiB blocks of float weights from other data, coding one block.
 
 use core::fmt;
 
 pub mod entropy;
 pub mod qstore;
+pub mod weights;
 pub mod zipnn;
 
 /// Errors of the codecs in this module.

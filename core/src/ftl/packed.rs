@@ -45,6 +45,14 @@ use crate::format::{packed as pk, PackedBuilder, PackedView};
 /// Largest record plus directory entry stored coded: below this, six BF16 records (about
 /// 2,770 bytes) or four to five FP16/FP32 records (about 3,500) fit where four plain blocks do.
 pub(super) const CODED_LIMIT: usize = SLOT_BYTES - SLOT_BYTES / 16;
+/// `pack_refs` flag: the slot is known to be a packed slot (set when one is started or read;
+/// after a remount a slot serving one LBA is unknown until read). The low 7 bits count
+/// references.
+const KNOWN_PACKED: u8 = 0x80;
+/// `pack_refs` reference count mask.
+const REFS: u8 = 0x7F;
+const _: () = assert!(pk::MAX_ENTRIES < REFS as usize);
+
 /// Smallest first part worth spilling into a slot's free space (a smaller gap is left empty).
 const MIN_SPILL: usize = 64;
 
@@ -88,6 +96,17 @@ impl<N: Nand> Ftl<'_, N> {
         (0..2).find(|&log| self.pack_ppa(log) == Some(p))
     }
 
+    /// Whether `p` is known, without I/O, to be a packed slot (no delta base, then): the open
+    /// one, or one serving several LBAs. (A slot serving one LBA after a remount is told by
+    /// its record when read.)
+    pub(super) fn maybe_packed(&self, p: Ppa) -> bool {
+        self.open_pack_log(p).is_some()
+            || self
+                .pack_refs
+                .get(p.0 as usize)
+                .is_some_and(|&r| r & KNOWN_PACKED != 0 || r & REFS > 1)
+    }
+
     /// Whether `log`'s open packed slot holds an entry of group `g` (rule 1).
     pub(super) fn pack_holds_group(&self, log: usize, g: u32) -> bool {
         let Some(op) = self.pack.get(log).copied().flatten() else {
@@ -117,7 +136,7 @@ impl<N: Nand> Ftl<'_, N> {
         let crc = op.b.finish(&mut self.bufs[at..at + SLOT_BYTES]);
         let cause = if log == HOT { Cause::Data } else { Cause::Gc };
         let p = self.commit_slot(log, SlotKind::Packed, 0, crc, cause);
-        if self.pack_refs[p.0 as usize] == 0 {
+        if self.pack_refs[p.0 as usize] & REFS == 0 {
             // Every entry was dropped while it was open.
             self.invalidate(p);
         }
@@ -129,7 +148,7 @@ impl<N: Nand> Ftl<'_, N> {
         let b = PackedBuilder::start(&mut self.bufs[at..at + SLOT_BYTES]);
         self.pack[log] = Some(OpenPack { slot, b });
         if let Some(p) = self.pack_ppa(log) {
-            self.pack_refs[p.0 as usize] = 0;
+            self.pack_refs[p.0 as usize] = KNOWN_PACKED;
         }
     }
 
@@ -218,7 +237,15 @@ impl<N: Nand> Ftl<'_, N> {
 
     fn add_ref(&mut self, p: Ppa) {
         let r = &mut self.pack_refs[p.0 as usize];
-        *r = r.saturating_add(1);
+        *r = ((*r & REFS) + 1).min(REFS) | KNOWN_PACKED;
+    }
+
+    /// Remembers that slot `p`, just read, is a packed slot (delta writes then skip it).
+    fn note_packed(&mut self, p: Ppa) {
+        let r = &mut self.pack_refs[p.0 as usize];
+        if *r & REFS > 0 {
+            *r |= KNOWN_PACKED;
+        }
     }
 
     /// `lba` no longer maps to slot `p`: a packed slot loses one reference (its entry is dropped
@@ -234,7 +261,7 @@ impl<N: Nand> Ftl<'_, N> {
             }
         }
         let r = &mut self.pack_refs[p.0 as usize];
-        if *r > 1 {
+        if *r & REFS > 1 {
             *r -= 1;
             return;
         }
@@ -314,9 +341,12 @@ impl<N: Nand> Ftl<'_, N> {
                 self.stats.read_retries += 1;
             }
             let sp = self.spare_offset(buf) + (p.0 % self.spp) as usize * SPARE;
-            return Ok(
-                SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_or(SlotKind::Data, |r| r.kind)
-            );
+            let kind =
+                SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_or(SlotKind::Data, |r| r.kind);
+            if kind == SlotKind::Packed {
+                self.note_packed(p);
+            }
+            return Ok(kind);
         }
         Self::bad(why, p.0)
     }
@@ -345,6 +375,9 @@ impl<N: Nand> Ftl<'_, N> {
             };
             (e, view.part_range(&e))
         };
+        if e.pre + e.len > pk::MAX_RECORD {
+            return Self::bad("packed record longer than a record can be", p.0);
+        }
         let d = self.slot_offset(dst, 0);
         if e.pre > 0 {
             if p.0.is_multiple_of(self.spp * self.ppb) {
@@ -480,7 +513,7 @@ impl<N: Nand> Ftl<'_, N> {
                 self.unref(new, lba);
             }
         }
-        if self.pack_refs[p.0 as usize] > 0 {
+        if self.pack_refs[p.0 as usize] & REFS > 0 {
             self.pack_refs[p.0 as usize] = 0;
             self.invalidate(p);
         }

@@ -653,8 +653,7 @@ impl<N: Nand> Ftl<'_, N> {
                     let q = self.ptr(idx as usize, i);
                     if q.is_some() {
                         mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
-                        self.pack_refs[q.0 as usize] =
-                            self.pack_refs[q.0 as usize].saturating_add(1);
+                        self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
                     }
                 }
                 for i in 0..crate::format::node::COMPACT_PAGES {
@@ -679,7 +678,7 @@ impl<N: Nand> Ftl<'_, N> {
                 let q = view.pointer(i);
                 if q.is_some() {
                     mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
-                    self.pack_refs[q.0 as usize] = self.pack_refs[q.0 as usize].saturating_add(1);
+                    self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
                 }
             }
             for i in 0..crate::format::node::COMPACT_PAGES {

@@ -74,7 +74,7 @@ fn run_with(
                 let v = next_version;
                 next_version += 1;
                 // With compress on, three writes in four are float weights (stored coded).
-                let block = if compress && v % 4 != 0 {
+                let block = if compress && !v.is_multiple_of(4) {
                     content_float(lba, v)
                 } else {
                     content_for(delta, lba, v)

@@ -109,7 +109,7 @@ impl Model {
 /// The content a setup writes: float weights (coded) with every fifth version random (plain)
 /// when compress is on, else as the delta setting wants.
 fn block_for(s: &Setup, lba: u32, v: u32) -> [u8; BLOCK] {
-    if s.compress && v % 5 != 0 {
+    if s.compress && !v.is_multiple_of(5) {
         content_float(lba, v)
     } else {
         content_for(s.delta, lba, v)

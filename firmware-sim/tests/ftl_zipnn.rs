@@ -224,3 +224,40 @@ fn overwrite_trim_and_gc_of_coded_blocks() {
     run_mixed(small_geometry(1, 64, 1024), 1024, 30_000, 2, false);
     run_mixed(small_geometry(4, 16, 1024), 1024, 20_000, 3, true);
 }
+
+/// A flipped bit in a packed slot on flash: reads of every LBA coded there fail as corrupted,
+/// naming the slot; the others still read; nothing panics.
+#[test]
+fn damaged_packed_slot_is_reported_never_returned() {
+    use nandbox_core::nand::PageId;
+    use nandbox_core::Error;
+    let logical = 512;
+    let geo = tlc(logical);
+    let cfg = config(logical, 8);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
+    ftl.set_compress(true);
+    for lba in 0..64 {
+        ftl.write(Lba(lba), &content_float(lba, 3)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let p = ftl.locate(Lba(20)).unwrap().unwrap();
+    let spp = geo.slots_per_page();
+    ftl.nand_mut()
+        .flip_bit(PageId(p.0 / spp), (p.0 % spp) as usize * BLOCK + 700, 2);
+    let mut buf = [0u8; BLOCK];
+    let mut failed = 0;
+    for lba in 0..64 {
+        match ftl.read(Lba(lba), &mut buf) {
+            Ok(()) => assert_eq!(version_of(lba, &buf), Some(3), "LBA {lba}"),
+            Err(Error::Corrupted(c)) => {
+                failed += 1;
+                assert!(!c.what.is_empty());
+            }
+            Err(e) => panic!("LBA {lba}: {e}"),
+        }
+    }
+    assert!(failed >= 1, "the damaged slot's blocks are reported");
+    assert!(failed < 8, "only the damaged slot's blocks: {failed}");
+    assert!(ftl.check().unwrap().problems() > 0);
+}

@@ -192,3 +192,72 @@ mod tests {
         assert_eq!(detect(&f16), Some(Dtype::Fp16));
     }
 }
+
+#[cfg(test)]
+mod packed_tests {
+    //! The packed slot format with real records: a forged slot (mutated, CRC recomputed so
+    //! it passes) never panics the parser or the decoder and never decodes to other bytes.
+    use super::*;
+    use crate::format::{crc32, packed, PackedBuilder, PackedView};
+
+    fn weights_block(seed: u32) -> [u8; BLOCK] {
+        let mut x = seed | 1;
+        let mut b = [0u8; BLOCK];
+        for c in b.chunks_mut(2) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let e = [123u16, 123, 122, 124][(x & 3) as usize];
+            let v = ((x >> 8) as u16 & 0x807F) | (e << 7);
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn forged_packed_slots_fail_cleanly() {
+        let mut mem = WeightsMemory::new();
+        let mut slot = [0u8; BLOCK];
+        let mut b = PackedBuilder::start(&mut slot);
+        let mut rec = [0u8; MAX_RECORD];
+        let blocks = [weights_block(1), [0u8; BLOCK]];
+        for (lba, blk) in blocks.iter().enumerate() {
+            let d = detect(blk).unwrap();
+            let n = encode_block(d, lba as u32, blk, &mut rec, &mut mem).unwrap();
+            assert!(b
+                .add(&mut slot, lba as u32, d as u8, 0, &rec[..n])
+                .is_some());
+        }
+        b.finish(&mut slot);
+        let mut out = [0u8; BLOCK];
+        for pos in 0..BLOCK {
+            for bit in [0u8, 3, 7] {
+                let mut forged = slot;
+                forged[pos] ^= 1 << bit;
+                // Recompute the CRC so the deeper checks are what stands in the way.
+                forged[packed::field::CRC].fill(0);
+                let crc = crc32(&[&forged[..]]);
+                forged[packed::field::CRC].copy_from_slice(&crc.to_le_bytes());
+                let Ok(view) = PackedView::new_checked(&forged) else {
+                    continue;
+                };
+                for e in view.entries() {
+                    if e.pre > 0 || e.lba > 1 {
+                        continue;
+                    }
+                    let Some(dt) = Dtype::from_code(e.dtype) else {
+                        continue;
+                    };
+                    let part = view.part(&e);
+                    if decode_block(dt, e.lba, part, &mut out, &mut mem).is_ok() {
+                        assert!(
+                            out == blocks[e.lba as usize],
+                            "byte {pos} bit {bit}: LBA {} decoded to other bytes",
+                            e.lba
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

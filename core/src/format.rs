@@ -72,6 +72,8 @@ pub enum SlotKind {
     /// A delta log slot: the inline deltas created since the previous one, for roll-forward;
     /// the owner is 0.
     DeltaLog = 6,
+    /// A packed slot of ZipNN-coded blocks with its directory ([`packed`]); the owner is 0.
+    Packed = 7,
 }
 
 impl SlotKind {
@@ -83,6 +85,7 @@ impl SlotKind {
             4 => SlotKind::Checkpoint,
             5 => SlotKind::Compact,
             6 => SlotKind::DeltaLog,
+            7 => SlotKind::Packed,
             _ => return None,
         })
     }
@@ -320,6 +323,302 @@ pub mod delta_log {
     pub const MAGIC: [u8; 4] = *b"NBDL";
     /// The version written.
     pub const VERSION: u16 = 1;
+}
+
+/// The packed slot: ZipNN-coded 4 KiB blocks of any LBAs, stored as a byte stream over
+/// consecutive slots of one erase block, with a directory per slot of the records that end in
+/// it. A node pointer names the slot holding the LBA's directory entry.
+///
+/// Layout: a 16-byte header, record bytes from byte 16 up to `used`, then free space, then the
+/// `spill` bytes that begin the next slot's first record, then the directory (`count` entries
+/// of [`ENTRY`] bytes) at the very end of the slot, entry 0 last. An entry with `pre > 0`
+/// continues the previous slot's spill: its record is those `pre` bytes, then its `len` bytes
+/// here.
+pub mod packed {
+    /// Byte ranges of the header; record bytes follow from [`field::DATA`].
+    pub mod field {
+        use core::ops::Range;
+        /// `b"NBPK"`.
+        pub const MAGIC: Range<usize> = 0..4;
+        /// Format version, currently 1.
+        pub const VERSION: Range<usize> = 4..6;
+        /// Directory entries.
+        pub const COUNT: Range<usize> = 6..8;
+        /// End of the record bytes written from [`DATA`].
+        pub const USED: Range<usize> = 8..10;
+        /// Bytes just below the directory that begin the next slot's first record.
+        pub const SPILL: Range<usize> = 10..12;
+        /// CRC32 of the whole slot with these four bytes taken as zero.
+        pub const CRC: Range<usize> = 12..16;
+        /// First record byte.
+        pub const DATA: usize = 16;
+    }
+    /// Byte ranges of one directory entry (relative to the entry).
+    pub mod entry {
+        use core::ops::Range;
+        /// LBA whose record this is; all-ones = dropped before the slot was written.
+        pub const LBA: Range<usize> = 0..4;
+        /// Offset of the record's bytes in this slot.
+        pub const OFF: Range<usize> = 4..6;
+        /// Bytes of the record in this slot.
+        pub const LEN: Range<usize> = 6..8;
+        /// Bytes of the record at the end of the previous slot (its spill), 0 = none.
+        pub const PRE: Range<usize> = 8..10;
+        /// ZipNN dtype code of the record (1 BF16, 2 FP16, 3 FP32).
+        pub const DTYPE: usize = 10;
+        /// Reserved, written 0.
+        pub const RESERVED: usize = 11;
+    }
+    /// Directory entry length.
+    pub const ENTRY: usize = 12;
+    /// Most directory entries one slot may hold.
+    pub const MAX_ENTRIES: usize = 120;
+    /// The magic.
+    pub const MAGIC: [u8; 4] = *b"NBPK";
+    /// The version written.
+    pub const VERSION: u16 = 1;
+    /// Longest record: it must fit one slot next to the header and its own entry, so a record
+    /// spans at most two slots.
+    pub const MAX_RECORD: usize = super::SLOT_BYTES - field::DATA - ENTRY;
+}
+
+/// One checked directory entry of a packed slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedEntry {
+    /// Index in the directory.
+    pub index: usize,
+    /// The LBA (never the dropped marker).
+    pub lba: u32,
+    /// Offset of the record's bytes in this slot.
+    pub off: usize,
+    /// Bytes of the record in this slot.
+    pub len: usize,
+    /// Bytes of the record in the previous slot's spill.
+    pub pre: usize,
+    /// ZipNN dtype code.
+    pub dtype: u8,
+}
+
+/// Checked read access to a packed slot.
+pub struct PackedView<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    used: usize,
+    spill: usize,
+}
+
+impl<'a> PackedView<'a> {
+    /// Checks magic, version, CRC, lengths and every entry's bounds.
+    pub fn new_checked(bytes: &'a [u8]) -> Result<Self, &'static str> {
+        use packed::field as f;
+        if bytes.len() != SLOT_BYTES
+            || bytes[f::MAGIC] != packed::MAGIC
+            || get_u16(bytes, f::VERSION.start) != packed::VERSION
+        {
+            return Err("packed slot header damaged");
+        }
+        let stored = get_u32(bytes, f::CRC.start);
+        if crc32(&[&bytes[..f::CRC.start], &[0; 4], &bytes[f::CRC.end..]]) != stored {
+            return Err("packed slot CRC mismatch");
+        }
+        let count = get_u16(bytes, f::COUNT.start) as usize;
+        let used = get_u16(bytes, f::USED.start) as usize;
+        let spill = get_u16(bytes, f::SPILL.start) as usize;
+        if count > packed::MAX_ENTRIES
+            || used < f::DATA
+            || used + spill + count * packed::ENTRY > SLOT_BYTES
+        {
+            return Err("packed slot lengths out of range");
+        }
+        let view = PackedView {
+            bytes,
+            count,
+            used,
+            spill,
+        };
+        for i in 0..count {
+            let e = view.raw_entry(i);
+            if e.off < f::DATA
+                || e.off + e.len > used
+                || (e.pre > 0 && (e.off != f::DATA || i != 0))
+            {
+                return Err("packed slot entry out of range");
+            }
+        }
+        Ok(view)
+    }
+
+    fn raw_entry(&self, i: usize) -> PackedEntry {
+        let at = SLOT_BYTES - (i + 1) * packed::ENTRY;
+        let b = &self.bytes[at..at + packed::ENTRY];
+        use packed::entry as e;
+        PackedEntry {
+            index: i,
+            lba: get_u32(b, e::LBA.start),
+            off: get_u16(b, e::OFF.start) as usize,
+            len: get_u16(b, e::LEN.start) as usize,
+            pre: get_u16(b, e::PRE.start) as usize,
+            dtype: b[e::DTYPE],
+        }
+    }
+
+    /// Live entries (dropped ones skipped), in directory order.
+    pub fn entries(&self) -> impl Iterator<Item = PackedEntry> + '_ {
+        (0..self.count)
+            .map(|i| self.raw_entry(i))
+            .filter(|e| e.lba != u32::MAX)
+    }
+
+    /// The entry of `lba`, if this slot holds one.
+    pub fn find(&self, lba: u32) -> Option<PackedEntry> {
+        self.entries().find(|e| e.lba == lba)
+    }
+
+    /// The bytes of `e` held in this slot.
+    pub fn part(&self, e: &PackedEntry) -> &'a [u8] {
+        &self.bytes[e.off..e.off + e.len]
+    }
+
+    /// The spill: bytes beginning the next slot's first record.
+    pub fn spill(&self) -> &'a [u8] {
+        &self.bytes[self.spill_range()]
+    }
+
+    /// Where the spill lies in the slot.
+    pub fn spill_range(&self) -> core::ops::Range<usize> {
+        let end = SLOT_BYTES - self.count * packed::ENTRY;
+        end - self.spill..end
+    }
+
+    /// Where the bytes of `e` held in this slot lie.
+    pub fn part_range(&self, e: &PackedEntry) -> core::ops::Range<usize> {
+        e.off..e.off + e.len
+    }
+
+    /// End of the record bytes.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+}
+
+/// Builds a packed slot in place in a 4096-byte buffer: records from the front, directory
+/// entries from the back, sealed by [`PackedBuilder::finish`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackedBuilder {
+    count: usize,
+    used: usize,
+    spill: usize,
+}
+
+impl PackedBuilder {
+    /// Starts an empty slot in `out` (header zeroed).
+    pub fn start(out: &mut [u8]) -> PackedBuilder {
+        out[..packed::field::DATA].fill(0);
+        PackedBuilder {
+            count: 0,
+            used: packed::field::DATA,
+            spill: 0,
+        }
+    }
+
+    /// Entries added so far (dropped ones included).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Record bytes one more entry could take in this slot (0 when the directory is full or a
+    /// spill was written).
+    pub fn room(&self) -> usize {
+        if self.count >= packed::MAX_ENTRIES || self.spill > 0 {
+            return 0;
+        }
+        (SLOT_BYTES - self.used - self.spill).saturating_sub((self.count + 1) * packed::ENTRY)
+    }
+
+    /// Appends the part of a record held here (`pre` bytes of it are in the previous slot's
+    /// spill; only the first entry may have them). Returns the entry's index, or `None` if it
+    /// does not fit.
+    pub fn add(
+        &mut self,
+        out: &mut [u8],
+        lba: u32,
+        dtype: u8,
+        pre: usize,
+        part: &[u8],
+    ) -> Option<usize> {
+        if part.len() > self.room() || (pre > 0 && self.count > 0) || pre > u16::MAX as usize {
+            return None;
+        }
+        let off = self.used;
+        out[off..off + part.len()].copy_from_slice(part);
+        self.used += part.len();
+        let at = SLOT_BYTES - (self.count + 1) * packed::ENTRY;
+        use packed::entry as e;
+        let b = &mut out[at..at + packed::ENTRY];
+        put_u32(b, e::LBA.start, lba);
+        put_u16(b, e::OFF.start, off as u16);
+        put_u16(b, e::LEN.start, part.len() as u16);
+        put_u16(b, e::PRE.start, pre as u16);
+        b[e::DTYPE] = dtype;
+        b[e::RESERVED] = 0;
+        self.count += 1;
+        Some(self.count - 1)
+    }
+
+    /// Writes `bytes` as the spill (the start of the next slot's first record) just below the
+    /// directory; no entry can be added afterwards. Returns false if they do not fit.
+    pub fn set_spill(&mut self, out: &mut [u8], bytes: &[u8]) -> bool {
+        let end = SLOT_BYTES - self.count * packed::ENTRY;
+        if self.spill > 0 || bytes.is_empty() || self.used + bytes.len() > end {
+            return false;
+        }
+        out[end - bytes.len()..end].copy_from_slice(bytes);
+        self.spill = bytes.len();
+        true
+    }
+
+    /// Bytes free for a spill (below the directory, above the records).
+    pub fn spill_room(&self) -> usize {
+        if self.spill > 0 {
+            return 0;
+        }
+        SLOT_BYTES - self.count * packed::ENTRY - self.used
+    }
+
+    /// Marks the first entry of `lba` dropped (its LBA was rewritten before the slot was
+    /// written). Returns whether one was found.
+    pub fn kill(&self, out: &mut [u8], lba: u32) -> bool {
+        for i in 0..self.count {
+            let at = SLOT_BYTES - (i + 1) * packed::ENTRY;
+            if get_u32(out, at) == lba {
+                put_u32(out, at, u32::MAX);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a live entry of an LBA in `lbas` (a range) is held.
+    pub fn holds_range(&self, out: &[u8], lbas: core::ops::Range<u32>) -> bool {
+        (0..self.count).any(|i| lbas.contains(&get_u32(out, SLOT_BYTES - (i + 1) * packed::ENTRY)))
+    }
+
+    /// Seals the slot: zeroes the free space, writes the header and returns the CRC of the
+    /// slot's 4096 bytes (for its spare record).
+    pub fn finish(&self, out: &mut [u8]) -> u32 {
+        use packed::field as f;
+        let end = SLOT_BYTES - self.count * packed::ENTRY - self.spill;
+        out[self.used..end].fill(0);
+        out[f::MAGIC].copy_from_slice(&packed::MAGIC);
+        put_u16(out, f::VERSION.start, packed::VERSION);
+        put_u16(out, f::COUNT.start, self.count as u16);
+        put_u16(out, f::USED.start, self.used as u16);
+        put_u16(out, f::SPILL.start, self.spill as u16);
+        put_u32(out, f::CRC.start, 0);
+        let crc = crc32(&[&out[..SLOT_BYTES]]);
+        put_u32(out, f::CRC.start, crc);
+        crc32(&[&out[..SLOT_BYTES]])
+    }
 }
 
 /// Why a node page was refused.

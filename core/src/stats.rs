@@ -115,6 +115,14 @@ pub struct Stats {
     pub delta_reads: u64,
     /// NAND page reads done on behalf of host reads (node, base or data, compact).
     pub host_read_nand_reads: u64,
+    /// Host writes stored ZipNN-coded in packed slots (float weights).
+    pub blocks_coded: u64,
+    /// Bytes the coded blocks saved: 4096 minus record and directory entry, summed.
+    pub coded_bytes_saved: u64,
+    /// Blocks that looked like float weights but did not code small enough (stored plain).
+    pub blocks_not_coded: u64,
+    /// Reads that decoded a coded block.
+    pub coded_reads: u64,
     /// Host bytes written over the device's life, as of the last checkpoint plus this mount.
     pub lifetime_host_write_bytes: u64,
     /// NAND bytes programmed over the device's life, as of the last checkpoint plus this mount.

@@ -41,6 +41,8 @@ pub struct FirmwareConfig {
     pub node_cache_slots: u32,
     /// Keep updates as inline deltas (MedFS); `--delta on|off`.
     pub delta: bool,
+    /// Store float-weight blocks ZipNN-coded and packed; `--compress on|off`.
+    pub compress: bool,
     /// Node cache eviction policy; `--node-cache score|lru`.
     pub node_cache_policy: CachePolicy,
     /// Power-loss protection (`--plp on|off`): write buffers count as durable, so FLUSH and
@@ -66,6 +68,7 @@ impl FirmwareConfig {
             latency: LatencyMode::Off,
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
             delta: true,
+            compress: true,
             node_cache_policy: CachePolicy::Score,
             plp: false,
             op_percent: crate::profile::DEFAULT_OP_PERCENT,
@@ -492,6 +495,7 @@ fn run_thread(
     let mut ftl = ftl;
     ftl.set_delta(config.delta);
     ftl.set_plp(config.plp);
+    ftl.set_compress(config.compress);
     ftl.set_cache_policy(config.node_cache_policy);
     if let Some(m) = ftl.nand_mut().model() {
         m.reset();

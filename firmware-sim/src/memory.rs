@@ -1,6 +1,7 @@
 //! Heap-backed RAM for the FTL on a host: [`OwnedFtlMemory`] allocates every table
 //! [`FtlMemory::required`] asks for and lends it to `Ftl::format` / `Ftl::mount`.
 
+use nandbox_core::codec::weights::WeightsMemory;
 use nandbox_core::ftl::{BlockInfo, CacheSlot, FtlConfig, FtlMemory, MemoryRequirements};
 use nandbox_core::nand::{Geometry, SLOT_BYTES};
 
@@ -13,6 +14,8 @@ pub struct OwnedFtlMemory {
     blocks: Vec<BlockInfo>,
     valid_bits: Vec<u32>,
     page_buffers: Vec<u8>,
+    pack_refs: Vec<u8>,
+    weights: Box<WeightsMemory>,
 }
 
 impl OwnedFtlMemory {
@@ -31,6 +34,8 @@ impl OwnedFtlMemory {
             blocks: vec![BlockInfo::default(); req.blocks],
             valid_bits: vec![0; req.bitmap_words],
             page_buffers: vec![0; req.page_buffer_bytes],
+            pack_refs: vec![0; req.slots],
+            weights: Box::default(),
         }
     }
 
@@ -44,6 +49,8 @@ impl OwnedFtlMemory {
             blocks: &mut self.blocks,
             valid_bits: &mut self.valid_bits,
             page_buffers: &mut self.page_buffers,
+            pack_refs: &mut self.pack_refs,
+            weights: Some(&mut self.weights),
         }
     }
 }

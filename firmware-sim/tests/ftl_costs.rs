@@ -265,3 +265,64 @@ fn a_node_written_by_a_flush_rides_in_the_data_page() {
     assert_eq!(version_of(4, &buf), Some(1));
     assert_eq!(ftl.check().unwrap().problems(), 0);
 }
+
+/// Coded blocks (issue 5) on four-slot pages: 64 blocks of constant BF16 weights code to a few
+/// dozen bytes each and share one packed slot, so the flush programs one page where the same
+/// blocks written plain take sixteen; reads cost one page each; overwriting half of them plain
+/// and trimming the other half frees the packed slot.
+#[test]
+fn pinned_costs_coded_blocks() {
+    let logical = 1024;
+    let geo: Geometry = small_geometry(4, 16, logical);
+    let cfg = config(logical, 4);
+    // 1.0 in BF16 (0x3F80) in every element, the first 8 bytes naming the LBA: detected as
+    // BF16 (one exponent), every plane nearly constant.
+    let weights = |lba: u32| {
+        let mut b = [0u8; BLOCK];
+        for c in b.chunks_mut(2) {
+            c.copy_from_slice(&0x3F80u16.to_le_bytes());
+        }
+        b[..4].copy_from_slice(&lba.to_le_bytes());
+        b
+    };
+    let mut pages = Vec::new();
+    for on in [false, true] {
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        let mut c = NandCounters::default();
+        let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+        ftl.set_compress(on);
+        delta(&ftl, &mut c);
+        for lba in 0..64 {
+            ftl.write(Lba(lba), &weights(lba)).unwrap();
+        }
+        ftl.flush().unwrap();
+        pages.push(delta(&ftl, &mut c));
+        if !on {
+            continue;
+        }
+        let st = *ftl.stats();
+        assert_eq!(st.blocks_coded, 64);
+        assert!(st.coded_bytes_saved > 64 * 3900, "{st:?}");
+        let mut buf = [0u8; BLOCK];
+        for lba in 0..64 {
+            ftl.read(Lba(lba), &mut buf).unwrap();
+            assert!(buf == weights(lba), "LBA {lba}");
+        }
+        // One page read per host read (the node is cached), each decoding its record.
+        assert_eq!(delta(&ftl, &mut c), [64, 0, 0, 0], "64 coded reads");
+        assert_eq!(ftl.stats().coded_reads, 64);
+        for lba in 0..32 {
+            ftl.write(Lba(lba), &content(lba, 2)).unwrap();
+        }
+        ftl.trim(Lba(32), 32).unwrap();
+        ftl.flush().unwrap();
+        // 32 plain overwrites: 8 pages into the open hot block. The trim leaves no record:
+        // the flush writes node 0 (1 page into a new node block: 1 erase).
+        assert_eq!(delta(&ftl, &mut c), [0, 0, 9, 1], "overwrite, trim, flush");
+        assert_eq!(ftl.check().unwrap().problems(), 0);
+    }
+    // Plain: 64 slots = 16 pages; the hot block opened (1 erase). Coded: every record in one
+    // packed slot, the page padded by the flush: 1 page, same erase.
+    assert_eq!(pages[0], [0, 0, 16, 1], "64 plain writes + flush");
+    assert_eq!(pages[1], [0, 0, 1, 1], "64 coded writes + flush");
+}

@@ -16,6 +16,8 @@ struct DeltaTotals {
     compact_pages: u64,
     restored: u64,
     delta_reads: u64,
+    coded: u64,
+    coded_reads: u64,
 }
 
 impl DeltaTotals {
@@ -25,11 +27,13 @@ impl DeltaTotals {
         self.compact_pages += s.compact_pages;
         self.restored += s.pages_restored;
         self.delta_reads += s.delta_reads;
+        self.coded += s.blocks_coded;
+        self.coded_reads += s.coded_reads;
     }
 }
 
 fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
-    run_with(seed, geo, logical, cache, ops, false);
+    run_with(seed, geo, logical, cache, ops, false, false);
 }
 
 fn run_with(
@@ -39,11 +43,13 @@ fn run_with(
     cache: u32,
     ops: u32,
     delta: bool,
+    compress: bool,
 ) -> DeltaTotals {
     let cfg = config(logical, cache);
     let mut mem = OwnedFtlMemory::new(&geo, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
     set_delta(&mut ftl, delta);
+    ftl.set_compress(compress);
     let mut totals = DeltaTotals::default();
     // Reference disk: the version each LBA holds (0 = zeros).
     let mut disk = vec![0u32; logical as usize];
@@ -67,7 +73,13 @@ fn run_with(
                 let lba = pick(&mut rng);
                 let v = next_version;
                 next_version += 1;
-                ftl.write(Lba(lba), &content_for(delta, lba, v))
+                // With compress on, three writes in four are float weights (stored coded).
+                let block = if compress && !v.is_multiple_of(4) {
+                    content_float(lba, v)
+                } else {
+                    content_for(delta, lba, v)
+                };
+                ftl.write(Lba(lba), &block)
                     .unwrap_or_else(|e| panic!("seed {seed} op {op}: write {lba}: {e}"));
                 disk[lba as usize] = v;
             }
@@ -102,6 +114,7 @@ fn run_with(
                 ftl = Ftl::mount(nand, mem.lend())
                     .unwrap_or_else(|e| panic!("seed {seed} op {op}: mount: {e}"));
                 set_delta(&mut ftl, delta);
+                ftl.set_compress(compress);
                 remounts += 1;
             }
         }
@@ -169,7 +182,7 @@ fn model_delta_on() {
     let mut all = DeltaTotals::default();
     for (seed, slots, ppb, logical, cache) in [(41, 1, 32, 1024, 3), (42, 4, 16, 2048, 4)] {
         let geo = small_geometry(slots, ppb, logical);
-        let t = run_with(seed, geo, logical, cache, 10_000, true);
+        let t = run_with(seed, geo, logical, cache, 10_000, true, false);
         eprintln!("seed {seed}: {t:?}");
         all.inlined += t.inlined;
         all.rebuilt += t.rebuilt;
@@ -180,6 +193,28 @@ fn model_delta_on() {
     assert!(all.inlined > 1000, "{all:?}");
     assert!(all.rebuilt > 0 && all.delta_reads > 0, "{all:?}");
     assert!(all.compact_pages > 0, "{all:?}");
+}
+
+/// The same model with float-weight blocks stored coded (issue 5), delta off and on: coded
+/// over coded, plain over coded, trims, GC moving packed records, remounts.
+#[test]
+fn model_compress_on() {
+    let mut all = DeltaTotals::default();
+    for (seed, slots, ppb, logical, cache, delta) in [
+        (51, 1, 32, 1024, 3, false),
+        (52, 4, 16, 2048, 4, false),
+        (53, 4, 16, 2048, 4, true),
+    ] {
+        let geo = small_geometry(slots, ppb, logical);
+        let t = run_with(seed, geo, logical, cache, 10_000, delta, true);
+        eprintln!("seed {seed}: {t:?}");
+        all.coded += t.coded;
+        all.coded_reads += t.coded_reads;
+        all.inlined += t.inlined;
+    }
+    assert!(all.coded > 8000, "{all:?}");
+    assert!(all.coded_reads > 3000, "{all:?}");
+    assert!(all.inlined > 0, "{all:?}");
 }
 
 #[test]

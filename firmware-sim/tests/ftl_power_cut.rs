@@ -7,7 +7,9 @@
 //! Each sweep runs with the delta engine off and on. With it on, updates are small (see
 //! `content_small`) and reads hit the last group, so the swept operations include base reads
 //! of delta writes, node pages carrying deltas, rebuilt pages, compact pages and idle restores
-//! (the dry run asserts each happened).
+//! (the dry run asserts each happened). With coded blocks on (issue 5), most writes are float
+//! weights stored ZipNN-coded in packed slots whose records spill across slot and page
+//! borders, so cuts land inside packed-slot programs, spills and GC moves of packed records.
 
 mod ftl_support;
 
@@ -104,10 +106,25 @@ impl Model {
     }
 }
 
-fn run_op(ftl: &mut Ftl<'_, SimNand>, op: Op, delta: bool) -> Result<(), String> {
+/// The content a setup writes: float weights (coded) with every fifth version random (plain)
+/// when compress is on, else as the delta setting wants.
+fn block_for(s: &Setup, lba: u32, v: u32) -> [u8; BLOCK] {
+    if s.compress && !v.is_multiple_of(5) {
+        content_float(lba, v)
+    } else {
+        content_for(s.delta, lba, v)
+    }
+}
+
+fn settings(ftl: &mut Ftl<'_, SimNand>, s: &Setup) {
+    set_delta(ftl, s.delta);
+    ftl.set_compress(s.compress);
+}
+
+fn run_op(ftl: &mut Ftl<'_, SimNand>, op: Op, s: &Setup) -> Result<(), String> {
     let mut buf = [0u8; BLOCK];
     match op {
-        Op::Write(lba, v) => ftl.write(Lba(lba), &content_for(delta, lba, v)),
+        Op::Write(lba, v) => ftl.write(Lba(lba), &block_for(s, lba, v)),
         Op::Trim(first, count) => ftl.trim(Lba(first), count),
         Op::Flush => ftl.flush(),
         Op::Idle => ftl.idle().map(|_| ()),
@@ -141,16 +158,17 @@ struct Setup {
     cfg: FtlConfig,
     ops: Vec<Op>,
     delta: bool,
+    compress: bool,
 }
 
 /// Runs the uncut workload once: how many NAND operations it takes, and what it exercised.
 fn dry_run(s: &Setup) -> u64 {
     let mut mem = OwnedFtlMemory::new(&s.geo, &s.cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
-    set_delta(&mut ftl, s.delta);
+    settings(&mut ftl, s);
     let start = ftl.nand().ops();
     for &op in &s.ops {
-        run_op(&mut ftl, op, s.delta).unwrap();
+        run_op(&mut ftl, op, s).unwrap();
     }
     let st = *ftl.stats();
     eprintln!(
@@ -162,11 +180,21 @@ fn dry_run(s: &Setup) -> u64 {
         st.pages_restored,
         st.delta_reads
     );
-    if s.delta {
+    if s.delta && s.compress {
+        assert!(st.deltas_inlined > 0, "delta writes: {st:?}");
+    }
+    if s.delta && !s.compress {
         assert!(st.deltas_inlined > 100, "delta writes: {st:?}");
         assert!(st.pages_rebuilt > 0, "rebuilds: {st:?}");
         assert!(st.compact_pages > 0, "compact pages: {st:?}");
         assert!(st.program_bytes[nandbox_core::Cause::Delta as usize] > 0);
+    }
+    if s.compress {
+        eprintln!(
+            "compress: {} coded, {} coded reads",
+            st.blocks_coded, st.coded_reads
+        );
+        assert!(st.blocks_coded > 400, "coded writes: {st:?}");
     }
     assert!(st.gc_blocks >= 3, "workload must run GC: {st:?}");
     assert!(
@@ -179,11 +207,11 @@ fn dry_run(s: &Setup) -> u64 {
 fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let logical = s.cfg.logical_blocks;
     let mut ftl = Ftl::format(SimNand::new_ram(s.geo), s.cfg, mem.lend()).unwrap();
-    set_delta(&mut ftl, s.delta);
+    settings(&mut ftl, s);
     ftl.nand_mut().power_cut_after(cut);
     let mut model = Model::new(logical);
     for &op in &s.ops {
-        match run_op(&mut ftl, op, s.delta) {
+        match run_op(&mut ftl, op, s) {
             Ok(()) => model.apply(op),
             Err(e) => {
                 if std::env::var("NANDBOX_CUT").is_ok() {
@@ -222,7 +250,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     let at = format!("{at}{second}");
     let mut ftl =
         Ftl::mount(nand, mem.lend()).unwrap_or_else(|e| panic!("{at}: mount failed: {e}"));
-    set_delta(&mut ftl, s.delta);
+    settings(&mut ftl, s);
     let seen = verify(&mut ftl, &model, logical, &at);
     // Recovery leaves a usable FTL: what was read is now the flushed state; write more.
     let mut model = Model::new(logical);
@@ -231,7 +259,7 @@ fn cut_at(s: &Setup, cut: u64, mem: &mut OwnedFtlMemory) {
     for i in 0..24 {
         let lba = rng.below(logical as u64) as u32;
         let v = 1_000_000 + cut as u32 * 32 + i;
-        ftl.write(Lba(lba), &content_for(s.delta, lba, v))
+        ftl.write(Lba(lba), &block_for(s, lba, v))
             .unwrap_or_else(|e| panic!("{at}: write after recovery: {e}"));
         model.apply(Op::Write(lba, v));
     }
@@ -273,6 +301,7 @@ fn power_cut_at_every_op_four_slot_pages() {
         cfg: config(logical, 3),
         ops: workload(7, logical, 5400, false),
         delta: false,
+        compress: false,
     };
     sweep(&s, 2000);
 }
@@ -285,6 +314,7 @@ fn power_cut_at_every_op_one_slot_pages() {
         cfg: config(logical, 2),
         ops: workload(8, logical, 1100, false),
         delta: false,
+        compress: false,
     };
     sweep(&s, 1000);
 }
@@ -297,6 +327,7 @@ fn power_cut_at_every_op_four_slot_pages_delta_on() {
         cfg: config(logical, 3),
         ops: workload(17, logical, 2800, true),
         delta: true,
+        compress: false,
     };
     sweep(&s, 2000);
 }
@@ -309,6 +340,7 @@ fn power_cut_at_every_op_one_slot_pages_delta_on() {
         cfg: config(logical, 2),
         ops: workload(18, logical, 1600, true),
         delta: true,
+        compress: false,
     };
     sweep(&s, 1000);
 }
@@ -569,4 +601,30 @@ fn power_cut_at_every_op_of_idle_restores() {
             assert!(buf == *want, "cut {cut} of {total}: LBA {lba}");
         }
     }
+}
+
+#[test]
+fn power_cut_at_every_op_four_slot_pages_compress_on() {
+    let logical = 256;
+    let s = Setup {
+        geo: small_geometry(4, 16, logical),
+        cfg: config(logical, 3),
+        ops: workload(27, logical, 2400, false),
+        delta: false,
+        compress: true,
+    };
+    sweep(&s, 800);
+}
+
+#[test]
+fn power_cut_at_every_op_one_slot_pages_compress_and_delta_on() {
+    let logical = 384;
+    let s = Setup {
+        geo: small_geometry(1, 16, logical),
+        cfg: config(logical, 2),
+        ops: workload(28, logical, 900, true),
+        delta: true,
+        compress: true,
+    };
+    sweep(&s, 800);
 }

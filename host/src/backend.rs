@@ -41,6 +41,7 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     config.latency = latency;
     config.delta = opts.delta;
     config.plp = opts.plp;
+    config.compress = opts.compress;
     config.node_cache_policy = match opts.node_cache.as_str() {
         "lru" => nandbox_sim::firmware::CachePolicy::Lru,
         _ => nandbox_sim::firmware::CachePolicy::Score,
@@ -257,6 +258,15 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             json!(st.nand_reads_per_host_read()),
         );
         m.insert("delta".into(), delta);
+        m.insert(
+            "zipnn".into(),
+            json!({
+                "blocks_coded": st.blocks_coded,
+                "bytes_saved": st.coded_bytes_saved,
+                "not_coded": st.blocks_not_coded,
+                "coded_reads": st.coded_reads,
+            }),
+        );
     }
     doc
 }

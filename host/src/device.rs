@@ -110,6 +110,8 @@ pub struct DeviceOptions {
     pub delta: bool,
     /// Power-loss protection: FLUSH programs nothing; shutdown runs the power-fail dump.
     pub plp: bool,
+    /// Store float-weight blocks ZipNN-coded (issue 5).
+    pub compress: bool,
     /// Node cache policy: `score` or `lru`.
     pub node_cache: String,
     /// Node cache slots, when not the default (used when the device is formatted).

@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// failed, and writes not yet programmed are lost.
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     plp: OnOff,
+    /// Store 4 KiB blocks that look like BF16/FP16/FP32 weights ZipNN-coded, packed several
+    /// to a page.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    compress: OnOff,
     /// Node cache eviction policy.
     #[arg(long, value_enum, default_value_t = NodeCache::Score)]
     node_cache: NodeCache,
@@ -172,6 +176,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         dies: args.dies,
         delta: args.delta == OnOff::On,
         plp: args.plp == OnOff::On,
+        compress: args.compress == OnOff::On,
         node_cache: format!("{:?}", args.node_cache).to_lowercase(),
         node_cache_slots: args.node_cache_slots,
     };

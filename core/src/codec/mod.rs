@@ -6,11 +6,13 @@
 //!   coded by [`entropy`], one symbol per element; sign and low mantissa bits packed raw), in a
 //!   chunked, CRC-checked container.
 //! - `qstore`: one file serving a model at high precision and at INT8.
+//! - [`weights`]: telling 4 KiB blocks of float weights from other data, coding one block.
 
 use core::fmt;
 
 pub mod entropy;
 pub mod qstore;
+pub mod weights;
 pub mod zipnn;
 
 /// Errors of the codecs in this module.

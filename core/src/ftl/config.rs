@@ -4,6 +4,7 @@
 //! big each must be, so a host can allocate them and firmware can place them statically.
 
 use super::error::ConfigError;
+use crate::codec::weights::WeightsMemory;
 use crate::delta::hotness::Heat;
 use crate::format::node;
 use crate::nand::{Geometry, SLOT_BYTES};
@@ -18,10 +19,12 @@ pub const GC_LOW: u32 = 6;
 pub const CP_RESERVE: u32 = 3;
 /// Largest number of 4 KiB slots per page the FTL handles (a 32 KiB page).
 pub const MAX_SLOTS_PER_PAGE: u32 = 8;
-/// Page buffers the FTL needs: three log pages, a scratch page, a GC page, a retry page, and
+/// Page buffers the FTL needs: three log pages, a scratch page, a GC page, a retry page,
 /// three for the delta engine (an encoded delta; a base block being patched; the open delta
-/// log slot).
-pub const PAGE_BUFFERS: usize = 9;
+/// log slot) and four for coded blocks (a host write's record; a second page read; the
+/// records GC and a program-failure retry move, kept apart because either can run while the
+/// host write's record waits).
+pub const PAGE_BUFFERS: usize = 13;
 
 /// Logical blocks (LBAs) mapped by one node page.
 pub const LBAS_PER_NODE: u32 = node::LBAS;
@@ -192,6 +195,8 @@ pub struct MemoryRequirements {
     pub bitmap_words: usize,
     /// `page_buffers` bytes.
     pub page_buffer_bytes: usize,
+    /// `pack_refs` entries: one per slot of the array.
+    pub slots: usize,
 }
 
 impl MemoryRequirements {
@@ -202,6 +207,7 @@ impl MemoryRequirements {
             + self.blocks * core::mem::size_of::<BlockInfo>()
             + self.bitmap_words * 4
             + self.page_buffer_bytes
+            + self.slots
     }
 }
 
@@ -221,6 +227,12 @@ pub struct FtlMemory<'a> {
     pub valid_bits: &'a mut [u32],
     /// Page buffers (data + spare) for the logs, scratch, GC and retry.
     pub page_buffers: &'a mut [u8],
+    /// Per slot: how many mapped LBAs a packed slot of coded blocks serves (see
+    /// `ftl::packed`); 0 or 1 for other slots.
+    pub pack_refs: &'a mut [u8],
+    /// Memory for coding float-weight blocks (`Ftl::set_compress`). Without it blocks are never
+    /// stored coded, and reading one already on flash is an error.
+    pub weights: Option<&'a mut WeightsMemory>,
 }
 
 impl FtlMemory<'_> {
@@ -234,6 +246,7 @@ impl FtlMemory<'_> {
             bitmap_words: total_slots.div_ceil(32),
             page_buffer_bytes: PAGE_BUFFERS
                 * (geometry.page_bytes as usize + geometry.spare_bytes as usize),
+            slots: total_slots,
         }
     }
 
@@ -255,6 +268,7 @@ impl FtlMemory<'_> {
                 self.page_buffers.len(),
                 req.page_buffer_bytes,
             ),
+            ("pack_refs", self.pack_refs.len(), req.slots),
         ];
         for (what, have, need) in checks {
             if have < need {

@@ -378,7 +378,7 @@ impl<N: Nand> Ftl<'_, N> {
         self.cache_meta[s].heat.write(clock);
         let p = self.ptr(s, off);
         // Only a block already on flash is a base: one still buffered is cheaper rewritten.
-        if !p.is_some() || self.buffered_log(p).is_some() {
+        if !p.is_some() || self.buffered_log(p).is_some() || self.maybe_packed(p) {
             return Ok(false);
         }
         let base_crc = match self.load_base(p, lba, Cause::Delta) {

@@ -4,7 +4,7 @@
 //!   opened); cost-benefit GC ((1-u)·age/(1+u)) runs from [`Ftl::idle`].
 //! - GC reads each victim page's spare records to learn every valid slot's owner, checks the
 //!   owner still maps to that slot, and only then copies it (data to the cold log, nodes to the
-//!   node log).
+//!   node log); a packed slot's still-mapped records go to the cold log's packed slot.
 //! - Static wear levelling moves the coldest full block when its erase count lags the most-worn
 //!   block by more than [`WL_SPREAD`], so the block returns to the pool.
 
@@ -325,6 +325,7 @@ impl<N: Nand> Ftl<'_, N> {
                 self.nat[g as usize] = new.0;
                 self.invalidate(p);
             }
+            SlotKind::Packed => self.move_packed(p, GCBUF, GZBUF, COLD)?,
             _ => self.invalidate(p),
         }
         Ok(())

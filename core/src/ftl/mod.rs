@@ -12,7 +12,9 @@
 //! - checkpoints in rotating packs and roll-forward recovery from spare records ([`checkpoint`],
 //!   [`recovery`]);
 //! - the delta engine's glue (`delta`): updates kept as inline deltas in the node page, their
-//!   eviction to compact pages or rebuilt full pages, and idle restores.
+//!   eviction to compact pages or rebuilt full pages, and idle restores;
+//! - coded blocks (`packed`): float-weight blocks stored ZipNN-coded, packed as a byte stream
+//!   over slots so a page holds more blocks than it has slots.
 //!
 //! # Durability rules (why the order of writes is what it is)
 //!
@@ -33,6 +35,7 @@ pub mod error;
 mod checkpoint;
 mod delta;
 mod gc;
+mod packed;
 mod recovery;
 
 use bitvec::prelude::*;
@@ -67,6 +70,14 @@ const DBUF: usize = 6;
 const BBUF: usize = 7;
 /// Delta engine: the open delta log slot.
 const LBUF: usize = 8;
+/// Coded blocks: the record of the host write in progress (and of host reads).
+const ZBUF: usize = 9;
+/// Coded blocks: the page holding a record's first part, when it is not the page read.
+const PBUF: usize = 10;
+/// Coded blocks: a record GC is moving.
+const GZBUF: usize = 11;
+/// Coded blocks: a record a program-failure retry is moving.
+const RZBUF: usize = 12;
 /// Blocks holding delta log slots that may not be erased before the next checkpoint.
 const DLOG_BLOCKS: usize = 32;
 /// Where a cached node image keeps the group's compact page addresses, `COMPACT_PAGES` u32s
@@ -185,6 +196,13 @@ pub struct Ftl<'a, N: Nand> {
     /// Blocks with delta log slots written since the last checkpoint: roll-forward needs them
     /// until a checkpoint has written every node they changed.
     dlog_blocks: heapless::Vec<u32, DLOG_BLOCKS>,
+    /// Store float-weight blocks ZipNN-coded in packed slots.
+    compress_on: bool,
+    weights: Option<&'a mut crate::codec::weights::WeightsMemory>,
+    /// Mapped LBAs per packed slot (see [`packed`]).
+    pack_refs: &'a mut [u8],
+    /// The packed slot being filled in the hot and cold logs' buffers.
+    pack: [Option<packed::OpenPack>; 2],
     logs: [Log; 3],
     next_seq: u64,
     cp_seq: u64,
@@ -226,6 +244,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
             blocks,
             valid_bits,
             page_buffers,
+            pack_refs,
+            weights,
         } = mem;
         let total_slots = geo.total_pages() * spp;
         let valid = &mut BitSlice::from_slice_mut(&mut valid_bits[..req.bitmap_words])
@@ -239,6 +259,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
         cache_meta.fill(CacheSlot::default());
         let blocks = &mut blocks[..req.blocks];
         blocks.fill(BlockInfo::default());
+        let pack_refs = &mut pack_refs[..req.slots];
+        pack_refs.fill(0);
         Ftl {
             nand,
             geo,
@@ -262,6 +284,10 @@ impl<'a, N: Nand> Ftl<'a, N> {
             dlog: Default::default(),
             dlog_busy: false,
             dlog_blocks: heapless::Vec::new(),
+            compress_on: false,
+            weights,
+            pack_refs,
+            pack: [None, None],
             logs: [Log::CLOSED; 3],
             next_seq: 1,
             cp_seq: 0,
@@ -442,6 +468,19 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.plp
     }
 
+    /// Turns storing float-weight blocks ZipNN-coded on or off (a RAM choice, off after format
+    /// and mount). Coded blocks already on flash stay readable either way. Returns whether it
+    /// is on: it cannot be without the codec memory ([`FtlMemory::weights`]).
+    pub fn set_compress(&mut self, on: bool) -> bool {
+        self.compress_on = on && self.weights.is_some();
+        self.compress_on
+    }
+
+    /// Whether float-weight blocks are stored coded.
+    pub fn compress_enabled(&self) -> bool {
+        self.compress_on
+    }
+
     /// Chooses the node cache's eviction policy (LRU after format and mount).
     pub fn set_cache_policy(&mut self, policy: CachePolicy) {
         self.policy = policy;
@@ -491,12 +530,17 @@ impl<'a, N: Nand> Ftl<'a, N> {
         if self.cache_meta[s].inline_len > 0 && self.read_through_delta(s, lba.0, p, buf)? {
             return Ok(());
         }
+        if self.read_packed_buffered(p, lba.0, buf)? {
+            return Ok(());
+        }
         if let Some(log) = self.buffered_log(p) {
             let at = self.slot_offset(log, p.0 % self.spp);
             buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
             return Ok(());
         }
-        self.read_slot_checked(p, SlotKind::Data, lba.0, SCRATCH, Cause::Data)?;
+        if self.read_mapped_slot(p, lba.0, SCRATCH, Cause::Data)? == SlotKind::Packed {
+            return self.read_packed_scratch(p, lba.0, buf);
+        }
         let at = self.slot_offset(SCRATCH, p.0 % self.spp);
         buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
         Ok(())
@@ -508,6 +552,12 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.check_range(lba.0, 1)?;
         let g = lba.0 / LBAS_PER_NODE;
         let off = lba.0 % LBAS_PER_NODE;
+        if self.compress_on && self.write_coded(lba.0, data)? {
+            self.stats.host_writes += 1;
+            self.stats.host_write_bytes += SLOT_BYTES as u64;
+            self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
+            return Ok(());
+        }
         if self.delta_on && self.write_delta(lba.0, data)? {
             self.stats.host_writes += 1;
             self.stats.host_write_bytes += SLOT_BYTES as u64;
@@ -528,7 +578,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.set_ptr(s, off, new);
         self.cache_meta[s].dirty = true;
         if old.is_some() {
-            self.invalidate(old);
+            self.unref(old, lba.0);
         }
         // The block is whole again: its delta (inline or marker) is dead.
         self.drop_delta(s, off, Some(crc))?;
@@ -556,7 +606,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     let p = self.ptr(s, off);
                     if p.is_some() {
                         self.set_ptr(s, off, Ppa::NONE);
-                        self.invalidate(p);
+                        self.unref(p, l);
                         self.drop_delta(s, off, None)?;
                         changed = true;
                     }
@@ -720,6 +770,18 @@ impl<'a, N: Nand> Ftl<'a, N> {
                 }
                 if !self.valid[q.0 as usize] {
                     rep.bitmap_mismatches += 1;
+                }
+                if let Some(pc) = self.check_packed(q, lba)? {
+                    // A packed slot serves many LBAs but is one referenced slot.
+                    if !pc.counts_slot {
+                        referenced -= 1;
+                    }
+                    match pc.problem {
+                        Some(packed::Problem::WrongOwner) => rep.wrong_owner += 1,
+                        Some(packed::Problem::BadData) => rep.bad_data_crc += 1,
+                        None => {}
+                    }
+                    continue;
                 }
                 if self.buffered_log(q).is_some() {
                     continue;
@@ -944,6 +1006,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
         if self.logs[log].block == NONE {
             return false;
         }
+        if self.pack_holds_group(log, g) {
+            return true;
+        }
         let sp = self.spare_offset(log);
         (0..self.logs[log].fill).any(|i| {
             let at = sp + i as usize * SPARE;
@@ -992,7 +1057,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
     }
 
     fn has_room(&self, log: usize) -> bool {
-        self.logs[log].block != NONE && self.logs[log].fill < self.spp
+        self.logs[log].block != NONE
+            && self.logs[log].fill < self.spp
+            && (log == NODE || self.pack[log].is_none())
     }
 
     /// Which log's buffer holds slot `p`, if it is not on flash yet.
@@ -1008,6 +1075,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// Leaves at least one free slot in `log`'s buffer. Loops because programming a full
     /// buffer can fail and re-append its slots, filling the buffer again.
     fn ensure_room(&mut self, log: usize) -> R<(), N::Error> {
+        // The open packed slot takes the buffer's next slot: close it first.
+        self.seal_pack(log);
         for _ in 0..8 {
             if self.has_room(log) {
                 return Ok(());
@@ -1095,6 +1164,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     info.mtime = self.next_seq;
                     let first = (best * self.ppb * self.spp) as usize;
                     self.valid[first..first + (self.ppb * self.spp) as usize].fill(false);
+                    self.pack_refs[first..first + (self.ppb * self.spp) as usize].fill(0);
                     self.blocks_since_cp += 1;
                     self.blocks_since_wl = self.blocks_since_wl.saturating_add(1);
                     return Ok(best);
@@ -1143,6 +1213,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
 
     /// Programs a log's buffer (padding unfilled slots) and advances the log.
     fn program_log(&mut self, log: usize) -> R<(), N::Error> {
+        self.seal_pack(log);
         let l = self.logs[log];
         if l.block == NONE || l.fill == 0 {
             return Ok(());
@@ -1248,6 +1319,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     self.set_ptr(s, off, new);
                     self.cache_meta[s].dirty = true;
                     self.invalidate(old);
+                }
+                SlotKind::Packed => {
+                    self.move_packed(old, RETRY, RZBUF, log)?;
                 }
                 SlotKind::Compact => {
                     if rec.owner >= self.nodes {

@@ -599,7 +599,7 @@ impl<N: Nand> Ftl<'_, N> {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
                         SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
-                        SlotKind::DeltaLog => r.owner == 0,
+                        SlotKind::DeltaLog | SlotKind::Packed => r.owner == 0,
                         SlotKind::Checkpoint => false,
                     };
                     if r.seq <= cp_seq || !owner_ok {
@@ -655,6 +655,10 @@ impl<N: Nand> Ftl<'_, N> {
             if kind == SlotKind::DeltaLog {
                 self.replay_seq = Some(last_applied);
                 self.replay_dlog(p, seq)?;
+            }
+            if kind == SlotKind::Packed {
+                self.replay_seq = Some(last_applied);
+                self.replay_packed(p, seq)?;
             }
             if kind == SlotKind::Data {
                 self.replay_seq = Some(last_applied);
@@ -735,7 +739,7 @@ impl<N: Nand> Ftl<'_, N> {
                         SlotKind::Data => r.owner < self.cfg.logical_blocks,
                         SlotKind::Node | SlotKind::Compact => r.owner < self.nodes,
                         SlotKind::Padding => true,
-                        SlotKind::DeltaLog => r.owner == 0,
+                        SlotKind::DeltaLog | SlotKind::Packed => r.owner == 0,
                         SlotKind::Checkpoint => false,
                     };
                     if r.seq > self.cp_seq && owner_ok {
@@ -771,6 +775,8 @@ impl<N: Nand> Ftl<'_, N> {
         for b in self.blocks.iter_mut() {
             b.valid = 0;
         }
+        // Mapped LBAs per slot: a packed slot's live entries (1 for any other slot).
+        self.pack_refs.fill(0);
         for g in 0..self.nodes {
             let p = Ppa(self.nat[g as usize]);
             let idx = self.node_index[g as usize];
@@ -785,6 +791,7 @@ impl<N: Nand> Ftl<'_, N> {
                     let q = self.ptr(idx as usize, i);
                     if q.is_some() {
                         mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
+                        self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
                     }
                 }
                 for i in 0..crate::format::node::COMPACT_PAGES {
@@ -819,6 +826,7 @@ impl<N: Nand> Ftl<'_, N> {
                 let q = view.pointer(i);
                 if q.is_some() {
                     mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
+                    self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
                 }
             }
             for i in 0..crate::format::node::COMPACT_PAGES {

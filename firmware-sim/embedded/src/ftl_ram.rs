@@ -26,6 +26,7 @@ pub struct FtlRam {
     cache_data: [u8; REQ.cache_slots * SLOT_BYTES],
     valid_bits: [u32; REQ.bitmap_words],
     page_buffers: [u8; REQ.page_buffer_bytes],
+    pack_refs: [u8; REQ.slots],
 }
 
 /// The tables of core-defined structs: their fields are the core's, so there is no const
@@ -43,6 +44,7 @@ impl FtlRam {
         cache_data: [0; REQ.cache_slots * SLOT_BYTES],
         valid_bits: [0; REQ.bitmap_words],
         page_buffers: [0; REQ.page_buffer_bytes],
+        pack_refs: [0; REQ.slots],
     };
 
     /// Lends every table to the FTL, filling the core-defined records at first use.
@@ -59,6 +61,9 @@ impl FtlRam {
             blocks: &mut records.blocks,
             valid_bits: &mut self.valid_bits,
             page_buffers: &mut self.page_buffers,
+            pack_refs: &mut self.pack_refs,
+            // No coded blocks on this board: the codec's 54 KiB are not spent.
+            weights: None,
         }
     }
 }

@@ -71,6 +71,48 @@ pub fn content_small(lba: u32, v: u32) -> [u8; BLOCK] {
     out
 }
 
+/// Version `v` of `lba` as float weights the device stores coded: BF16, FP32 or FP16 by
+/// `v % 3`, small values (exponents around 2^-4) from a stream seeded by `lba` and `v`. The
+/// first 8 bytes name both.
+pub fn content_float(lba: u32, v: u32) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    if v == 0 {
+        return out;
+    }
+    let mut r = Rng::new(((lba as u64) << 32) | v as u64 | 0xF10A_7000_0000_0000);
+    // A skewed exponent: 2^-4 most often, a few neighbours less often.
+    let exp =
+        |r: &mut Rng| -> u32 { [123, 123, 123, 122, 122, 124, 121, 125][r.below(8) as usize] };
+    match v % 3 {
+        0 => {
+            for c in out.chunks_mut(2) {
+                let x = r.next_u64();
+                let bits = ((x as u32 & 1) << 15) | (exp(&mut r) << 7) | ((x >> 8) as u32 & 0x7F);
+                c.copy_from_slice(&(bits as u16).to_le_bytes());
+            }
+        }
+        1 => {
+            for c in out.chunks_mut(4) {
+                let x = r.next_u64();
+                let bits =
+                    ((x as u32 & 1) << 31) | (exp(&mut r) << 23) | ((x >> 9) as u32 & 0x7F_FFFF);
+                c.copy_from_slice(&bits.to_le_bytes());
+            }
+        }
+        _ => {
+            for c in out.chunks_mut(2) {
+                let x = r.next_u64();
+                let e = exp(&mut r) - 112; // rebias 127 -> 15
+                let bits = ((x as u32 & 1) << 15) | (e << 10) | ((x >> 8) as u32 & 0x3FF);
+                c.copy_from_slice(&(bits as u16).to_le_bytes());
+            }
+        }
+    }
+    out[..4].copy_from_slice(&lba.to_le_bytes());
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    out
+}
+
 /// [`content_small`] when `small`, else [`content`].
 pub fn content_for(small: bool, lba: u32, v: u32) -> [u8; BLOCK] {
     if small {
@@ -88,7 +130,12 @@ pub fn version_of(lba: u32, buf: &[u8; BLOCK]) -> Option<u32> {
     }
     let l = u32::from_le_bytes(buf[..4].try_into().unwrap());
     let v = u32::from_le_bytes(buf[4..8].try_into().unwrap());
-    (l == lba && v != 0 && (content(lba, v) == *buf || content_small(lba, v) == *buf)).then_some(v)
+    (l == lba
+        && v != 0
+        && (content(lba, v) == *buf
+            || content_small(lba, v) == *buf
+            || content_float(lba, v) == *buf))
+        .then_some(v)
 }
 
 /// Delta engine settings a test runs with: off (LRU cache, the formatted defaults), or on with

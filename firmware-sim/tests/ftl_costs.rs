@@ -266,9 +266,10 @@ fn a_node_written_by_a_flush_rides_in_the_data_page() {
     assert_eq!(ftl.check().unwrap().problems(), 0);
 }
 
-/// Coded blocks (issue 5) on four-slot pages: 64 blocks of constant BF16 weights code to a few
-/// dozen bytes each and share one packed slot, so the flush programs one page where the same
-/// blocks written plain take sixteen; reads cost one page each; overwriting half of them plain
+/// Coded blocks (issue 5) on four-slot pages: 64 blocks of constant BF16 weights (but for the
+/// LBA in their first bytes) code to 1.25 KiB each (the sign and low mantissa bits, 5 of every
+/// 16, go raw: on real weights they are noise) and pack four to five per slot, so the flush
+/// programs five pages where the same blocks written plain take sixteen; reads cost one page each; overwriting half of them plain
 /// and trimming the other half frees the packed slot.
 #[test]
 fn pinned_costs_coded_blocks() {
@@ -302,14 +303,15 @@ fn pinned_costs_coded_blocks() {
         }
         let st = *ftl.stats();
         assert_eq!(st.blocks_coded, 64);
-        assert!(st.coded_bytes_saved > 64 * 3900, "{st:?}");
+        assert!(st.coded_bytes_saved > 64 * 2700, "{st:?}");
         let mut buf = [0u8; BLOCK];
         for lba in 0..64 {
             ftl.read(Lba(lba), &mut buf).unwrap();
             assert!(buf == weights(lba), "LBA {lba}");
         }
-        // One page read per host read (the node is cached), each decoding its record.
-        assert_eq!(delta(&ftl, &mut c), [64, 0, 0, 0], "64 coded reads");
+        // One page read per host read (the node is cached), each decoding its record, and one
+        // more for each of the 4 records that cross from one page into the next.
+        assert_eq!(delta(&ftl, &mut c), [68, 0, 0, 0], "64 coded reads");
         assert_eq!(ftl.stats().coded_reads, 64);
         for lba in 0..32 {
             ftl.write(Lba(lba), &content(lba, 2)).unwrap();
@@ -321,8 +323,8 @@ fn pinned_costs_coded_blocks() {
         assert_eq!(delta(&ftl, &mut c), [0, 0, 9, 1], "overwrite, trim, flush");
         assert_eq!(ftl.check().unwrap().problems(), 0);
     }
-    // Plain: 64 slots = 16 pages; the hot block opened (1 erase). Coded: every record in one
-    // packed slot, the page padded by the flush: 1 page, same erase.
+    // Plain: 64 slots = 16 pages; the hot block opened (1 erase). Coded: 64 records of
+    // 1,251 bytes + 12-byte directory entries flow over 20 slots: 5 pages, same erase.
     assert_eq!(pages[0], [0, 0, 16, 1], "64 plain writes + flush");
-    assert_eq!(pages[1], [0, 0, 1, 1], "64 coded writes + flush");
+    assert_eq!(pages[1], [0, 0, 5, 1], "64 coded writes + flush");
 }

@@ -9,6 +9,9 @@
 #   PARTS="controlled fio" bench/delta.sh   # a subset: controlled fio sqlite latency
 #   PROFILE=femu bench/delta.sh             # 4 KiB pages: no padding when a flush cuts a page
 #   PLP=on bench/delta.sh                   # power-loss protection: flushes program nothing
+#   COMPRESS=on bench/delta.sh              # ZipNN coding of weight-like blocks too (default
+#                                           # off here: it codes some SQLite pages, which are
+#                                           # then no delta base, so it blurs what delta does)
 #   NANDBOX=/path/to/nandbox bench/delta.sh # a prebuilt binary
 #
 # Parts:
@@ -30,6 +33,7 @@ set -euo pipefail
 PARTS=${PARTS:-"controlled fio sqlite latency"}
 PROFILE=${PROFILE:-tlc}
 PLP=${PLP:-off}
+COMPRESS=${COMPRESS:-off}
 UPDATES=${UPDATES:-8192}
 FLUSH_EVERY=${FLUSH_EVERY:-16}
 ROWS=${ROWS:-200000}
@@ -79,7 +83,7 @@ serve() {
     local name=$1 size=$2; shift 2
     PORT=$(free_port); CPORT=$(free_port)
     "$NANDBOX" serve --listen "127.0.0.1:$PORT" --control "127.0.0.1:$CPORT" --size "$size" \
-        --profile "$PROFILE" --plp "$PLP" "$@" >"$work/$name.log" 2>&1 &
+        --profile "$PROFILE" --plp "$PLP" --compress "$COMPRESS" "$@" >"$work/$name.log" 2>&1 &
     SPID=$!
     wait_port "$PORT"; wait_port "$CPORT"
 }
@@ -255,7 +259,7 @@ EOF
     echo
 }
 
-echo "# bench/delta.sh  $(date -u +%FT%TZ)  profile=$PROFILE  plp=$PLP  nandbox=$NANDBOX"
+echo "# bench/delta.sh  $(date -u +%FT%TZ)  profile=$PROFILE  plp=$PLP  compress=$COMPRESS  nandbox=$NANDBOX"
 echo
 for p in $PARTS; do
     case $p in

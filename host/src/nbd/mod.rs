@@ -3,7 +3,7 @@
 //! Layers, each using only those below it:
 //! - [`wire`]: constants and checked views of every message (no I/O);
 //! - [`handshake`]: fixed-newstyle negotiation up to transmission;
-//! - [`transmission`]: one connection's requests, workers and replies;
+//! - [`transmission`]: one connection's requests, its queue pair into the device, replies;
 //! - this module: accepting TCP or unix connections, the connection limit, and stopping.
 //!
 //! Each connection runs on its own thread against the one shared [`BlockDevice`]; a client that
@@ -502,7 +502,6 @@ mod tests {
             ));
         }
         let limits = Limits {
-            workers: 4,
             inflight_bytes: 32 * mib,
             inflight_requests: 8,
         };

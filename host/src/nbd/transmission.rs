@@ -486,10 +486,11 @@ impl Conn {
                             .0;
                         st.writer_waits = false;
                     } else {
-                        // The last stretch is spun: a sleep would overshoot it.
+                        // The last stretch is spun: a sleep would overshoot it, and so would
+                        // a yield on a busy machine (the scheduler may run others for a slice).
                         drop(st);
                         while Instant::now() < at {
-                            std::thread::yield_now();
+                            std::hint::spin_loop();
                         }
                         st = self.lock();
                     }

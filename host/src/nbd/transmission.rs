@@ -222,6 +222,10 @@ struct Admitted {
     cost: usize,
 }
 
+/// Payload buffers a connection keeps for reuse: eight 1 MiB requests' worth, so a QD8 stream
+/// of 1 MiB requests allocates nothing, while an idle connection holds little memory.
+const POOL_BYTES: usize = 8 << 20;
+
 /// Room for the longest reply header: a structured OFFSET_DATA chunk and its offset.
 const HEAD_MAX: usize = wire::CHUNK_LEN + 8;
 
@@ -457,7 +461,7 @@ impl Conn {
                         st.requests -= 1;
                     }
                     if r.recycle {
-                        st.recycle(r.body, self.max_bytes);
+                        st.recycle(r.body);
                     }
                 }
                 if std::mem::take(&mut st.reader_waits) {
@@ -511,9 +515,9 @@ impl State {
         }
     }
 
-    /// Keeps a payload buffer for reuse, up to `max_bytes` of them.
-    fn recycle(&mut self, buf: Vec<u8>, max_bytes: usize) {
-        if buf.capacity() > 0 && self.pool_bytes + buf.capacity() <= max_bytes {
+    /// Keeps a payload buffer for reuse, up to [`POOL_BYTES`] of them.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > 0 && self.pool_bytes + buf.capacity() <= POOL_BYTES {
             self.pool_bytes += buf.capacity();
             self.pool.push(buf);
         }
@@ -542,7 +546,7 @@ impl Completer for Conn {
                 Reply::block_status(cookie, &extents)
             }
             (Ok(Output::Written(buf)), Shape::Plain) => {
-                st.recycle(buf, self.max_bytes);
+                st.recycle(buf);
                 Reply::simple(cookie, 0)
             }
             (Ok(Output::Done), Shape::Plain) => Reply::simple(cookie, 0),

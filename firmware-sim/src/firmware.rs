@@ -576,15 +576,7 @@ struct Runner<'a> {
     unflushed: Vec<Arc<dyn Completer>>,
     /// When the oldest of those completions was delivered.
     unflushed_since: Option<Instant>,
-    /// When the last request was taken from the queue.
-    last_job: Instant,
 }
-
-/// Background work (a GC step collects a whole block, milliseconds) starts only once the host
-/// has been quiet this long, as an SSD's idle-time GC does: a gap between two bursts of a busy
-/// host is not idle time, and a collection started in it would hold up the next burst.
-/// Foreground writes still collect when free blocks run out.
-const IDLE_AFTER: Duration = Duration::from_millis(1);
 
 /// A batch of completions is flushed once the queue runs dry, or once its oldest has waited this
 /// long behind later requests: long enough to gather a burst of 4 KiB requests into one wake-up,
@@ -661,7 +653,6 @@ fn run_thread(
         block: vec![0; SLOT_BYTES],
         unflushed: Vec::new(),
         unflushed_since: None,
-        last_job: Instant::now(),
     };
     runner.serve(rx);
 }
@@ -685,19 +676,13 @@ impl Runner<'_> {
                 Err(mpsc::TryRecvError::Empty) => {
                     // The queue ran dry: let the replies of this burst out before anything else.
                     self.flush_completions();
-                    let quiet = self.last_job.elapsed();
-                    if background_pending && quiet >= IDLE_AFTER {
+                    if background_pending {
                         // Background NAND work starts now, not when the last request did.
                         self.begin(Instant::now());
                         background_pending = self.ftl.idle().unwrap_or(false);
                         continue;
                     }
-                    let wait = if background_pending {
-                        IDLE_AFTER - quiet
-                    } else {
-                        Duration::from_millis(50)
-                    };
-                    match rx.recv_timeout(wait) {
+                    match rx.recv_timeout(Duration::from_millis(50)) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
                             background_pending = background;
@@ -708,7 +693,6 @@ impl Runner<'_> {
                 }
             };
             background_pending = background;
-            self.last_job = Instant::now();
             let running = self.handle(job);
             if self
                 .unflushed_since

@@ -165,7 +165,7 @@ print()
 print(f"same run, nbdkit memory: 4k randwrite QD32 {wk['bw_bytes']/1e6:.1f} MB/s (the host's "
       f"ceiling); 4k randread QD1 p50 {transport_p50:.1f} us (loopback NBD transport, subtracted above)")
 print(f"same run, nandbox --latency off: 4k randread QD1 p50 {p50_us(rf):.1f} us (the host's own "
-      f"floor for a nandbox read: NBD, worker and firmware threads, FTL)")
+      f"floor for a nandbox read: NBD reader, firmware and writer threads, FTL)")
 print(f"device's own accounting: modelled read mean {reads['latency']['read_mean_ns']/1000:.1f} us "
       f"over {reads['latency']['reads']} reads; " + "; ".join(notes))
 print("latency = fio total latency (submission to completion); p50 is judged, as the mean "

@@ -1,16 +1,23 @@
 //! The firmware runner: the FTL on its own thread, fed through a bounded submission queue.
 //!
-//! Host threads (one per NBD connection worker) submit byte-addressed requests; the firmware
-//! thread turns them into 4 KiB FTL operations (read-modify-write for unaligned edges), replies
-//! through a per-request channel, and when the queue is empty spends its time on background work
-//! (`Ftl::idle`: cost-benefit garbage collection, wear levelling, checkpoints).
+//! Host threads submit byte-addressed requests; the firmware thread turns them into 4 KiB FTL
+//! operations (read-modify-write for unaligned edges) and, when the queue is empty, spends its
+//! time on background work (`Ftl::idle`: cost-benefit garbage collection, wear levelling,
+//! checkpoints).
+//!
+//! Completions go back one of two ways. [`Firmware::submit`] is the fast path, an NVMe-style
+//! queue pair: the firmware hands each result to the submitter's [`Completer`] and, once the
+//! queue has run dry (or a batch has taken long enough), calls [`Completer::flush`] once per
+//! submitter, so a burst of requests costs one wake-up of the host side, not one per request.
+//! The blocking calls ([`Firmware::read`] and friends) wait on a channel of their own; they are
+//! for tests, tools and the control endpoint.
 //!
 //! Requests are executed one at a time in arrival order, so a FLUSH covers every write that was
 //! completed before it, whichever connection sent it.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -171,11 +178,11 @@ impl<T> Completion<T> {
 /// workers do not burn the CPU the firmware thread needs.
 const PRECISE_BELOW_NS: u64 = 250_000;
 /// The spun tail of a short wait.
-const SPIN_NS: u64 = 30_000;
+pub const SPIN_NS: u64 = 30_000;
 
-/// Waits until `at`, with a 1 ns timer slack on this thread (the default 50 µs would be half a
-/// NAND read time).
-fn wait_until(at: Instant) {
+/// Gives this thread a 1 ns timer slack (the default 50 µs would be half a NAND read time), once.
+/// Threads that wait for modelled completion times call it before they sleep.
+pub fn precise_timers() {
     thread_local! {
         static PRECISE_TIMERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -186,6 +193,12 @@ fn wait_until(at: Instant) {
             set.set(true);
         }
     });
+}
+
+/// Waits until `at` (a modelled completion time): sleeps, then spins the last stretch of a short
+/// wait so the sleep's overshoot does not land on the reply.
+pub fn wait_until(at: Instant) {
+    precise_timers();
     let left = at.saturating_duration_since(Instant::now());
     if left >= Duration::from_nanos(PRECISE_BELOW_NS) {
         std::thread::sleep(left);
@@ -200,13 +213,87 @@ fn wait_until(at: Instant) {
     }
 }
 
+/// A request for [`Firmware::submit`]. Buffers travel with the request and come back in its
+/// [`Output`], so a submitter can recycle them instead of allocating (and zeroing) per request.
+#[derive(Debug)]
+pub enum Request {
+    /// Read `len` bytes at `offset` into `buf` (its contents are overwritten; it is resized to
+    /// `len`, so a recycled buffer of the right size costs nothing).
+    Read {
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    },
+    /// Write `data` at `offset`; durable before completion when `fua`.
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    /// Discard a range (see [`Firmware::trim`]).
+    Trim { offset: u64, len: u64, fua: bool },
+    /// Write zeroes over a range (see [`Firmware::write_zeroes`]).
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+        no_hole: bool,
+    },
+    /// Make every write completed so far durable.
+    Flush,
+    /// Allocation of a range as runs of (bytes, mapped).
+    Mapping { offset: u64, len: u64 },
+}
+
+/// What a finished [`Request`] gives back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Trim, zeroes, flush.
+    Done,
+    /// A read's data (the request's buffer).
+    Read(Vec<u8>),
+    /// A write's buffer, handed back for reuse.
+    Written(Vec<u8>),
+    /// A mapping's runs.
+    Mapping(Vec<(u64, bool)>),
+}
+
+/// The submitter's side of a queue pair: where the firmware delivers completions.
+///
+/// Both methods run on the firmware thread (or on the submitting thread, for a request refused
+/// before it was queued) and must not block on the client: they should hand the result over,
+/// e.g. to a queue that a writer thread drains.
+pub trait Completer: Send + Sync {
+    /// Request `tag` finished. In `real` latency mode `not_before` is when the modelled NAND
+    /// time is over: the reply must not reach the client earlier.
+    fn complete(
+        &self,
+        tag: u64,
+        result: Result<Output, FirmwareError>,
+        not_before: Option<Instant>,
+    );
+    /// The end of a burst of completions: push out what `complete` gathered.
+    fn flush(&self);
+}
+
+/// Where a request's completion goes. A queued request that is dropped undelivered (the
+/// firmware stopped or its thread died) completes with `Stopped`, so no submitter waits forever.
+enum Reply {
+    Wait(SyncSender<Completion<Output>>),
+    To(Option<(Arc<dyn Completer>, u64)>),
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Reply::To(Some((to, tag))) = self {
+            to.complete(*tag, Err(FirmwareError::Stopped), None);
+            to.flush();
+        }
+    }
+}
+
 enum Job {
-    Read(u64, usize, SyncSender<Completion<Vec<u8>>>),
-    Write(u64, Vec<u8>, bool, SyncSender<Completion<()>>),
-    Trim(u64, u64, bool, SyncSender<Completion<()>>),
-    Zero(u64, u64, bool, bool, SyncSender<Completion<()>>),
-    Flush(SyncSender<Completion<()>>),
-    Mapped(u64, u64, SyncSender<Completion<Vec<(u64, bool)>>>),
+    Io(Request, Reply),
     Stats(SyncSender<Snapshot>),
     Shutdown(SyncSender<Completion<()>>),
 }
@@ -295,13 +382,11 @@ impl Firmware {
         self.logical_bytes
     }
 
-    fn call<T>(
-        &self,
-        make: impl FnOnce(SyncSender<Completion<T>>) -> Job,
-    ) -> Result<T, FirmwareError> {
+    /// Runs `req` and waits for it (and, in `real` latency mode, for its modelled time).
+    fn call(&self, req: Request) -> Result<Output, FirmwareError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send((Instant::now(), make(reply)))
+            .send((Instant::now(), Job::Io(req, Reply::Wait(reply))))
             .map_err(|_| FirmwareError::Stopped)?;
         rx.recv().map_err(|_| FirmwareError::Stopped)?.wait()
     }
@@ -315,22 +400,48 @@ impl Firmware {
         }
     }
 
+    /// Queues `req`; its result goes to `to` as request `tag`. Never waits for the firmware to
+    /// run it, only for room in the submission queue. A request refused at once (out of range,
+    /// device stopped) is completed on the calling thread.
+    pub fn submit(&self, req: Request, tag: u64, to: &Arc<dyn Completer>) {
+        let range = match &req {
+            Request::Read { offset, len, .. } => Some((*offset, *len as u64)),
+            Request::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            Request::Trim { offset, len, .. }
+            | Request::WriteZeroes { offset, len, .. }
+            | Request::Mapping { offset, len } => Some((*offset, *len)),
+            Request::Flush => None,
+        };
+        if let Some(Err(e)) = range.map(|(offset, len)| self.check(offset, len)) {
+            to.complete(tag, Err(e), None);
+            to.flush();
+            return;
+        }
+        let reply = Reply::To(Some((Arc::clone(to), tag)));
+        // If the firmware has stopped the job comes back and is dropped: `Reply` completes it.
+        let _ = self.tx.send((Instant::now(), Job::Io(req, reply)));
+    }
+
     /// Reads `len` bytes at `offset`.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, FirmwareError> {
         self.check(offset, len as u64)?;
-        self.call(|r| Job::Read(offset, len, r))
+        let buf = Vec::new();
+        match self.call(Request::Read { offset, len, buf })? {
+            Output::Read(data) => Ok(data),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Writes `data` at `offset`; durable before returning when `fua`.
     pub fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), FirmwareError> {
         self.check(offset, data.len() as u64)?;
-        self.call(|r| Job::Write(offset, data, fua, r))
+        self.call(Request::Write { offset, data, fua }).map(drop)
     }
 
     /// Discards a range: whole 4 KiB blocks are unmapped, partial edges are zeroed.
     pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), FirmwareError> {
         self.check(offset, len)?;
-        self.call(|r| Job::Trim(offset, len, fua, r))
+        self.call(Request::Trim { offset, len, fua }).map(drop)
     }
 
     /// Writes zeroes over a range: as unmapped blocks, which read as zeroes, unless `no_hole`
@@ -343,18 +454,27 @@ impl Firmware {
         no_hole: bool,
     ) -> Result<(), FirmwareError> {
         self.check(offset, len)?;
-        self.call(|r| Job::Zero(offset, len, fua, no_hole, r))
+        let req = Request::WriteZeroes {
+            offset,
+            len,
+            fua,
+            no_hole,
+        };
+        self.call(req).map(drop)
     }
 
     /// Makes every write completed so far durable.
     pub fn flush(&self) -> Result<(), FirmwareError> {
-        self.call(Job::Flush)
+        self.call(Request::Flush).map(drop)
     }
 
     /// Allocation of `[offset, offset+len)` as runs of (bytes, mapped).
     pub fn mapping(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, FirmwareError> {
         self.check(offset, len)?;
-        self.call(|r| Job::Mapped(offset, len, r))
+        match self.call(Request::Mapping { offset, len })? {
+            Output::Mapping(runs) => Ok(runs),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The device's counters.
@@ -368,7 +488,13 @@ impl Firmware {
 
     /// Flushes and stops the firmware thread. Later calls fail with `Stopped`.
     pub fn shutdown(&self) -> Result<(), FirmwareError> {
-        let result = self.call(Job::Shutdown);
+        let (reply, rx) = mpsc::sync_channel(1);
+        let result = self
+            .tx
+            .send((Instant::now(), Job::Shutdown(reply)))
+            .map_err(|_| FirmwareError::Stopped)
+            .and_then(|()| rx.recv().map_err(|_| FirmwareError::Stopped))
+            .and_then(Completion::wait);
         if let Some(t) = self
             .thread
             .lock()
@@ -382,6 +508,11 @@ impl Firmware {
             other => other,
         }
     }
+}
+
+/// An output of the wrong kind for its request: a firmware bug, reported rather than panicked on.
+fn unexpected(output: Output) -> FirmwareError {
+    FirmwareError::Io(format!("firmware answered with {output:?}"))
 }
 
 impl Drop for Firmware {
@@ -441,7 +572,16 @@ struct Runner<'a> {
     reads: LatencyLog,
     writes: LatencyLog,
     block: Vec<u8>,
+    /// Submitters with completions delivered since their last flush.
+    unflushed: Vec<Arc<dyn Completer>>,
+    /// When the oldest of those completions was delivered.
+    unflushed_since: Option<Instant>,
 }
+
+/// A batch of completions is flushed once the queue runs dry, or once its oldest has waited this
+/// long behind later requests: long enough to gather a burst of 4 KiB requests into one wake-up,
+/// short beside the time of a 1 MiB request.
+const FLUSH_AFTER: Duration = Duration::from_micros(50);
 
 fn run_thread(
     config: FirmwareConfig,
@@ -511,6 +651,8 @@ fn run_thread(
         reads: LatencyLog::new(),
         writes: LatencyLog::new(),
         block: vec![0; SLOT_BYTES],
+        unflushed: Vec::new(),
+        unflushed_since: None,
     };
     runner.serve(rx);
 }
@@ -528,33 +670,73 @@ impl Runner<'_> {
         let background = self.config.background;
         let mut background_pending = background;
         loop {
-            let job = if background_pending {
-                match rx.try_recv() {
-                    Ok(job) => job,
-                    Err(mpsc::TryRecvError::Empty) => {
+            let job = match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // The queue ran dry: let the replies of this burst out before anything else.
+                    self.flush_completions();
+                    if background_pending {
                         // Background NAND work starts now, not when the last request did.
                         self.begin(Instant::now());
                         background_pending = self.ftl.idle().unwrap_or(false);
                         continue;
                     }
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        background_pending = background;
-                        continue;
+                    match rx.recv_timeout(Duration::from_millis(50)) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            background_pending = background;
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
             background_pending = background;
-            if !self.handle(job) {
+            let running = self.handle(job);
+            if self
+                .unflushed_since
+                .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+            {
+                self.flush_completions();
+            }
+            if !running {
                 return;
             }
         }
+        self.flush_completions();
         let _ = self.ftl.power_fail();
+    }
+
+    /// Tells every submitter with delivered completions to push them out.
+    fn flush_completions(&mut self) {
+        for to in self.unflushed.drain(..) {
+            to.flush();
+        }
+        self.unflushed_since = None;
+    }
+
+    /// Hands a request's result to whoever waits for it.
+    fn deliver(
+        &mut self,
+        mut reply: Reply,
+        result: Result<Output, FirmwareError>,
+        not_before: Option<Instant>,
+    ) {
+        match &mut reply {
+            Reply::Wait(tx) => {
+                let _ = tx.send(Completion { result, not_before });
+            }
+            Reply::To(to) => {
+                if let Some((to, tag)) = to.take() {
+                    to.complete(tag, result, not_before);
+                    if !self.unflushed.iter().any(|u| Arc::ptr_eq(u, &to)) {
+                        self.unflushed.push(to);
+                    }
+                    self.unflushed_since.get_or_insert_with(Instant::now);
+                }
+            }
+        }
     }
 
     /// Starts the latency clock for a request submitted at `submitted`.
@@ -583,60 +765,10 @@ impl Runner<'_> {
 
     /// Handles one job; false once the device is shut down.
     fn handle(&mut self, (submitted, job): Submitted) -> bool {
-        // FUA and flush wait for the flash; plain writes only for room in the write buffer.
-        // With power-loss protection the buffer is durable: nothing waits for the flash.
-        let durable = if self.config.plp {
-            Wait::Buffered
-        } else {
-            Wait::Durable
-        };
-        let write_wait = |fua: bool| if fua { durable } else { Wait::Buffered };
         match job {
-            Job::Read(offset, len, reply) => {
-                let t = self.begin(submitted);
-                let result = self.read(offset, len);
-                let not_before = self.end(t, Wait::AllOps);
-                let _ = reply.send(Completion { result, not_before });
-            }
-            Job::Write(offset, data, fua, reply) => {
-                let t = self.begin(submitted);
-                let mut result = self.write(offset, &data);
-                if fua && result.is_ok() {
-                    result = self.ftl.flush().map_err(io);
-                }
-                let not_before = self.end(t, write_wait(fua));
-                let _ = reply.send(Completion { result, not_before });
-            }
-            Job::Trim(offset, len, fua, reply) | Job::Zero(offset, len, fua, false, reply) => {
-                let t = self.begin(submitted);
-                let mut result = self.discard(offset, len);
-                if fua && result.is_ok() {
-                    result = self.ftl.flush().map_err(io);
-                }
-                let not_before = self.end(t, write_wait(fua));
-                let _ = reply.send(Completion { result, not_before });
-            }
-            Job::Zero(offset, len, fua, true, reply) => {
-                let t = self.begin(submitted);
-                let mut result = self.write_zero_blocks(offset, len);
-                if fua && result.is_ok() {
-                    result = self.ftl.flush().map_err(io);
-                }
-                let not_before = self.end(t, write_wait(fua));
-                let _ = reply.send(Completion { result, not_before });
-            }
-            Job::Flush(reply) => {
-                let t = self.begin(submitted);
-                let result = self.ftl.flush().map_err(io);
-                let not_before = self.end(t, durable);
-                let _ = reply.send(Completion { result, not_before });
-            }
-            Job::Mapped(offset, len, reply) => {
-                let result = self.mapping(offset, len);
-                let _ = reply.send(Completion {
-                    result,
-                    not_before: None,
-                });
+            Job::Io(req, reply) => {
+                let (result, not_before) = self.run(submitted, req);
+                self.deliver(reply, result, not_before);
             }
             Job::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
@@ -657,8 +789,83 @@ impl Runner<'_> {
         true
     }
 
-    fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FirmwareError> {
-        let mut out = vec![0u8; len];
+    /// Runs one request: its result and, in `real` latency mode, when its reply may go out.
+    fn run(
+        &mut self,
+        submitted: Instant,
+        req: Request,
+    ) -> (Result<Output, FirmwareError>, Option<Instant>) {
+        // FUA and flush wait for the flash; plain writes only for room in the write buffer.
+        // With power-loss protection the buffer is durable: nothing waits for the flash.
+        let durable = if self.config.plp {
+            Wait::Buffered
+        } else {
+            Wait::Durable
+        };
+        let write_wait = |fua: bool| if fua { durable } else { Wait::Buffered };
+        let (result, wait) = match req {
+            Request::Read {
+                offset,
+                len,
+                mut buf,
+            } => {
+                let t = self.begin(submitted);
+                buf.resize(len, 0);
+                let result = self.read(offset, &mut buf).map(|()| Output::Read(buf));
+                return (result, self.end(t, Wait::AllOps));
+            }
+            Request::Mapping { offset, len } => {
+                return (self.mapping(offset, len).map(Output::Mapping), None);
+            }
+            Request::Write { offset, data, fua } => {
+                let t = self.begin(submitted);
+                let result = self.write(offset, &data).and_then(|()| self.fua(fua));
+                ((t, result.map(|()| Output::Written(data))), write_wait(fua))
+            }
+            Request::Trim { offset, len, fua }
+            | Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                no_hole: false,
+            } => {
+                let t = self.begin(submitted);
+                let result = self.discard(offset, len).and_then(|()| self.fua(fua));
+                ((t, result.map(|()| Output::Done)), write_wait(fua))
+            }
+            Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                no_hole: true,
+            } => {
+                let t = self.begin(submitted);
+                let result = self
+                    .write_zero_blocks(offset, len)
+                    .and_then(|()| self.fua(fua));
+                ((t, result.map(|()| Output::Done)), write_wait(fua))
+            }
+            Request::Flush => {
+                let t = self.begin(submitted);
+                let result = self.ftl.flush().map_err(io);
+                ((t, result.map(|()| Output::Done)), durable)
+            }
+        };
+        let (t, result) = result;
+        (result, self.end(t, wait))
+    }
+
+    /// Makes the request durable when it carried FUA.
+    fn fua(&mut self, fua: bool) -> Result<(), FirmwareError> {
+        if fua {
+            self.ftl.flush().map_err(io)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), FirmwareError> {
+        let len = out.len();
         let mut done = 0usize;
         while done < len {
             let at = offset + done as u64;
@@ -678,7 +885,7 @@ impl Runner<'_> {
             }
             done += take;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), FirmwareError> {

@@ -111,7 +111,14 @@ pub struct SimNand {
     cut_countdown: Option<u64>,
     power_lost: bool,
     counters: NandCounters,
+    /// Buffers of erased RAM pages, reused by later programs: handing 16 KiB buffers back to
+    /// the allocator at every erase and asking again at every program made the allocator return
+    /// memory to the kernel and fault it back in, zeroed, page by page.
+    free_pages: Vec<Box<[u8]>>,
 }
+
+/// Erased page buffers kept for reuse: two tlc blocks' worth, ~8 MiB.
+const FREE_PAGES_KEPT: usize = 512;
 
 impl SimNand {
     /// A RAM-backed array with no faults.
@@ -176,6 +183,7 @@ impl SimNand {
             cut_countdown: None,
             power_lost: false,
             counters: NandCounters::default(),
+            free_pages: Vec::new(),
         }
     }
 
@@ -470,7 +478,14 @@ impl Nand for SimNand {
         }
         let torn = self.power_step()?;
         self.counters.programs += 1;
-        let mut raw = Vec::with_capacity(self.raw_len());
+        let mut raw = match self.free_pages.pop() {
+            Some(page) => {
+                let mut raw = page.into_vec();
+                raw.clear();
+                raw
+            }
+            None => Vec::with_capacity(self.raw_len()),
+        };
         raw.extend_from_slice(data);
         raw.extend_from_slice(spare);
         self.write_point[b] = n + 1;
@@ -525,7 +540,15 @@ impl Nand for SimNand {
         }
         let first = self.geometry.page(block, 0);
         match &mut self.store {
-            Store::Ram(pages) => pages[first.0 as usize..][..ppb as usize].fill(None),
+            Store::Ram(pages) => {
+                for page in &mut pages[first.0 as usize..][..ppb as usize] {
+                    if let Some(buf) = page.take() {
+                        if self.free_pages.len() < FREE_PAGES_KEPT {
+                            self.free_pages.push(buf);
+                        }
+                    }
+                }
+            }
             Store::Image(img) => img.erase_pages(first, ppb).map_err(SimError::Io)?,
             Store::Overlay(_, ram) => {
                 for n in 0..ppb {

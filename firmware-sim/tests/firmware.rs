@@ -1,6 +1,6 @@
 //! The firmware runner: byte-addressed requests over the FTL, on its own thread.
 
-use nandbox_sim::firmware::{Firmware, FirmwareConfig, FirmwareError};
+use nandbox_sim::firmware::{Completer, Firmware, FirmwareConfig, FirmwareError, Output, Request};
 use nandbox_sim::latency::LatencyMode;
 use nandbox_sim::profile;
 
@@ -129,4 +129,107 @@ fn an_image_keeps_flushed_data_across_restarts() {
         .expect("a damaged image is refused");
     assert!(err.to_string().contains("truncated"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Collects completions delivered through the queue-pair interface.
+#[derive(Default)]
+struct Collector {
+    done: std::sync::Mutex<Vec<(u64, Result<Output, FirmwareError>)>>,
+    flushes: std::sync::atomic::AtomicUsize,
+    changed: std::sync::Condvar,
+}
+
+impl Completer for Collector {
+    fn complete(
+        &self,
+        tag: u64,
+        result: Result<Output, FirmwareError>,
+        _not_before: Option<std::time::Instant>,
+    ) {
+        self.done.lock().unwrap().push((tag, result));
+    }
+    fn flush(&self) {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+}
+
+impl Collector {
+    /// Waits (at most 10 s) until `n` completions have arrived and been flushed.
+    fn wait_for(&self, n: usize) -> Vec<(u64, Result<Output, FirmwareError>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut done = self.done.lock().unwrap();
+        while done.len() < n || self.flushes.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "only {} of {n} completions", done.len());
+            done = self.changed.wait_timeout(done, left).unwrap().0;
+        }
+        done.sort_by_key(|(tag, _)| *tag);
+        self.flushes.store(0, std::sync::atomic::Ordering::SeqCst);
+        std::mem::take(&mut *done)
+    }
+}
+
+#[test]
+fn submitted_requests_complete_once_each_with_their_buffers() {
+    let fw = Firmware::start(FirmwareConfig::new(profile::FEMU, 16 * MIB)).unwrap();
+    let c = std::sync::Arc::new(Collector::default());
+    let to: std::sync::Arc<dyn Completer> = c.clone();
+    let data = pattern(3 * 4096 + 5, 7);
+    fw.submit(
+        Request::Write {
+            offset: 100,
+            data: data.clone(),
+            fua: true,
+        },
+        1,
+        &to,
+    );
+    let done = c.wait_for(1);
+    assert_eq!(done, vec![(1, Ok(Output::Written(data.clone())))]);
+    // A recycled read buffer of the wrong size and contents comes back holding just the data.
+    for tag in 10..20u64 {
+        let buf = vec![0xEE; 9000];
+        let len = data.len();
+        fw.submit(
+            Request::Read {
+                offset: 100,
+                len,
+                buf,
+            },
+            tag,
+            &to,
+        );
+    }
+    fw.submit(
+        Request::Mapping {
+            offset: 0,
+            len: 8192,
+        },
+        20,
+        &to,
+    );
+    fw.submit(
+        Request::Read {
+            offset: 16 * MIB,
+            len: 1,
+            buf: Vec::new(),
+        },
+        21,
+        &to,
+    );
+    let done = c.wait_for(12);
+    for (i, (tag, result)) in done.iter().enumerate().take(10) {
+        assert_eq!(*tag, 10 + i as u64);
+        assert_eq!(result, &Ok(Output::Read(data.clone())));
+    }
+    assert_eq!(done[10], (20, Ok(Output::Mapping(vec![(8192, true)]))));
+    assert!(matches!(done[11], (21, Err(FirmwareError::Invalid(_)))));
+    fw.shutdown().unwrap();
+    fw.submit(Request::Flush, 30, &to);
+    assert!(matches!(
+        c.wait_for(1)[..],
+        [(30, Err(FirmwareError::Stopped))]
+    ));
 }

@@ -1,15 +1,18 @@
 //! The real backend of an export: the firmware (FTL over simulated NAND) behind [`BlockDevice`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use nandbox_core::stats::Cause;
-use nandbox_sim::firmware::{Firmware, FirmwareConfig, FirmwareError, Snapshot};
+use nandbox_sim::firmware::{self, Firmware, FirmwareConfig, FirmwareError, Snapshot};
 use nandbox_sim::latency::LatencyMode;
 use nandbox_sim::profile::Profile;
 use serde_json::{json, Map, Value};
 
-use crate::device::{BlockDevice, DevError, DeviceOptions, Extent, ZeroFlags};
+use crate::device::{
+    BlockDevice, Completer, DevError, DeviceOptions, Extent, Output, Queue, Request, ZeroFlags,
+};
 
 /// NBD_STATE_HOLE | NBD_STATE_ZERO: an unmapped block reads as zeroes.
 const HOLE_ZERO: u32 = 1 | 2;
@@ -51,14 +54,14 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     }
     let firmware = Firmware::start(config).context("starting the device")?;
     Ok(Arc::new(FirmwareDevice {
-        firmware,
+        firmware: Arc::new(firmware),
         read_only: opts.read_only,
         plp: opts.plp,
     }))
 }
 
 struct FirmwareDevice {
-    firmware: Firmware,
+    firmware: Arc<Firmware>,
     read_only: bool,
     plp: bool,
 }
@@ -72,14 +75,107 @@ fn dev(e: FirmwareError) -> DevError {
     }
 }
 
+fn writable(read_only: bool) -> Result<(), DevError> {
+    if read_only {
+        Err(DevError::ReadOnly)
+    } else {
+        Ok(())
+    }
+}
+
 impl FirmwareDevice {
     fn writable(&self) -> Result<(), DevError> {
-        if self.read_only {
-            Err(DevError::ReadOnly)
-        } else {
-            Ok(())
-        }
+        writable(self.read_only)
     }
+}
+
+/// Zeroing by unmapping is much faster than writing, unless allocated zeroes are asked for.
+fn fast_zero_possible(flags: ZeroFlags) -> Result<(), DevError> {
+    if flags.fast_zero && flags.no_hole {
+        Err(DevError::NotSupported)
+    } else {
+        Ok(())
+    }
+}
+
+/// A connection's queue pair into the firmware thread.
+struct FirmwareQueue {
+    firmware: Arc<Firmware>,
+    read_only: bool,
+    /// The connection's completer, for requests refused here.
+    host: Arc<dyn Completer>,
+    /// The same, as the firmware sees it (made once, not per request).
+    done: Arc<dyn firmware::Completer>,
+}
+
+/// Translates the firmware's completions into the device layer's.
+struct Bridge(Arc<dyn Completer>);
+
+impl firmware::Completer for Bridge {
+    fn complete(
+        &self,
+        tag: u64,
+        result: Result<firmware::Output, FirmwareError>,
+        not_before: Option<Instant>,
+    ) {
+        let result = result.map_err(dev).map(|out| match out {
+            firmware::Output::Done => Output::Done,
+            firmware::Output::Read(data) => Output::Read(data),
+            firmware::Output::Written(data) => Output::Written(data),
+            firmware::Output::Mapping(runs) => Output::Extents(extents(runs)),
+        });
+        self.0.complete(tag, result, not_before);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+impl Queue for FirmwareQueue {
+    fn submit(&self, tag: u64, req: Request) {
+        let writes = matches!(
+            req,
+            Request::Write { .. } | Request::Trim { .. } | Request::WriteZeroes { .. }
+        );
+        let refused = match &req {
+            _ if writes && self.read_only => writable(self.read_only).err(),
+            Request::WriteZeroes { flags, .. } => fast_zero_possible(*flags).err(),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            self.host.complete(tag, Err(e), None);
+            self.host.flush();
+            return;
+        }
+        let req = match req {
+            Request::Read { offset, len, buf } => firmware::Request::Read { offset, len, buf },
+            Request::Write { offset, data, fua } => firmware::Request::Write { offset, data, fua },
+            Request::Flush => firmware::Request::Flush,
+            Request::Trim { offset, len, fua } => firmware::Request::Trim { offset, len, fua },
+            Request::WriteZeroes { offset, len, flags } => firmware::Request::WriteZeroes {
+                offset,
+                len,
+                fua: flags.fua,
+                no_hole: flags.no_hole,
+            },
+            Request::BlockStatus { offset, len } => firmware::Request::Mapping {
+                offset,
+                len: u64::from(len),
+            },
+        };
+        self.firmware.submit(req, tag, &self.done);
+    }
+}
+
+/// BLOCK_STATUS extents of the firmware's (bytes, mapped) runs.
+fn extents(runs: Vec<(u64, bool)>) -> Vec<Extent> {
+    runs.into_iter()
+        .map(|(bytes, mapped)| Extent {
+            length: bytes as u32,
+            flags: if mapped { 0 } else { HOLE_ZERO },
+        })
+        .collect()
 }
 
 impl BlockDevice for FirmwareDevice {
@@ -102,16 +198,6 @@ impl BlockDevice for FirmwareDevice {
         self.firmware.write(offset, data.to_vec(), fua).map_err(dev)
     }
 
-    // The firmware thread hands back and takes owned buffers: pass them through, no copy.
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, DevError> {
-        self.firmware.read(offset, len).map_err(dev)
-    }
-
-    fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DevError> {
-        self.writable()?;
-        self.firmware.write(offset, data, fua).map_err(dev)
-    }
-
     fn flush(&self) -> Result<(), DevError> {
         self.firmware.flush().map_err(dev)
     }
@@ -123,10 +209,7 @@ impl BlockDevice for FirmwareDevice {
 
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> Result<(), DevError> {
         self.writable()?;
-        // Zeroing by unmapping is much faster than writing, unless allocated zeroes are asked for.
-        if flags.fast_zero && flags.no_hole {
-            return Err(DevError::NotSupported);
-        }
+        fast_zero_possible(flags)?;
         self.firmware
             .write_zeroes(offset, len, flags.fua, flags.no_hole)
             .map_err(dev)
@@ -134,13 +217,16 @@ impl BlockDevice for FirmwareDevice {
 
     fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
         let runs = self.firmware.mapping(offset, len as u64).map_err(dev)?;
-        Ok(runs
-            .into_iter()
-            .map(|(bytes, mapped)| Extent {
-                length: bytes as u32,
-                flags: if mapped { 0 } else { HOLE_ZERO },
-            })
-            .collect())
+        Ok(extents(runs))
+    }
+
+    fn queue(&self, done: Arc<dyn Completer>) -> Option<Box<dyn Queue>> {
+        Some(Box::new(FirmwareQueue {
+            firmware: Arc::clone(&self.firmware),
+            read_only: self.read_only,
+            done: Arc::new(Bridge(Arc::clone(&done))),
+            host: done,
+        }))
     }
 
     fn stats_json(&self) -> Value {

@@ -3,8 +3,14 @@
 //! The NBD layer validates requests (ranges, flags, read-only) before it calls in, so a device
 //! sees only in-range, non-empty requests; it still checks and answers `Invalid` rather than
 //! trusting its caller.
+//!
+//! Connections use a device through a queue pair ([`BlockDevice::open_queue`]): requests are
+//! submitted without waiting, and results come back to the connection's [`Completer`], in
+//! batches, from whatever thread runs the device.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Why a device operation failed; the NBD layer maps each to the errno the protocol names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,114 @@ pub struct Extent {
     pub flags: u32,
 }
 
+/// A request submitted through a [`Queue`]. Buffers travel with it and come back in its
+/// [`Output`], so a connection can recycle them.
+#[derive(Debug)]
+pub enum Request {
+    /// Read `len` bytes at `offset` into `buf` (overwritten and resized to `len`).
+    Read {
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    },
+    /// Write `data` at `offset`.
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// Discard a range.
+    Trim { offset: u64, len: u64, fua: bool },
+    /// Write zeroes over a range.
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        flags: ZeroFlags,
+    },
+    /// Describe allocation (see [`BlockDevice::block_status`]).
+    BlockStatus { offset: u64, len: u32 },
+}
+
+/// What a finished [`Request`] gives back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Flush, trim, zeroes.
+    Done,
+    /// A read's data.
+    Read(Vec<u8>),
+    /// A write's buffer, handed back for reuse.
+    Written(Vec<u8>),
+    /// A block-status answer.
+    Extents(Vec<Extent>),
+}
+
+/// The connection's side of a queue pair.
+///
+/// Called from the device's own thread: both methods must hand over and return, never wait for
+/// the client.
+pub trait Completer: Send + Sync {
+    /// Request `tag` finished; its reply must not reach the client before `not_before` (the
+    /// modelled completion time in `--latency real`).
+    fn complete(&self, tag: u64, result: Result<Output, DevError>, not_before: Option<Instant>);
+    /// The end of a burst of completions: push out what `complete` gathered.
+    fn flush(&self);
+}
+
+/// The submission side of a queue pair.
+pub trait Queue: Send + Sync {
+    /// Submits request `tag`; its result goes to the queue's completer, exactly once.
+    fn submit(&self, tag: u64, req: Request);
+}
+
+/// Opens a queue pair on `device` whose completions go to `done`: the device's own queue if it
+/// has one, else one that runs each request on the submitting thread.
+pub fn open_queue<'a>(
+    device: &'a dyn BlockDevice,
+    done: Arc<dyn Completer>,
+) -> Box<dyn Queue + 'a> {
+    match device.queue(Arc::clone(&done)) {
+        Some(queue) => queue,
+        None => Box::new(InlineQueue { device, done }),
+    }
+}
+
+/// The queue of a device with no thread of its own.
+struct InlineQueue<'a> {
+    device: &'a dyn BlockDevice,
+    done: Arc<dyn Completer>,
+}
+
+impl Queue for InlineQueue<'_> {
+    fn submit(&self, tag: u64, req: Request) {
+        let d = self.device;
+        let result = match req {
+            Request::Read {
+                offset,
+                len,
+                mut buf,
+            } => {
+                buf.resize(len, 0);
+                d.read(offset, &mut buf).map(|()| Output::Read(buf))
+            }
+            Request::Write { offset, data, fua } => {
+                d.write(offset, &data, fua).map(|()| Output::Written(data))
+            }
+            Request::Flush => d.flush().map(|()| Output::Done),
+            Request::Trim { offset, len, fua } => d.trim(offset, len, fua).map(|()| Output::Done),
+            Request::WriteZeroes { offset, len, flags } => {
+                d.write_zeroes(offset, len, flags).map(|()| Output::Done)
+            }
+            Request::BlockStatus { offset, len } => {
+                d.block_status(offset, len).map(Output::Extents)
+            }
+        };
+        self.done.complete(tag, result, None);
+        self.done.flush();
+    }
+}
+
 /// A block device as the NBD server sees it. All methods may be called from many threads.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes.
@@ -65,17 +179,6 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError>;
     /// Writes `data` at `offset` (any alignment); durable before return when `fua`.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError>;
-    /// Reads `len` bytes at `offset` into a buffer of its own. A device that produces an owned
-    /// buffer anyway (e.g. from another thread) overrides this to save the NBD layer a copy.
-    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>, DevError> {
-        let mut buf = vec![0u8; len];
-        self.read(offset, &mut buf)?;
-        Ok(buf)
-    }
-    /// Like [`BlockDevice::write`] but takes the buffer, for devices that queue it elsewhere.
-    fn write_vec(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DevError> {
-        self.write(offset, &data, fua)
-    }
     /// Makes every write completed so far, on any connection, durable.
     fn flush(&self) -> Result<(), DevError>;
     /// Discards a range; later reads of it return zeroes.
@@ -89,6 +192,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn stats_json(&self) -> serde_json::Value;
     /// Flushes and stops the device (called once, at clean shutdown).
     fn shutdown(&self) -> Result<(), DevError>;
+    /// A queue pair into the device's own thread, for devices that have one; `None` (the
+    /// default) makes [`open_queue`] run requests on the submitting thread.
+    fn queue(&self, done: Arc<dyn Completer>) -> Option<Box<dyn Queue>> {
+        let _ = done;
+        None
+    }
 }
 
 /// What `serve` asks of the backend.

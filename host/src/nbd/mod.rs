@@ -3,7 +3,7 @@
 //! Layers, each using only those below it:
 //! - [`wire`]: constants and checked views of every message (no I/O);
 //! - [`handshake`]: fixed-newstyle negotiation up to transmission;
-//! - [`transmission`]: one connection's requests, workers and replies;
+//! - [`transmission`]: one connection's requests, its queue pair into the device, replies;
 //! - this module: accepting TCP or unix connections, the connection limit, and stopping.
 //!
 //! Each connection runs on its own thread against the one shared [`BlockDevice`]; a client that
@@ -502,7 +502,6 @@ mod tests {
             ));
         }
         let limits = Limits {
-            workers: 4,
             inflight_bytes: 32 * mib,
             inflight_requests: 8,
         };
@@ -516,5 +515,133 @@ mod tests {
                 .iter()
                 .all(|&b| b == i as u8 + 1));
         }
+    }
+
+    /// A device with a thread of its own: each request completes on a thread of its own, later
+    /// submissions first, and carries a modelled completion time the reply must wait for.
+    struct Async {
+        disk: std::sync::Arc<VecDisk>,
+        hold: std::time::Duration,
+    }
+
+    struct AsyncQueue {
+        disk: std::sync::Arc<VecDisk>,
+        done: std::sync::Arc<dyn crate::device::Completer>,
+        hold: std::time::Duration,
+        submitted: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::device::Queue for AsyncQueue {
+        fn submit(&self, tag: u64, req: crate::device::Request) {
+            use crate::device::{Output, Request as Req};
+            let n = self
+                .submitted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (disk, done) = (self.disk.clone(), self.done.clone());
+            let not_before = std::time::Instant::now() + self.hold;
+            std::thread::spawn(move || {
+                // Later submissions complete first.
+                std::thread::sleep(std::time::Duration::from_millis(20u64.saturating_sub(n)));
+                let result = match req {
+                    Req::Read {
+                        offset,
+                        len,
+                        mut buf,
+                    } => {
+                        buf.resize(len, 0);
+                        disk.read(offset, &mut buf).map(|()| Output::Read(buf))
+                    }
+                    Req::Write { offset, data, fua } => disk
+                        .write(offset, &data, fua)
+                        .map(|()| Output::Written(data)),
+                    _ => Ok(Output::Done),
+                };
+                done.complete(tag, result, Some(not_before));
+                done.flush();
+            });
+        }
+    }
+
+    impl BlockDevice for Async {
+        fn size(&self) -> u64 {
+            self.disk.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DevError> {
+            self.disk.read(offset, buf)
+        }
+        fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DevError> {
+            self.disk.write(offset, data, fua)
+        }
+        fn flush(&self) -> Result<(), DevError> {
+            Ok(())
+        }
+        fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), DevError> {
+            self.disk.trim(offset, len, fua)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, f: ZeroFlags) -> Result<(), DevError> {
+            self.disk.write_zeroes(offset, len, f)
+        }
+        fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DevError> {
+            self.disk.block_status(offset, len)
+        }
+        fn stats_json(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+        fn shutdown(&self) -> Result<(), DevError> {
+            Ok(())
+        }
+        fn queue(
+            &self,
+            done: std::sync::Arc<dyn crate::device::Completer>,
+        ) -> Option<Box<dyn crate::device::Queue>> {
+            Some(Box::new(AsyncQueue {
+                disk: self.disk.clone(),
+                done,
+                hold: self.hold,
+                submitted: 0.into(),
+            }))
+        }
+    }
+
+    #[test]
+    fn out_of_order_completions_are_matched_by_cookie_and_held_until_due() {
+        let hold = std::time::Duration::from_millis(40);
+        let mut data = vec![0u8; 64 * 1024];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i / 4096) as u8;
+        }
+        let disk = Async {
+            disk: std::sync::Arc::new(VecDisk(Mutex::new(data))),
+            hold,
+        };
+        let neg = Negotiated {
+            structured: false,
+            base_allocation: false,
+            block_size_agreed: false,
+            tx_flags: super::handshake::transmission_flags(false, false),
+        };
+        let mut input = Vec::new();
+        for i in 0..16u64 {
+            input.extend_from_slice(&Request::build(0, cmd::READ, 100 + i, i * 4096, 4096));
+        }
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        transmission::serve(Cursor::new(input), &mut out, &disk, neg, Limits::default()).unwrap();
+        // No reply left before its modelled completion time.
+        assert!(started.elapsed() >= hold);
+        assert_eq!(out.len(), 16 * (16 + 4096));
+        let mut seen = Vec::new();
+        for reply in out.chunks_exact(16 + 4096) {
+            assert_eq!(&reply[..8], &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0]);
+            let cookie = u64::from_be_bytes(reply[8..16].try_into().unwrap());
+            let block = (cookie - 100) as u8;
+            assert!(reply[16..].iter().all(|&b| b == block), "cookie {cookie}");
+            seen.push(cookie);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (100..116).collect::<Vec<_>>());
     }
 }

@@ -1,28 +1,35 @@
 //! The transmission phase of one connection: requests in, replies out, many in flight.
 //!
-//! A small pool of workers per connection takes turns reading a request (under a mutex on the
-//! read half), then calls the device and writes the reply itself under a mutex on the write
-//! half, so replies leave as soon as they are ready (matched by cookie, possibly out of order).
-//! Memory is bounded per connection by a budget of in-flight payload bytes and requests that a
-//! worker takes *before* it allocates a buffer, so a header that claims a huge length costs
-//! nothing until it has been checked and admitted.
+//! Two threads per connection, around a queue pair into the device (an NVMe submission and
+//! completion queue, in effect). The connection's own thread reads requests, checks them and
+//! submits them without waiting; the device hands results to the connection's [`Completer`],
+//! which turns them into replies; a writer thread sends what has gathered, many replies per
+//! system call, matched by cookie and possibly out of order. A burst of requests thus costs a
+//! few thread wake-ups, not several per request, which on a small machine is most of the cost of
+//! a 4 KiB request.
+//!
+//! Memory is bounded per connection by a budget of in-flight payload bytes and requests that the
+//! reader takes *before* it allocates a buffer, so a header that claims a huge length costs
+//! nothing until it has been checked and admitted. Payload buffers are recycled: a write's buffer
+//! comes back from the device, a read's once its reply is sent.
+//!
+//! In `--latency real` a completion carries the time its modelled NAND work ends; the writer
+//! holds the reply until then, waiting precisely (short sleeps, then a spin).
 //!
 //! Every request is checked here against the export (range, flags, read-only) and answered
 //! with the error the protocol names; the device only ever sees valid, in-range requests.
 
-use std::io::{self, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::handshake::{self, Negotiated, BASE_ALLOCATION_ID, MAX_PAYLOAD, MIN_BLOCK};
 use super::wire::{self, chunk, cmd, cmd_flag, errno, tx_flag, Request};
-use crate::device::{BlockDevice, DevError, Extent, ZeroFlags};
+use crate::device::{self, BlockDevice, Completer, DevError, Extent, Output, Queue, ZeroFlags};
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Worker threads calling the device.
-    pub workers: usize,
     /// Payload bytes (READ buffers and WRITE data) in flight at once; at least [`MAX_PAYLOAD`].
     pub inflight_bytes: usize,
     /// Requests admitted and not yet answered.
@@ -32,7 +39,6 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            workers: 8,
             inflight_bytes: 2 * MAX_PAYLOAD as usize,
             inflight_requests: 128,
         }
@@ -198,107 +204,93 @@ fn dev_errno(e: &DevError) -> u32 {
     }
 }
 
-/// Counting semaphore over in-flight bytes and requests.
-struct Budget {
-    used: Mutex<BudgetUse>,
-    freed: Condvar,
-    max_bytes: usize,
-    max_requests: usize,
+/// What building a request's reply needs, kept from admission to completion.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// A simple reply (or an error).
+    Plain,
+    /// Data at `offset`.
+    Read { offset: u64 },
+    /// Extents for a request of `len` bytes.
+    Status { len: u32, req_one: bool },
 }
 
-#[derive(Default)]
-struct BudgetUse {
-    bytes: usize,
-    requests: usize,
-    /// Someone waits in `acquire`: only then is a release worth a wake-up (a syscall).
-    waiting: bool,
+#[derive(Debug)]
+struct Admitted {
+    cookie: u64,
+    shape: Shape,
+    cost: usize,
 }
 
-impl Budget {
-    fn acquire(&self, bytes: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        // A request larger than the whole budget still runs, alone.
-        while used.requests >= self.max_requests
-            || (used.bytes > 0 && used.bytes + bytes > self.max_bytes)
-        {
-            used.waiting = true;
-            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
-        }
-        used.bytes += bytes;
-        used.requests += 1;
-    }
-    fn release(&self, bytes: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.bytes -= bytes;
-        used.requests -= 1;
-        if std::mem::take(&mut used.waiting) {
-            // Only the worker holding the read half ever waits here: one to wake.
-            self.freed.notify_all();
-        }
-    }
+/// Payload buffers a connection keeps for reuse: eight 1 MiB requests' worth, so a QD8 stream
+/// of 1 MiB requests allocates nothing, while an idle connection holds little memory.
+const POOL_BYTES: usize = 8 << 20;
+
+/// Room for the longest reply header: a structured OFFSET_DATA chunk and its offset.
+const HEAD_MAX: usize = wire::CHUNK_LEN + 8;
+
+/// A reply ready to go out.
+struct Reply {
+    head: [u8; HEAD_MAX],
+    head_len: usize,
+    /// Read data, or a whole reply built on the heap (errors, extents).
+    body: Vec<u8>,
+    /// The body is a read buffer: back to the pool once sent.
+    recycle: bool,
+    /// Budget bytes held, and whether a request slot is held (refusals at parse time hold none).
+    cost: usize,
+    admitted: bool,
+    /// The modelled completion time (`--latency real`): not sent before.
+    not_before: Option<Instant>,
 }
 
-/// The write half, shared by the reader (for errors found at parse time) and the workers.
-struct Replier<W: Write> {
-    out: Mutex<W>,
-    structured: bool,
-    /// Set once a write fails: the client is gone, later replies are dropped.
-    broken: AtomicBool,
-}
-
-impl<W: Write> Replier<W> {
-    fn send(&self, bytes: &[u8]) {
-        if self.broken.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if out.write_all(bytes).and_then(|()| out.flush()).is_err() {
-            self.broken.store(true, Ordering::Relaxed);
+impl Reply {
+    fn new(body: Vec<u8>) -> Self {
+        Reply {
+            head: [0; HEAD_MAX],
+            head_len: 0,
+            body,
+            recycle: false,
+            cost: 0,
+            admitted: false,
+            not_before: None,
         }
     }
 
-    fn ok(&self, cookie: u64) {
-        // Simple replies are allowed for every command but READ, even when structured.
-        let mut b = [0u8; wire::SIMPLE_REPLY_LEN];
-        wire::emit_simple_reply(&mut b, 0, cookie);
-        self.send(&b);
+    fn simple(cookie: u64, errno: u32) -> Self {
+        let mut r = Reply::new(Vec::new());
+        wire::emit_simple_reply(&mut r.head, errno, cookie);
+        r.head_len = wire::SIMPLE_REPLY_LEN;
+        r
     }
 
-    fn error(&self, cookie: u64, errno: u32, why: &str) {
-        if self.structured {
-            self.send(&wire::error_chunk(cookie, errno, why));
+    fn error(structured: bool, cookie: u64, errno: u32, why: &str) -> Self {
+        if structured {
+            Reply::new(wire::error_chunk(cookie, errno, why))
         } else {
-            let mut b = [0u8; wire::SIMPLE_REPLY_LEN];
-            wire::emit_simple_reply(&mut b, errno, cookie);
-            self.send(&b);
+            Reply::simple(cookie, errno)
         }
     }
 
-    /// Sends a READ's data: header and data leave in one vectored write, without copying the
-    /// data into a buffer with room for the header.
-    fn read_ok(&self, cookie: u64, offset: u64, data: &[u8]) {
-        let mut head = [0u8; wire::CHUNK_LEN + 8];
-        let head: &[u8] = if self.structured {
+    /// A READ's data: a header and the buffer itself, sent with one vectored write.
+    fn read(structured: bool, cookie: u64, offset: u64, data: Vec<u8>) -> Self {
+        let mut r = Reply::new(data);
+        if structured {
             // One OFFSET_DATA chunk (≤ 32 MiB + 8, fits the u32 length) ends the reply.
-            let len = (data.len() + 8) as u32;
+            let len = (r.body.len() + 8) as u32;
             let kind = chunk::TYPE_OFFSET_DATA;
-            wire::emit_chunk(&mut head, chunk::FLAG_DONE, kind, cookie, len);
-            head[wire::CHUNK_LEN..].copy_from_slice(&offset.to_be_bytes());
-            &head
+            wire::emit_chunk(&mut r.head, chunk::FLAG_DONE, kind, cookie, len);
+            r.head[wire::CHUNK_LEN..].copy_from_slice(&offset.to_be_bytes());
+            r.head_len = HEAD_MAX;
         } else {
-            wire::emit_simple_reply(&mut head, 0, cookie);
-            &head[..wire::SIMPLE_REPLY_LEN]
-        };
-        if self.broken.load(Ordering::Relaxed) {
-            return;
+            wire::emit_simple_reply(&mut r.head, 0, cookie);
+            r.head_len = wire::SIMPLE_REPLY_LEN;
         }
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if write_all_vectored(&mut *out, head, data).is_err() {
-            self.broken.store(true, Ordering::Relaxed);
-        }
+        r.recycle = true;
+        r
     }
 
-    fn block_status(&self, cookie: u64, extents: &[Extent]) {
+    fn block_status(cookie: u64, extents: &[Extent]) -> Self {
         let payload = 4 + 8 * extents.len();
         let mut b = vec![0u8; wire::CHUNK_LEN + payload];
         let kind = chunk::TYPE_BLOCK_STATUS;
@@ -309,44 +301,303 @@ impl<W: Write> Replier<W> {
             slot[..4].copy_from_slice(&e.length.to_be_bytes());
             slot[4..].copy_from_slice(&e.flags.to_be_bytes());
         }
-        self.send(&b);
+        Reply::new(b)
     }
 }
 
-/// Writes `head` then `data` with as few syscalls as the socket allows.
-fn write_all_vectored<W: Write>(out: &mut W, head: &[u8], data: &[u8]) -> io::Result<()> {
-    let (mut head, mut data) = (head, data);
-    while !head.is_empty() || !data.is_empty() {
-        let n = out.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])?;
+/// The connection's state shared by its reader, its writer and the device's completions.
+#[derive(Default)]
+struct State {
+    /// Admitted requests by tag (the index); `free` lists the empty slots.
+    admitted: Vec<Option<Admitted>>,
+    free: Vec<usize>,
+    /// Budget in use.
+    bytes: usize,
+    requests: usize,
+    /// Replies not yet sent.
+    replies: Vec<Reply>,
+    /// Payload buffers to reuse, and their total capacity.
+    pool: Vec<Vec<u8>>,
+    pool_bytes: usize,
+    /// Someone waits on the matching condvar: only then is a wake-up (a syscall) worth it.
+    reader_waits: bool,
+    writer_waits: bool,
+    /// The reader has stopped: the writer ends once every admitted request is answered.
+    ended: bool,
+}
+
+/// One connection's completion side: implements [`Completer`] for the device.
+struct Conn {
+    state: Mutex<State>,
+    to_reader: Condvar,
+    to_writer: Condvar,
+    structured: bool,
+    max_bytes: usize,
+    max_requests: usize,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes budget for a request (waiting for room), a tag and a buffer to fill. Before it
+    /// waits it calls `submit_held`: room only comes back from requests the device has.
+    fn admit(
+        &self,
+        cookie: u64,
+        shape: Shape,
+        cost: usize,
+        submit_held: &mut dyn FnMut(),
+    ) -> (u64, Vec<u8>) {
+        let mut st = self.lock();
+        let full = |st: &State| {
+            // A request larger than the whole budget still runs, alone.
+            st.requests >= self.max_requests || (st.bytes > 0 && st.bytes + cost > self.max_bytes)
+        };
+        if full(&st) {
+            drop(st);
+            submit_held();
+            st = self.lock();
+        }
+        while full(&st) {
+            st.reader_waits = true;
+            st = self.to_reader.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.bytes += cost;
+        st.requests += 1;
+        let entry = Admitted {
+            cookie,
+            shape,
+            cost,
+        };
+        let tag = match st.free.pop() {
+            Some(i) => {
+                st.admitted[i] = Some(entry);
+                i
+            }
+            None => {
+                st.admitted.push(Some(entry));
+                st.admitted.len() - 1
+            }
+        };
+        let buf = if cost > 0 {
+            st.take_buffer()
+        } else {
+            Vec::new()
+        };
+        (tag as u64, buf)
+    }
+
+    /// Gives back the admission of a request that will not be submitted.
+    fn withdraw(&self, tag: u64) {
+        let mut st = self.lock();
+        if let Some(a) = st.admitted.get_mut(tag as usize).and_then(Option::take) {
+            st.free.push(tag as usize);
+            st.bytes -= a.cost;
+            st.requests -= 1;
+        }
+    }
+
+    /// Queues a reply found at parse time (a refused request) and wakes the writer.
+    fn refuse(&self, cookie: u64, refusal: Refusal) {
+        let mut st = self.lock();
+        let reply = Reply::error(self.structured, cookie, refusal.errno, refusal.why);
+        st.replies.push(reply);
+        self.wake_writer(&mut st);
+    }
+
+    fn wake_writer(&self, st: &mut State) {
+        // The flag stays set while there is nothing to send: the writer still sleeps, and the
+        // next reply must wake it.
+        if st.writer_waits && !st.replies.is_empty() {
+            st.writer_waits = false;
+            self.to_writer.notify_one();
+        }
+    }
+
+    /// The reader has stopped.
+    fn end(&self) {
+        let mut st = self.lock();
+        st.ended = true;
+        st.writer_waits = false;
+        self.to_writer.notify_one();
+    }
+
+    /// Sends replies as they become due until the reader has ended and every admitted request
+    /// is answered. After a failed write the rest are dropped (the client is gone), still
+    /// giving back their budget so the reader never waits for room that will not come.
+    fn write_loop<W: Write>(&self, out: &mut W) {
+        nandbox_sim::firmware::precise_timers();
+        let mut batch: Vec<Reply> = Vec::new();
+        let mut broken = false;
+        let mut st = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            if st.replies.iter().all(|r| r.not_before.is_none()) {
+                std::mem::swap(&mut batch, &mut st.replies);
+            } else {
+                let mut i = 0;
+                while i < st.replies.len() {
+                    match st.replies[i].not_before {
+                        Some(at) if at > now => {
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                            i += 1;
+                        }
+                        _ => batch.push(st.replies.swap_remove(i)),
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                drop(st);
+                if !broken {
+                    broken = send_all(out, &batch).is_err();
+                }
+                st = self.lock();
+                for r in batch.drain(..) {
+                    st.bytes -= r.cost;
+                    if r.admitted {
+                        st.requests -= 1;
+                    }
+                    if r.recycle {
+                        st.recycle(r.body);
+                    }
+                }
+                if std::mem::take(&mut st.reader_waits) {
+                    self.to_reader.notify_one();
+                }
+                continue;
+            }
+            if st.ended && st.requests == 0 {
+                return;
+            }
+            match next {
+                None => {
+                    st.writer_waits = true;
+                    st = self.to_writer.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.writer_waits = false;
+                }
+                Some(at) => {
+                    let left = at.saturating_duration_since(now);
+                    let spin = Duration::from_nanos(nandbox_sim::firmware::SPIN_NS);
+                    if left > spin {
+                        st.writer_waits = true;
+                        st = self
+                            .to_writer
+                            .wait_timeout(st, left - spin)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        st.writer_waits = false;
+                    } else {
+                        // The last stretch is spun: a sleep would overshoot it, and so would
+                        // a yield on a busy machine (the scheduler may run others for a slice).
+                        drop(st);
+                        while Instant::now() < at {
+                            std::hint::spin_loop();
+                        }
+                        st = self.lock();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    fn take_buffer(&mut self) -> Vec<u8> {
+        match self.pool.pop() {
+            Some(b) => {
+                self.pool_bytes -= b.capacity();
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps a payload buffer for reuse, up to [`POOL_BYTES`] of them.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > 0 && self.pool_bytes + buf.capacity() <= POOL_BYTES {
+            self.pool_bytes += buf.capacity();
+            self.pool.push(buf);
+        }
+    }
+}
+
+impl Completer for Conn {
+    fn complete(&self, tag: u64, result: Result<Output, DevError>, not_before: Option<Instant>) {
+        let mut st = self.lock();
+        let Some(Admitted {
+            cookie,
+            shape,
+            cost,
+        }) = st.admitted.get_mut(tag as usize).and_then(Option::take)
+        else {
+            // Not ours, or completed twice: a device bug; nothing to answer.
+            return;
+        };
+        st.free.push(tag as usize);
+        let mut reply = match (result, shape) {
+            (Ok(Output::Read(data)), Shape::Read { offset }) if data.len() == cost => {
+                Reply::read(self.structured, cookie, offset, data)
+            }
+            (Ok(Output::Extents(extents)), Shape::Status { len, req_one }) => {
+                let extents = shape_extents(extents, len, req_one);
+                Reply::block_status(cookie, &extents)
+            }
+            (Ok(Output::Written(buf)), Shape::Plain) => {
+                st.recycle(buf);
+                Reply::simple(cookie, 0)
+            }
+            (Ok(Output::Done), Shape::Plain) => Reply::simple(cookie, 0),
+            // Never send a reply whose length or kind disagrees with its request.
+            (Ok(_), _) => {
+                let why = "device answered with the wrong kind or length of data";
+                Reply::error(self.structured, cookie, errno::EIO, why)
+            }
+            (Err(e), _) => Reply::error(self.structured, cookie, dev_errno(&e), &e.to_string()),
+        };
+        reply.cost = cost;
+        reply.admitted = true;
+        reply.not_before = not_before;
+        st.replies.push(reply);
+    }
+
+    fn flush(&self) {
+        let mut st = self.lock();
+        self.wake_writer(&mut st);
+    }
+}
+
+/// Writes every reply of `batch`, headers and bodies, with as few system calls as the socket
+/// allows.
+fn send_all<W: Write>(out: &mut W, batch: &[Reply]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+    for r in batch {
+        if r.head_len > 0 {
+            slices.push(IoSlice::new(&r.head[..r.head_len]));
+        }
+        if !r.body.is_empty() {
+            slices.push(IoSlice::new(&r.body));
+        }
+    }
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = out.write_vectored(slices)?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        data = &data[n - from_head..];
+        IoSlice::advance_slices(&mut slices, n);
     }
     out.flush()
-}
-
-/// One admitted request: the command, its cookie, its budget share and any write payload.
-struct Job {
-    cookie: u64,
-    op: Op,
-    cost: usize,
-    data: Vec<u8>,
 }
 
 /// Serves requests until the client disconnects, breaks the protocol, or `reader` reaches EOF
 /// (the server shuts the read half down to stop a connection). Waits for every admitted request
 /// to be answered before returning.
-///
-/// Every worker takes its turn at the read half (under a mutex), reads one request and its
-/// payload, lets go, runs it and writes the reply itself. This is nbdkit's model: compared with a
-/// dedicated reader handing requests over a queue, it saves a thread wake-up per request, which
-/// on a small machine is most of the cost of a 4 KiB request.
 pub fn serve<R: Read + Send, W: Write + Send>(
     reader: R,
-    writer: W,
+    mut writer: W,
     device: &dyn BlockDevice,
     neg: Negotiated,
     limits: Limits,
@@ -355,72 +606,81 @@ pub fn serve<R: Read + Send, W: Write + Send>(
         size: device.size(),
         read_only: device.read_only(),
     };
-    let replier = Replier {
-        out: Mutex::new(writer),
+    let conn = Arc::new(Conn {
+        state: Mutex::new(State::default()),
+        to_reader: Condvar::new(),
+        to_writer: Condvar::new(),
         structured: neg.structured,
-        broken: false.into(),
-    };
-    let budget = Budget {
-        used: Mutex::new(BudgetUse::default()),
-        freed: Condvar::new(),
         max_bytes: limits.inflight_bytes.max(MAX_PAYLOAD as usize),
         max_requests: limits.inflight_requests.max(1),
-    };
-    // `None` once the stream has ended: the other workers then finish what they hold and stop.
-    // Room for a burst of small requests per read syscall; larger payloads bypass the buffer
-    // once it is drained, so a small one also means less payload copied through it.
-    let input = Mutex::new(Some(BufReader::with_capacity(64 << 10, reader)));
-    let failure: Mutex<Option<io::Error>> = Mutex::new(None);
-    let work = || loop {
-        let job = {
-            let mut input = input.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(r) = input.as_mut() else { return };
-            match next_job(r, export, &neg, &replier, &budget) {
-                Ok(Some(job)) => job,
-                Ok(None) => {
-                    *input = None;
-                    return;
-                }
-                Err(e) => {
-                    *input = None;
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    return;
-                }
-            }
-        };
-        let cost = job.cost;
-        execute(job, device, &replier);
-        budget.release(cost);
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..limits.workers.max(1) {
-            let spawned = std::thread::Builder::new()
-                .name("nbd-worker".into())
-                .stack_size(WORKER_STACK)
-                .spawn_scoped(scope, work);
-            if spawned.is_err() {
-                break; // out of threads: serve with those we have (at least this one)
-            }
-        }
-        work();
     });
-    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let done: Arc<dyn Completer> = conn.clone();
+    let queue = device::open_queue(device, done);
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("nbd-writer".into())
+            .stack_size(WRITER_STACK)
+            .spawn_scoped(scope, || conn.write_loop(&mut writer))?;
+        let result = read_loop(reader, export, &neg, &conn, &*queue);
+        conn.end();
+        // The writer only returns; a panic in it is a bug worth seeing.
+        if let Err(panic) = writer.join() {
+            std::panic::resume_unwind(panic);
+        }
+        result
+    })
+}
+
+/// The writer keeps no large buffers on its stack.
+const WRITER_STACK: usize = 256 << 10;
+
+/// Room for a burst of small requests per read system call; larger payloads bypass the buffer
+/// once it is drained, so they are not copied through it.
+const READ_BUFFER: usize = 256 << 10;
+
+/// Reads, checks and submits requests until DISC, EOF or a broken stream. Requests found in one
+/// read of the socket are submitted together, so the device tends to find them queued at once.
+fn read_loop<R: Read>(
+    reader: R,
+    export: Export,
+    neg: &Negotiated,
+    conn: &Conn,
+    queue: &dyn Queue,
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut burst: Vec<(u64, device::Request)> = Vec::new();
+    let result = loop {
+        if reader.buffer().len() < Request::<&[u8]>::LEN {
+            // Nothing more already received: hand over what we have before we may block.
+            submit(queue, &mut burst);
+        }
+        match next_request(&mut reader, export, neg, conn, &mut || {
+            submit(queue, &mut burst)
+        }) {
+            Ok(Some(job)) => burst.push(job),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    submit(queue, &mut burst);
+    result
+}
+
+fn submit(queue: &dyn Queue, burst: &mut Vec<(u64, device::Request)>) {
+    for (tag, req) in burst.drain(..) {
+        queue.submit(tag, req);
     }
 }
 
-/// Workers keep no large buffers on their stacks (payloads and the discard buffer are heap).
-const WORKER_STACK: usize = 256 << 10;
-
-/// Reads the next request; answers refused ones itself. `Ok(None)` at DISC or a clean EOF.
-fn next_job<R: Read, W: Write>(
+/// Reads the next request and admits it; answers refused ones itself. `Ok(None)` at DISC or a
+/// clean EOF.
+fn next_request<R: Read>(
     reader: &mut BufReader<R>,
     export: Export,
     neg: &Negotiated,
-    replier: &Replier<W>,
-    budget: &Budget,
-) -> io::Result<Option<Job>> {
+    conn: &Conn,
+    submit_held: &mut dyn FnMut(),
+) -> io::Result<Option<(u64, device::Request)>> {
     loop {
         let mut header = [0u8; Request::<&[u8]>::LEN];
         match reader.read_exact(&mut header) {
@@ -437,77 +697,66 @@ fn next_job<R: Read, W: Write>(
             ));
         };
         let (kind, cookie, len) = (req.kind(), req.cookie(), req.length());
-        match validate(kind, req.flags(), req.offset(), len, export, neg) {
+        let op = match validate(kind, req.flags(), req.offset(), len, export, neg) {
             Err(refusal) => {
                 if kind == cmd::WRITE {
                     // Keep the stream in sync: the payload follows whatever we think of it.
                     handshake::discard(reader, u64::from(len))?;
                 }
-                replier.error(cookie, refusal.errno, refusal.why);
+                conn.refuse(cookie, refusal);
+                continue;
             }
             Ok(Op::Disconnect) => return Ok(None),
-            Ok(op) => {
-                let cost = match op {
-                    Op::Read { len, .. } | Op::Write { len, .. } => len as usize,
-                    _ => 0,
-                };
-                budget.acquire(cost);
-                let mut data = Vec::new();
-                if let Op::Write { len, .. } = op {
-                    // Read into reserved capacity: std sockets fill it without zeroing it first.
-                    data = Vec::with_capacity(len as usize);
-                    let got = reader.by_ref().take(u64::from(len)).read_to_end(&mut data);
-                    if got.is_err() || data.len() != len as usize {
-                        budget.release(cost);
-                        return Err(got.err().unwrap_or_else(|| {
-                            io::Error::new(io::ErrorKind::UnexpectedEof, "write payload cut short")
-                        }));
-                    }
+            Ok(op) => op,
+        };
+        let (shape, cost) = match op {
+            Op::Read { offset, len } => (Shape::Read { offset }, len as usize),
+            Op::Write { len, .. } => (Shape::Plain, len as usize),
+            Op::BlockStatus { len, req_one, .. } => (Shape::Status { len, req_one }, 0),
+            _ => (Shape::Plain, 0),
+        };
+        let (tag, mut buf) = conn.admit(cookie, shape, cost, submit_held);
+        let request = match op {
+            Op::Read { offset, len } => device::Request::Read {
+                offset,
+                len: len as usize,
+                buf,
+            },
+            Op::Write { offset, len, fua } => {
+                // Read into reserved capacity: std sockets fill it without zeroing it first.
+                buf.clear();
+                let got = reader.by_ref().take(u64::from(len)).read_to_end(&mut buf);
+                if got.is_err() || buf.len() != len as usize {
+                    // The stream is broken: nothing more is answered.
+                    conn.withdraw(tag);
+                    return Err(got.err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "write payload cut short")
+                    }));
                 }
-                return Ok(Some(Job {
-                    cookie,
-                    op,
-                    cost,
-                    data,
-                }));
+                device::Request::Write {
+                    offset,
+                    data: buf,
+                    fua,
+                }
             }
-        }
-    }
-}
-
-fn execute<W: Write>(job: Job, device: &dyn BlockDevice, replier: &Replier<W>) {
-    let cookie = job.cookie;
-    let result = match job.op {
-        Op::Read { offset, len } => match device.read_vec(offset, len as usize) {
-            Ok(data) if data.len() == len as usize => {
-                return replier.read_ok(cookie, offset, &data);
-            }
-            // Never send a reply whose length disagrees with its header.
-            Ok(_) => Err(DevError::Io("device returned a short read".into())),
-            Err(e) => Err(e),
-        },
-        Op::Write { offset, fua, .. } => device.write_vec(offset, job.data, fua),
-        Op::Flush => device.flush(),
-        Op::Trim { offset, len, fua } => device.trim(offset, u64::from(len), fua),
-        Op::WriteZeroes { offset, len, flags } => {
-            device.write_zeroes(offset, u64::from(len), flags)
-        }
-        Op::BlockStatus {
-            offset,
-            len,
-            req_one,
-        } => match device.block_status(offset, len.min(MAX_STATUS_SPAN)) {
-            Ok(extents) => {
-                let extents = shape_extents(extents, len, req_one);
-                return replier.block_status(cookie, &extents);
-            }
-            Err(e) => Err(e),
-        },
-        Op::Disconnect => Ok(()),
-    };
-    match result {
-        Ok(()) => replier.ok(cookie),
-        Err(e) => replier.error(cookie, dev_errno(&e), &e.to_string()),
+            Op::Flush => device::Request::Flush,
+            Op::Trim { offset, len, fua } => device::Request::Trim {
+                offset,
+                len: u64::from(len),
+                fua,
+            },
+            Op::WriteZeroes { offset, len, flags } => device::Request::WriteZeroes {
+                offset,
+                len: u64::from(len),
+                flags,
+            },
+            Op::BlockStatus { offset, len, .. } => device::Request::BlockStatus {
+                offset,
+                len: len.min(MAX_STATUS_SPAN),
+            },
+            Op::Disconnect => unreachable!("handled above"),
+        };
+        return Ok(Some((tag, request)));
     }
 }
 

@@ -178,6 +178,52 @@ pub fn remove(img: &mut [u8], len: usize, e: &Entry) -> usize {
     len - size
 }
 
+/// Turns the inline deltas whose offsets are set in `moved` (one bit per offset) into markers
+/// naming compact page `page`, in place and in one pass; every entry keeps its FIFO position.
+/// Returns the new length and how many entries became markers, or `None` (nothing changed) if
+/// the area is malformed.
+pub fn to_markers(img: &mut [u8], len: usize, moved: &[u32; 8], page: u8) -> Option<(usize, u32)> {
+    if len > AREA || entries(img, len).any(|e| e.is_err()) {
+        return None;
+    }
+    let low = SLOT_BYTES - len;
+    // Read cursor `r` and write cursor `w` both walk down from the end; an entry never grows,
+    // so `w >= r` and nothing unread is overwritten.
+    let (mut r, mut w, mut turned) = (SLOT_BYTES, SLOT_BYTES, 0);
+    while r > low {
+        let h = r - HEADER;
+        let raw_off = get_u16(img, h + f::field::OFFSET.start);
+        let in_compact = raw_off & f::IN_COMPACT != 0;
+        let dlen = if in_compact {
+            0
+        } else {
+            get_u16(img, h + f::field::LEN.start) as usize
+        };
+        let start = h - dlen;
+        let off = (raw_off & !f::IN_COMPACT) as usize;
+        if !in_compact && moved[off / 32] & (1 << (off % 32)) != 0 {
+            let (base, new) = (
+                get_u32(img, h + f::field::BASE_CRC.start),
+                get_u32(img, h + f::field::NEW_CRC.start),
+            );
+            let m = w - HEADER;
+            img[m..m + 2].copy_from_slice(&(raw_off | f::IN_COMPACT).to_le_bytes());
+            img[m + 2..m + 4].copy_from_slice(&u16::from(page).to_le_bytes());
+            img[m + 4..m + 8].copy_from_slice(&base.to_le_bytes());
+            img[m + 8..m + 12].copy_from_slice(&new.to_le_bytes());
+            w = m;
+            turned += 1;
+        } else {
+            let size = r - start;
+            img.copy_within(start..r, w - size);
+            w -= size;
+        }
+        r = start;
+    }
+    img[low..w].fill(0);
+    Some((SLOT_BYTES - w, turned))
+}
+
 /// Appends an entry (the newest, nearest the pointer area): the delta bytes, or, when
 /// `compact` names the compact page holding them, a marker (`delta` empty). Returns the new
 /// length, or `None` if it would not fit in [`AREA`].
@@ -255,6 +301,40 @@ mod tests {
         assert_eq!(&img[e1.data..e1.data + 3], &[1, 2, 3]);
         assert_eq!(find(&img, len, 2).unwrap(), None);
         assert_eq!(count(&img, len), 2);
+    }
+
+    #[test]
+    fn to_markers_turns_chosen_deltas_in_place_and_keeps_order() {
+        let mut img = [0u8; SLOT_BYTES];
+        let mut len = 0;
+        len = push(&mut img, len, 1, None, 11, 12, &[1, 2, 3]).unwrap();
+        len = push(&mut img, len, 2, Some(3), 21, 22, &[]).unwrap();
+        len = push(&mut img, len, 3, None, 31, 32, &[9; 10]).unwrap();
+        len = push(&mut img, len, 40, None, 41, 42, &[7; 5]).unwrap();
+        let mut moved = [0u32; 8];
+        moved[0] |= (1 << 1) | (1 << 2); // 2 is a marker already: left as it is
+        moved[1] |= 1 << (40 - 32);
+        let (l, n) = to_markers(&mut img, len, &moved, 6).unwrap();
+        assert_eq!((l, n), (4 * HEADER + 10, 2));
+        let got: heapless::Vec<(u16, bool, u8, usize, u32), 8> = entries(&img, l)
+            .map(|e| e.unwrap())
+            .map(|e| (e.off, e.in_compact, e.page, e.len, e.new_crc))
+            .collect();
+        assert_eq!(
+            &got[..],
+            &[
+                (1, true, 6, 0, 12),
+                (2, true, 3, 0, 22),
+                (3, false, 0, 10, 32),
+                (40, true, 6, 0, 42)
+            ]
+        );
+        let e3 = find(&img, l, 3).unwrap().unwrap();
+        assert_eq!(&img[e3.data..e3.data + e3.len], &[9; 10]);
+        assert!(
+            img[..SLOT_BYTES - l].iter().all(|&b| b == 0),
+            "freed bytes are zeroed"
+        );
     }
 
     #[test]

@@ -638,10 +638,18 @@ impl<N: Nand> Ftl<'_, N> {
         if old.is_some() {
             let view = CompactView::new_checked(&hi[..SLOT_BYTES], g)
                 .map_err(|_| Error::Corrupted(corrupted("compact page fails its checks", old.0)))?;
+            // Offsets whose marker names this page, found in one pass over the area.
+            let mut named = [0u32; LBAS_PER_NODE as usize / 32];
+            for e in inline::entries(img, len).filter_map(Result::ok) {
+                if e.in_compact && e.page as usize == slot {
+                    named[e.off as usize / 32] |= 1 << (e.off % 32);
+                }
+            }
             for ce in view.entries().filter_map(Result::ok) {
-                let live = matches!(inline::find(img, len, ce.off),
-                    Ok(Some(e)) if e.in_compact && e.page as usize == slot
-                        && e.base_crc == ce.base_crc && e.new_crc == ce.new_crc);
+                // A page holds at most one entry per offset (a rewrite keeps only live ones), and
+                // reads check the CRCs a marker names against the entry they find.
+                let live = ce.off < LBAS_PER_NODE as u16
+                    && named[ce.off as usize / 32] & (1 << (ce.off % 32)) != 0;
                 if live && !builder.add(out, ce.off, ce.base_crc, ce.new_crc, ce.delta) {
                     return Ok(false);
                 }
@@ -676,29 +684,19 @@ impl<N: Nand> Ftl<'_, N> {
             self.invalidate(old);
         }
         for off in 0..LBAS_PER_NODE {
-            if moved[off as usize / 32] & (1 << (off % 32)) == 0 {
-                continue;
-            }
-            if let Some(e) = self.find_entry(s, off)? {
-                self.remove_entry(s, &e);
-                let len = self.inline_len(s);
-                let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
-                // The marker is smaller than what it replaces, so it always fits.
-                if let Some(l) = inline::push(
-                    img,
-                    len,
-                    off as u16,
-                    Some(slot as u8),
-                    e.base_crc,
-                    e.new_crc,
-                    &[],
-                ) {
-                    self.cache_meta[s].inline_len = l as u16;
-                }
-                self.stats.deltas_compacted += 1;
-                self.stats.deltas_evicted += 1;
+            if moved[off as usize / 32] & (1 << (off % 32)) != 0 {
+                self.kill_logged(s, off);
             }
         }
+        let len = self.inline_len(s);
+        let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+        let (l, turned) = inline::to_markers(img, len, &moved, slot as u8).ok_or(
+            Error::Corrupted(corrupted("inline delta area malformed", g)),
+        )?;
+        self.cache_meta[s].inline_len = l as u16;
+        self.mark_delta_dirty(s);
+        self.stats.deltas_compacted += u64::from(turned);
+        self.stats.deltas_evicted += u64::from(turned);
         self.stats.compact_pages += 1;
         Ok(true)
     }

@@ -266,18 +266,6 @@ fn model_real_profiles() {
     }
 }
 
-/// `base` with `k` bytes flipped, 29 bytes apart from byte 8 on, the first 8 bytes naming
-/// `lba` and version `v`.
-fn small_update(base: &[u8; BLOCK], lba: u32, v: u32, k: usize) -> [u8; BLOCK] {
-    let mut out = *base;
-    out[..4].copy_from_slice(&lba.to_le_bytes());
-    out[4..8].copy_from_slice(&v.to_le_bytes());
-    for i in 0..k {
-        out[8 + ((i + v as usize * 7) * 29) % (BLOCK - 8)] ^= 0x3C;
-    }
-    out
-}
-
 /// A group whose deltas outgrow its inline area many times over spills them into several
 /// compact pages (not one), in batches: nearly every update stays a delta, and every LBA reads
 /// its last version after a clean remount and after an unclean stop, with a clean `check`.
@@ -300,14 +288,14 @@ fn deltas_spill_into_several_compact_pages() {
     for round in 0..3u32 {
         for lba in 0..hot {
             let v = 2 + round * logical + lba;
-            let new = small_update(&base[lba as usize], lba, v, 30);
+            let new = updated(&base[lba as usize], lba, v, 30);
             ftl.write(Lba(lba), &new).unwrap();
             last[lba as usize] = new;
         }
         ftl.flush().unwrap();
     }
     let s = *ftl.stats();
-    // 128 deltas of ~220 bytes are ~9 times the 2,980-byte inline area; a compact page takes
+    // 128 deltas of ~160 bytes are ~7 times the 2,980-byte inline area; a compact page takes
     // a batch of at least 1 KiB, so far fewer pages than deltas.
     let updates = u64::from(3 * hot);
     assert!(
@@ -338,7 +326,7 @@ fn deltas_spill_into_several_compact_pages() {
     // Unflushed updates may be lost by an unclean stop, flushed ones not.
     let flushed = last.clone();
     for lba in (0..logical).step_by(3) {
-        let new = small_update(&base[lba as usize], lba, 5000 + lba, 30);
+        let new = updated(&base[lba as usize], lba, 5000 + lba, 30);
         ftl.write(Lba(lba), &new).unwrap();
     }
     let nand = ftl.into_nand();
@@ -346,7 +334,7 @@ fn deltas_spill_into_several_compact_pages() {
     let mut buf = [0u8; BLOCK];
     for lba in 0..logical {
         ftl.read(Lba(lba), &mut buf).unwrap();
-        let unflushed = small_update(&base[lba as usize], lba, 5000 + lba, 30);
+        let unflushed = updated(&base[lba as usize], lba, 5000 + lba, 30);
         assert!(
             buf == flushed[lba as usize] || (lba % 3 == 0 && buf == unflushed),
             "after unclean stop: LBA {lba}"

@@ -345,18 +345,6 @@ fn power_cut_at_every_op_one_slot_pages_delta_on() {
     sweep(&s, 1000);
 }
 
-/// `base` with `k` bytes flipped, 13 bytes apart from byte 8 on, and the first 8 bytes naming
-/// `lba` and version `v`: the XOR delta against `base` grows with `k`.
-fn updated(base: &[u8; BLOCK], lba: u32, v: u32, k: usize) -> [u8; BLOCK] {
-    let mut out = *base;
-    out[..4].copy_from_slice(&lba.to_le_bytes());
-    out[4..8].copy_from_slice(&v.to_le_bytes());
-    for i in 0..k {
-        out[8 + i * 13] ^= 0xA5;
-    }
-    out
-}
-
 /// Bytes an inline entry for `new` over `base` takes.
 fn entry_bytes(new: &[u8; BLOCK], base: &[u8; BLOCK]) -> usize {
     let mut out = [0u8; nandbox_core::delta::xor::MAX_DELTA];

@@ -196,3 +196,15 @@ impl Nand for Lent<'_> {
         self.0.mark_bad(b)
     }
 }
+
+/// `base` with `k` bytes flipped, 13 bytes apart from byte 8 on, and the first 8 bytes naming
+/// `lba` and version `v`: the XOR delta against `base` grows with `k`.
+pub fn updated(base: &[u8; BLOCK], lba: u32, v: u32, k: usize) -> [u8; BLOCK] {
+    let mut out = *base;
+    out[..4].copy_from_slice(&lba.to_le_bytes());
+    out[4..8].copy_from_slice(&v.to_le_bytes());
+    for i in 0..k {
+        out[8 + i * 13] ^= 0xA5;
+    }
+    out
+}

@@ -96,6 +96,22 @@ impl<N: Nand> Ftl<'_, N> {
         (0..2).find(|&log| self.pack_ppa(log) == Some(p))
     }
 
+    /// The log whose buffer holds packed slot `p` (the open one, brought up to date, or a sealed
+    /// one not programmed yet), if `p` is a packed slot still in RAM.
+    fn buffered_packed(&mut self, p: Ppa) -> Option<usize> {
+        if let Some(log) = self.open_pack_log(p) {
+            if let Some(op) = self.pack[log] {
+                let at = self.slot_offset(log, op.slot);
+                op.b.finish(&mut self.bufs[at..at + SLOT_BYTES]);
+            }
+            return Some(log);
+        }
+        let log = self.buffered_log(p)?;
+        let sp = self.spare_offset(log) + (p.0 % self.spp) as usize * SPARE;
+        matches!(SpareRecord::parse(&self.bufs[sp..sp + SPARE]), Ok(r) if r.kind == SlotKind::Packed)
+            .then_some(log)
+    }
+
     /// Whether `p` is known, without I/O, to be a packed slot (no delta base, then): the open
     /// one, or one serving several LBAs. (A slot serving one LBA after a remount is told by
     /// its record when read.)
@@ -440,18 +456,7 @@ impl<N: Nand> Ftl<'_, N> {
         lba: u32,
         buf: &mut [u8; SLOT_BYTES],
     ) -> R<bool, N::Error> {
-        let log = if let Some(log) = self.open_pack_log(p) {
-            let op = self.pack[log].expect("open");
-            let at = self.slot_offset(log, op.slot);
-            op.b.finish(&mut self.bufs[at..at + SLOT_BYTES]);
-            log
-        } else if let Some(log) = self.buffered_log(p) {
-            let sp = self.spare_offset(log) + (p.0 % self.spp) as usize * SPARE;
-            match SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
-                Ok(r) if r.kind == SlotKind::Packed => log,
-                _ => return Ok(false),
-            }
-        } else {
+        let Some(log) = self.buffered_packed(p) else {
             return Ok(false);
         };
         self.decode_packed(p, lba, log, buf)?;
@@ -555,17 +560,10 @@ impl<N: Nand> Ftl<'_, N> {
     /// [`Ftl::check`] of `lba` mapped to `q`: `None` if `q` is not a packed slot (or cannot be
     /// read: the plain check reports it), else whether its record decodes.
     pub(super) fn check_packed(&mut self, q: Ppa, lba: u32) -> R<Option<PackCheck>, N::Error> {
-        let page = if let Some(log) = self.open_pack_log(q) {
-            let op = self.pack[log].expect("open");
-            let at = self.slot_offset(log, op.slot);
-            op.b.finish(&mut self.bufs[at..at + SLOT_BYTES]);
+        let page = if let Some(log) = self.buffered_packed(q) {
             log
-        } else if let Some(log) = self.buffered_log(q) {
-            let sp = self.spare_offset(log) + (q.0 % self.spp) as usize * SPARE;
-            match SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
-                Ok(r) if r.kind == SlotKind::Packed => log,
-                _ => return Ok(None),
-            }
+        } else if self.buffered_log(q).is_some() {
+            return Ok(None);
         } else {
             match self.read_mapped_slot(q, lba, SCRATCH, Cause::Checkpoint) {
                 Ok(SlotKind::Packed) => SCRATCH,

@@ -277,11 +277,7 @@ fn deltas_spill_into_several_compact_pages() {
     let mut mem = OwnedFtlMemory::new(&g, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
     set_delta(&mut ftl, true);
-    let base: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 1)).collect();
-    for (l, b) in base.iter().enumerate() {
-        ftl.write(Lba(l as u32), b).unwrap();
-    }
-    ftl.flush().unwrap();
+    let base = write_bases(&mut ftl, logical);
     let mut last = base.clone();
     // Half the group is updated: its markers (12 bytes each) leave room to batch deltas.
     let hot = logical / 2;

@@ -366,11 +366,7 @@ fn delta_admitted_into_room_a_replacement_left_survives_unclean_stop() {
     let mut mem = OwnedFtlMemory::new(&g, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
     set_delta(&mut ftl, true);
-    let base: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 1)).collect();
-    for (l, b) in base.iter().enumerate() {
-        ftl.write(Lba(l as u32), b).unwrap();
-    }
-    ftl.flush().unwrap();
+    let base = write_bases(&mut ftl, logical);
 
     // Phase 1: LBA 0 gets a large delta, LBAs 1.. fill the inline area; a remount writes the
     // node with all of them (recovery ends with a checkpoint).
@@ -508,11 +504,7 @@ fn restore_setup(mem: &mut OwnedFtlMemory, reads: u32) -> (Ftl<'_, SimNand>, Vec
     let g = small_geometry(1, 16, logical);
     let mut ftl = Ftl::format(SimNand::new_ram(g), config(logical, 4), mem.lend()).unwrap();
     set_delta(&mut ftl, true);
-    let mut last: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 1)).collect();
-    for (l, b) in last.iter().enumerate() {
-        ftl.write(Lba(l as u32), b).unwrap();
-    }
-    ftl.flush().unwrap();
+    let mut last = write_bases(&mut ftl, logical);
     for round in 0..2 {
         for lba in 0..128u32 {
             let new = updated(&content(lba, 1), lba, 2 + round, 20 + round as usize);

@@ -208,3 +208,17 @@ pub fn updated(base: &[u8; BLOCK], lba: u32, v: u32, k: usize) -> [u8; BLOCK] {
     }
     out
 }
+
+/// Writes version 1 of every LBA (the bases later updates are deltas against) and flushes;
+/// returns those blocks.
+pub fn write_bases<N: Nand>(
+    ftl: &mut nandbox_core::ftl::Ftl<'_, N>,
+    logical: u32,
+) -> Vec<[u8; BLOCK]> {
+    let base: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 1)).collect();
+    for (l, b) in base.iter().enumerate() {
+        ftl.write(nandbox_core::ftl::Lba(l as u32), b).unwrap();
+    }
+    ftl.flush().unwrap();
+    base
+}

@@ -106,7 +106,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     plp: OnOff,
     /// Store 4 KiB blocks that look like BF16/FP16/FP32 weights ZipNN-coded, packed several
-    /// to a page.
+    /// to a page. A small update of a plain block is kept as a delta first (with --delta on);
+    /// a coded block is no delta base.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     compress: OnOff,
     /// Node cache eviction policy.

@@ -106,8 +106,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     plp: OnOff,
     /// Store 4 KiB blocks that look like BF16/FP16/FP32 weights ZipNN-coded, packed several
-    /// to a page. A small update of a plain block is kept as a delta first (with --delta on);
-    /// a coded block is no delta base.
+    /// to a page. With --delta on, a small update of a block already on flash (plain or
+    /// coded) is kept as a delta first, byte-plane coded where that is smaller (ZipNN's delta
+    /// mode for checkpoints).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     compress: OnOff,
     /// Node cache eviction policy.

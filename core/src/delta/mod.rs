@@ -3,6 +3,8 @@
 //!
 //! - [`xor`] — delta encoding: the XOR of a new block with its base, as (skip, length, literal)
 //!   runs, so unchanged bytes cost nothing; the size threshold that decides delta or full write.
+//! - [`planes`] — ZipNN's delta mode: the XOR of float blocks grouped into byte planes, for
+//!   updates that touch a few mantissa bits of many weights.
 //! - [`inline`] — Delta Chunk Inlining: deltas kept tail-to-head in a node page's inline area,
 //!   FIFO order, and the benefit model that decides whether a new delta may replace old ones.
 //! - [`hotness`] — per-group read/write heat and its online clustering into four classes.
@@ -16,4 +18,5 @@ pub mod compact;
 pub mod hotness;
 pub mod inline;
 pub mod log;
+pub mod planes;
 pub mod xor;

@@ -103,9 +103,13 @@ pub fn encode(new: &[u8], base: &[u8], out: &mut [u8]) -> Result<usize, DeltaErr
     Ok(at)
 }
 
-/// Applies an encoded delta to `block` in place (`block` holds the base on entry, the new
-/// content on return). Malformed runs are an error, never a panic.
+/// Applies an encoded delta (runs, or planes: [`super::planes`]) to `block` in place (`block`
+/// holds the base on entry, the new content on return). Malformed runs are an error, never a
+/// panic.
 pub fn apply(block: &mut [u8], delta: &[u8]) -> Result<(), DeltaError> {
+    if super::planes::is_planes(delta) {
+        return super::planes::apply(block, delta);
+    }
     let mut at = 0;
     let mut pos = 0usize;
     while at < delta.len() {

@@ -25,6 +25,7 @@ use crate::delta::compact::{Builder, CompactView};
 use crate::delta::hotness::Class;
 use crate::delta::inline::{self, Entry};
 use crate::delta::log::{LogBuilder, LogEntry, LogView};
+use crate::delta::planes;
 use crate::delta::xor::{self, MAX_DELTA};
 use crate::format::inline_delta::{AREA, HEADER};
 
@@ -87,7 +88,7 @@ impl<N: Nand> Ftl<'_, N> {
         }
     }
 
-    fn find_entry(&self, s: usize, off: u32) -> R<Option<Entry>, N::Error> {
+    pub(super) fn find_entry(&self, s: usize, off: u32) -> R<Option<Entry>, N::Error> {
         inline::find(self.img(s), self.inline_len(s), off as u16).map_err(|_| {
             Error::Corrupted(corrupted(
                 "inline delta area malformed",
@@ -282,9 +283,16 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(())
     }
 
-    /// Copies the block in slot `p` (mapped to `lba`) into `BBUF` and returns its data CRC.
+    /// Copies the block in slot `p` (mapped to `lba`) into `BBUF` and returns its *base CRC*:
+    /// the data CRC of a plain slot, or for a coded block (a record in a packed slot) the CRC of
+    /// its record bytes. Either names the base exactly as long as it lives: GC moves a plain
+    /// slot with its data CRC and a record without re-coding it, while any rewrite of the LBA
+    /// gives another CRC unless it is the very same content (see [`Ftl::drop_delta`]).
     fn load_base(&mut self, p: Ppa, lba: u32, cause: Cause) -> R<u32, N::Error> {
         let dst = self.slot_offset(BBUF, 0);
+        if let Some(log) = self.buffered_packed(p) {
+            return self.load_coded_base(p, lba, log, cause);
+        }
         if let Some(log) = self.buffered_log(p) {
             let slot = p.0 % self.spp;
             let at = self.slot_offset(log, slot);
@@ -294,10 +302,16 @@ impl<N: Nand> Ftl<'_, N> {
                 .map(|r| r.data_crc)
                 .map_err(|_| Error::Corrupted(corrupted("buffered slot has no record", p.0)));
         }
-        let rec = self.read_slot_checked(p, SlotKind::Data, lba, SCRATCH, cause)?;
-        let at = self.slot_offset(SCRATCH, p.0 % self.spp);
+        if self.read_mapped_slot(p, lba, SCRATCH, cause)? == SlotKind::Packed {
+            return self.load_coded_base(p, lba, SCRATCH, cause);
+        }
+        let slot = p.0 % self.spp;
+        let at = self.slot_offset(SCRATCH, slot);
         self.bufs.copy_within(at..at + SLOT_BYTES, dst);
-        Ok(rec.data_crc)
+        let sp = self.spare_offset(SCRATCH) + slot as usize * SPARE;
+        SpareRecord::parse(&self.bufs[sp..sp + SPARE])
+            .map(|r| r.data_crc)
+            .map_err(|_| Error::Corrupted(corrupted("slot has no record", p.0)))
     }
 
     /// Applies entry `e` of node `s` (group `g`) to the base in `BBUF`, checking the result.
@@ -377,8 +391,9 @@ impl<N: Nand> Ftl<'_, N> {
         let clock = self.clock;
         self.cache_meta[s].heat.write(clock);
         let p = self.ptr(s, off);
-        // Only a block already on flash is a base: one still buffered is cheaper rewritten.
-        if !p.is_some() || self.buffered_log(p).is_some() || self.maybe_packed(p) {
+        // Only a block already on flash is a base (plain or coded): one still buffered is
+        // cheaper rewritten.
+        if !p.is_some() || self.buffered_log(p).is_some() {
             return Ok(false);
         }
         let base_crc = match self.load_base(p, lba, Cause::Delta) {
@@ -390,7 +405,9 @@ impl<N: Nand> Ftl<'_, N> {
         let d = self.slot_offset(DBUF, 0);
         let b = self.slot_offset(BBUF, 0);
         let (lo, hi) = self.bufs.split_at_mut(b);
-        let n = match xor::encode(data, &hi[..SLOT_BYTES], &mut lo[d..d + MAX_DELTA - HEADER]) {
+        // DBUF holds the delta, and past it the other encoding tried.
+        let (out, scratch) = lo[d..d + 2 * MAX_DELTA].split_at_mut(MAX_DELTA - HEADER);
+        let n = match planes::encode_best(data, &hi[..SLOT_BYTES], out, scratch) {
             Ok(n) => n,
             Err(_) => {
                 self.stats.deltas_too_large += 1;
@@ -578,7 +595,8 @@ impl<N: Nand> Ftl<'_, N> {
         self.bufs.copy_within(src..src + SLOT_BYTES, dst);
         let new = self.commit_slot(HOT, SlotKind::Data, lba, e.new_crc, Cause::Delta);
         self.set_ptr(s, off, new);
-        self.invalidate(p);
+        // A coded base is one reference of its packed slot.
+        self.unref(p, lba);
         self.remove_entry(s, &e);
         if restore {
             self.stats.pages_restored += 1;

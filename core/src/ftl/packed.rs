@@ -45,11 +45,7 @@ use crate::format::{packed as pk, PackedBuilder, PackedView};
 /// Largest record plus directory entry stored coded: below this, six BF16 records (about
 /// 2,770 bytes) or four to five FP16/FP32 records (about 3,500) fit where four plain blocks do.
 pub(super) const CODED_LIMIT: usize = SLOT_BYTES - SLOT_BYTES / 16;
-/// `pack_refs` flag: the slot is known to be a packed slot (set when one is started or read;
-/// after a remount a slot serving one LBA is unknown until read). The low 7 bits count
-/// references.
-const KNOWN_PACKED: u8 = 0x80;
-/// `pack_refs` reference count mask.
+/// `pack_refs` reference count mask (the count saturates there; the top bit is unused).
 const REFS: u8 = 0x7F;
 const _: () = assert!(pk::MAX_ENTRIES < REFS as usize);
 
@@ -98,7 +94,7 @@ impl<N: Nand> Ftl<'_, N> {
 
     /// The log whose buffer holds packed slot `p` (the open one, brought up to date, or a sealed
     /// one not programmed yet), if `p` is a packed slot still in RAM.
-    fn buffered_packed(&mut self, p: Ppa) -> Option<usize> {
+    pub(super) fn buffered_packed(&mut self, p: Ppa) -> Option<usize> {
         if let Some(log) = self.open_pack_log(p) {
             if let Some(op) = self.pack[log] {
                 let at = self.slot_offset(log, op.slot);
@@ -110,17 +106,6 @@ impl<N: Nand> Ftl<'_, N> {
         let sp = self.spare_offset(log) + (p.0 % self.spp) as usize * SPARE;
         matches!(SpareRecord::parse(&self.bufs[sp..sp + SPARE]), Ok(r) if r.kind == SlotKind::Packed)
             .then_some(log)
-    }
-
-    /// Whether `p` is known, without I/O, to be a packed slot (no delta base, then): the open
-    /// one, or one serving several LBAs. (A slot serving one LBA after a remount is told by
-    /// its record when read.)
-    pub(super) fn maybe_packed(&self, p: Ppa) -> bool {
-        self.open_pack_log(p).is_some()
-            || self
-                .pack_refs
-                .get(p.0 as usize)
-                .is_some_and(|&r| r & KNOWN_PACKED != 0 || r & REFS > 1)
     }
 
     /// Whether `log`'s open packed slot holds an entry of group `g` (rule 1).
@@ -164,7 +149,7 @@ impl<N: Nand> Ftl<'_, N> {
         let b = PackedBuilder::start(&mut self.bufs[at..at + SLOT_BYTES]);
         self.pack[log] = Some(OpenPack { slot, b });
         if let Some(p) = self.pack_ppa(log) {
-            self.pack_refs[p.0 as usize] = KNOWN_PACKED;
+            self.pack_refs[p.0 as usize] = 0;
         }
     }
 
@@ -253,15 +238,7 @@ impl<N: Nand> Ftl<'_, N> {
 
     fn add_ref(&mut self, p: Ppa) {
         let r = &mut self.pack_refs[p.0 as usize];
-        *r = ((*r & REFS) + 1).min(REFS) | KNOWN_PACKED;
-    }
-
-    /// Remembers that slot `p`, just read, is a packed slot (delta writes then skip it).
-    fn note_packed(&mut self, p: Ppa) {
-        let r = &mut self.pack_refs[p.0 as usize];
-        if *r & REFS > 0 {
-            *r |= KNOWN_PACKED;
-        }
+        *r = ((*r & REFS) + 1).min(REFS);
     }
 
     /// `lba` no longer maps to slot `p`: a packed slot loses one reference (its entry is dropped
@@ -303,6 +280,8 @@ impl<N: Nand> Ftl<'_, N> {
                 return Ok(false);
             }
         };
+        // The coded block's base CRC (`Ftl::load_base`), for the drop of its delta below.
+        let record_crc = crc32(&[&self.bufs[z..z + len]]);
         let new = self.pack_append(HOT, lba, dtype as u8, ZBUF, len)?;
         let g = lba / LBAS_PER_NODE;
         let off = lba % LBAS_PER_NODE;
@@ -316,7 +295,7 @@ impl<N: Nand> Ftl<'_, N> {
             self.unref(old, lba);
         }
         // The block is whole again: its delta (inline or marker) is dead.
-        self.drop_delta(s, off, Some(crc32(&[data])))?;
+        self.drop_delta(s, off, Some(record_crc))?;
         self.stats.blocks_coded += 1;
         self.stats.coded_bytes_saved += (SLOT_BYTES - len - pk::ENTRY) as u64;
         Ok(true)
@@ -359,9 +338,6 @@ impl<N: Nand> Ftl<'_, N> {
             let sp = self.spare_offset(buf) + (p.0 % self.spp) as usize * SPARE;
             let kind =
                 SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_or(SlotKind::Data, |r| r.kind);
-            if kind == SlotKind::Packed {
-                self.note_packed(p);
-            }
             return Ok(kind);
         }
         Self::bad(why, p.0)
@@ -446,6 +422,37 @@ impl<N: Nand> Ftl<'_, N> {
             .map_err(|_| Error::Corrupted(corrupted("coded block fails its checks", p.0)))?;
         self.stats.coded_reads += 1;
         Ok(())
+    }
+
+    /// Decodes the record of `lba` from packed slot `p` (page in buffer `page`) into `BBUF` as
+    /// a delta base; returns the CRC of the record's bytes, the base CRC of a coded block (see
+    /// `Ftl::load_base`).
+    pub(super) fn load_coded_base(
+        &mut self,
+        p: Ppa,
+        lba: u32,
+        page: usize,
+        cause: Cause,
+    ) -> R<u32, N::Error> {
+        let Some((dtype, len)) = self.gather(p, lba, page, ZBUF, cause)? else {
+            return Self::bad("packed slot holds no record of the block", p.0);
+        };
+        let Some(dtype) = Dtype::from_code(dtype) else {
+            return Self::bad("coded block of an unknown dtype", p.0);
+        };
+        let (b, z) = (self.slot_offset(BBUF, 0), self.slot_offset(ZBUF, 0));
+        let Some(mem) = self.weights.as_deref_mut() else {
+            return Self::bad("coded block, but no codec memory was lent", p.0);
+        };
+        // BBUF comes before ZBUF.
+        let (lo, hi) = self.bufs.split_at_mut(z);
+        let record = &hi[..len];
+        let out: &mut [u8; SLOT_BYTES] = (&mut lo[b..b + SLOT_BYTES])
+            .try_into()
+            .map_err(|_| Error::Corrupted(corrupted("base buffer", p.0)))?;
+        weights::decode_block(dtype, lba, record, out, mem)
+            .map_err(|_| Error::Corrupted(corrupted("coded block fails its checks", p.0)))?;
+        Ok(crc32(&[record]))
     }
 
     /// Serves a read of `lba` mapped to `p` if `p` is a packed slot still in a write buffer.
@@ -551,10 +558,33 @@ impl<N: Nand> Ftl<'_, N> {
             if seq > self.cache_meta[s].stamp_base() {
                 self.set_ptr(s, off, p);
                 self.cache_meta[s].dirty = true;
-                self.drop_delta(s, off, None)?;
+                // A record GC moved is still the base of the LBA's delta: the same record
+                // bytes, so the same base CRC. Anything else rewrote the LBA.
+                let base = self.find_entry(s, off)?.map(|e| e.base_crc);
+                if base.is_none() || self.record_crc(p, lba)? != base {
+                    self.drop_delta(s, off, None)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The CRC of the record of `lba` in packed slot `p` on flash (its base CRC), or `None` if
+    /// it cannot be read: a base that cannot be read is no base.
+    fn record_crc(&mut self, p: Ppa, lba: u32) -> R<Option<u32>, N::Error> {
+        match self.read_slot_checked(p, SlotKind::Packed, 0, SCRATCH, Cause::Checkpoint) {
+            Ok(_) => {}
+            Err(Error::Corrupted(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        match self.gather(p, lba, SCRATCH, ZBUF, Cause::Checkpoint) {
+            Ok(Some((_, len))) => {
+                let z = self.slot_offset(ZBUF, 0);
+                Ok(Some(crc32(&[&self.bufs[z..z + len]])))
+            }
+            Ok(None) | Err(Error::Corrupted(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Ftl::check`] of `lba` mapped to `q`: `None` if `q` is not a packed slot (or cannot be

@@ -21,7 +21,7 @@
 # flushed. Printed: NAND bytes programmed by the second write per payload byte, with compress on
 # and delta off (each block coded whole again) against compress on and delta on (kept as
 # deltas over the coded blocks, plane-coded where smaller: ZipNN's delta mode), and the deltas
-# the device kept. UPDATES lists the fractions in percent (default "1 5 20").
+# the device kept. UPDATES lists the fractions in percent (default "1 5 10 20").
 set -euo pipefail
 PROFILE=${PROFILE:-tlc}
 PY=/usr/bin/python3   # Debian's python3 carries the libnbd bindings (module `nbd`)
@@ -90,7 +90,7 @@ PYEOF
     done
 done
 
-UPDATES=${UPDATES:-1 5 20}
+UPDATES=${UPDATES:-1 5 10 20}
 [ "$UPDATES" = none ] && exit 0
 echo
 echo "checkpoint rewritten after a fine-tuning step (compress on; NAND bytes of the second write per payload byte)"

@@ -32,6 +32,39 @@ use crate::format::inline_delta::{AREA, HEADER};
 /// Most evictions one host write may trigger before it is written whole instead.
 const MAX_EVICTIONS: u32 = 64;
 
+/// The base of a delta as [`Ftl::load_base`] found it (its bytes are in `BBUF`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Base {
+    /// Its base CRC (see `load_base`).
+    pub crc: u32,
+    /// NAND bytes that writing a block of it whole costs: a slot, or for a coded block its
+    /// record and directory entry. A delta may take at most a quarter of it.
+    pub whole: usize,
+}
+
+impl Base {
+    fn plain(crc: u32) -> Self {
+        Base {
+            crc,
+            whole: SLOT_BYTES,
+        }
+    }
+
+    /// Largest delta entry worth keeping over this base. A plain base: [`MAX_DELTA`]. A coded
+    /// one: an eighth of its record. A kept delta costs its bytes in the delta log, its share of
+    /// a compact page, and, in the hot log it shares with the coded blocks, the unused end of
+    /// the packed slot each delta-log or compact-page write closes; measured on a BF16
+    /// checkpoint rewrite (`bench/zipnn-device.sh`, 20% of elements changed: ~600-byte deltas),
+    /// a quarter of the record made the rewrite cost 17% more NAND bytes than coding it whole.
+    fn max_delta(&self) -> usize {
+        if self.whole >= SLOT_BYTES {
+            MAX_DELTA
+        } else {
+            (self.whole / 8).min(MAX_DELTA)
+        }
+    }
+}
+
 impl<N: Nand> Ftl<'_, N> {
     /// The cause a node write-back is counted under.
     pub(super) fn node_cause(&self, s: usize) -> Cause {
@@ -98,7 +131,7 @@ impl<N: Nand> Ftl<'_, N> {
     }
 
     /// Drops entry `e` of node `s` from the live state and from the open log.
-    fn remove_entry(&mut self, s: usize, e: &Entry) {
+    pub(super) fn remove_entry(&mut self, s: usize, e: &Entry) {
         self.kill_logged(s, e.off as u32);
         self.forget_entry(s, e);
     }
@@ -288,7 +321,7 @@ impl<N: Nand> Ftl<'_, N> {
     /// its record bytes. Either names the base exactly as long as it lives: GC moves a plain
     /// slot with its data CRC and a record without re-coding it, while any rewrite of the LBA
     /// gives another CRC unless it is the very same content (see [`Ftl::drop_delta`]).
-    fn load_base(&mut self, p: Ppa, lba: u32, cause: Cause) -> R<u32, N::Error> {
+    fn load_base(&mut self, p: Ppa, lba: u32, cause: Cause) -> R<Base, N::Error> {
         let dst = self.slot_offset(BBUF, 0);
         if let Some(log) = self.buffered_packed(p) {
             return self.load_coded_base(p, lba, log, cause);
@@ -299,7 +332,7 @@ impl<N: Nand> Ftl<'_, N> {
             self.bufs.copy_within(at..at + SLOT_BYTES, dst);
             let sp = self.spare_offset(log) + slot as usize * SPARE;
             return SpareRecord::parse(&self.bufs[sp..sp + SPARE])
-                .map(|r| r.data_crc)
+                .map(|r| Base::plain(r.data_crc))
                 .map_err(|_| Error::Corrupted(corrupted("buffered slot has no record", p.0)));
         }
         if self.read_mapped_slot(p, lba, SCRATCH, cause)? == SlotKind::Packed {
@@ -310,7 +343,7 @@ impl<N: Nand> Ftl<'_, N> {
         self.bufs.copy_within(at..at + SLOT_BYTES, dst);
         let sp = self.spare_offset(SCRATCH) + slot as usize * SPARE;
         SpareRecord::parse(&self.bufs[sp..sp + SPARE])
-            .map(|r| r.data_crc)
+            .map(|r| Base::plain(r.data_crc))
             .map_err(|_| Error::Corrupted(corrupted("slot has no record", p.0)))
     }
 
@@ -368,8 +401,7 @@ impl<N: Nand> Ftl<'_, N> {
         let Some(e) = self.find_entry(s, off)? else {
             return Ok(false);
         };
-        let base_crc = self.load_base(p, lba, Cause::Data)?;
-        if base_crc == e.base_crc {
+        if self.load_base(p, lba, Cause::Data)?.crc == e.base_crc {
             self.apply_entry(s, lba / LBAS_PER_NODE, &e)?;
             self.stats.delta_reads += 1;
         }
@@ -396,8 +428,8 @@ impl<N: Nand> Ftl<'_, N> {
         if !p.is_some() || self.buffered_log(p).is_some() {
             return Ok(false);
         }
-        let base_crc = match self.load_base(p, lba, Cause::Delta) {
-            Ok(c) => c,
+        let base = match self.load_base(p, lba, Cause::Delta) {
+            Ok(b) => b,
             // A damaged base is no base: the write goes whole and replaces it.
             Err(Error::Corrupted(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -405,8 +437,10 @@ impl<N: Nand> Ftl<'_, N> {
         let d = self.slot_offset(DBUF, 0);
         let b = self.slot_offset(BBUF, 0);
         let (lo, hi) = self.bufs.split_at_mut(b);
+        let base_crc = base.crc;
         // DBUF holds the delta, and past it the other encoding tried.
-        let (out, scratch) = lo[d..d + 2 * MAX_DELTA].split_at_mut(MAX_DELTA - HEADER);
+        let cap = base.max_delta().saturating_sub(HEADER);
+        let (out, scratch) = lo[d..d + 2 * MAX_DELTA].split_at_mut(cap);
         let n = match planes::encode_best(data, &hi[..SLOT_BYTES], out, scratch) {
             Ok(n) => n,
             Err(_) => {
@@ -580,8 +614,7 @@ impl<N: Nand> Ftl<'_, N> {
             self.remove_entry(s, &e);
             return Ok(());
         }
-        let base_crc = self.load_base(p, lba, Cause::Delta)?;
-        if base_crc != e.base_crc {
+        if self.load_base(p, lba, Cause::Delta)?.crc != e.base_crc {
             // Stale since roll-forward: the mapped block is already the newer one. No slot
             // records this removal, so the node must be written.
             self.remove_entry(s, &e);
@@ -589,6 +622,16 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(());
         }
         self.apply_entry(s, g, &e)?;
+        // Stored coded if it is weights and compress is on, like a host write of it would be.
+        // (Its bytes count as data: a packed slot carries several blocks.)
+        if self.compress_on && self.rebuild_coded(lba)? {
+            if restore {
+                self.stats.pages_restored += 1;
+            } else {
+                self.stats.pages_rebuilt += 1;
+            }
+            return Ok(());
+        }
         // Neither read above programs anything: the room made in HOT is still there.
         let src = self.slot_offset(BBUF, 0);
         let dst = self.slot_offset(HOT, self.logs[HOT].fill);

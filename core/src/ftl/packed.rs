@@ -37,6 +37,7 @@
 //! holds an entry of its group. A record that spills into a page not yet programmed is not
 //! flushed, and a torn next page leaves no entry mapping to it.
 
+use super::delta::Base;
 use super::*;
 use crate::codec::weights;
 use crate::codec::zipnn::Dtype;
@@ -301,6 +302,47 @@ impl<N: Nand> Ftl<'_, N> {
         Ok(true)
     }
 
+    /// Stores the block a rebuild assembled in `BBUF` (`lba`'s base with its delta applied)
+    /// coded, as [`Ftl::write_coded`] does for a host write, and drops the delta it folds in.
+    /// Returns `false`, having written nothing, when it is not weights or does not code small
+    /// enough.
+    pub(super) fn rebuild_coded(&mut self, lba: u32) -> R<bool, N::Error> {
+        let (b, z) = (self.slot_offset(BBUF, 0), self.slot_offset(ZBUF, 0));
+        // BBUF comes before ZBUF.
+        let (lo, hi) = self.bufs.split_at_mut(z);
+        let Ok(block) = <&[u8; SLOT_BYTES]>::try_from(&lo[b..b + SLOT_BYTES]) else {
+            return Ok(false);
+        };
+        let Some(dtype) = weights::detect(block) else {
+            return Ok(false);
+        };
+        let Some(mem) = self.weights.as_deref_mut() else {
+            return Ok(false);
+        };
+        let len =
+            match weights::encode_block(dtype, lba, block, &mut hi[..weights::MAX_RECORD], mem) {
+                Ok(n) if n + pk::ENTRY <= CODED_LIMIT && n <= pk::MAX_RECORD => n,
+                _ => return Ok(false),
+            };
+        // Appending may program the log and run GC (which may move the base): the mapping is
+        // looked up again afterwards.
+        let new = self.pack_append(HOT, lba, dtype as u8, ZBUF, len)?;
+        let (g, off) = (lba / LBAS_PER_NODE, lba % LBAS_PER_NODE);
+        let s = self.node_slot(g)?;
+        let old = self.ptr(s, off);
+        self.set_ptr(s, off, new);
+        self.cache_meta[s].dirty = true;
+        if old.is_some() {
+            self.unref(old, lba);
+        }
+        if let Some(e) = self.find_entry(s, off)? {
+            self.remove_entry(s, &e);
+        }
+        self.stats.blocks_coded += 1;
+        self.stats.coded_bytes_saved += (SLOT_BYTES - len - pk::ENTRY) as u64;
+        Ok(true)
+    }
+
     /// Reads slot `p` (mapped to `lba`) from flash into `buf`: a data slot of `lba` or a packed
     /// slot. Retries like `read_slot_checked`; returns the kind.
     pub(super) fn read_mapped_slot(
@@ -433,7 +475,7 @@ impl<N: Nand> Ftl<'_, N> {
         lba: u32,
         page: usize,
         cause: Cause,
-    ) -> R<u32, N::Error> {
+    ) -> R<Base, N::Error> {
         let Some((dtype, len)) = self.gather(p, lba, page, ZBUF, cause)? else {
             return Self::bad("packed slot holds no record of the block", p.0);
         };
@@ -452,7 +494,10 @@ impl<N: Nand> Ftl<'_, N> {
             .map_err(|_| Error::Corrupted(corrupted("base buffer", p.0)))?;
         weights::decode_block(dtype, lba, record, out, mem)
             .map_err(|_| Error::Corrupted(corrupted("coded block fails its checks", p.0)))?;
-        Ok(crc32(&[record]))
+        Ok(Base {
+            crc: crc32(&[record]),
+            whole: len + pk::ENTRY,
+        })
     }
 
     /// Serves a read of `lba` mapped to `p` if `p` is a packed slot still in a write buffer.

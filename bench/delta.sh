@@ -9,6 +9,7 @@
 #   PARTS="controlled fio" bench/delta.sh   # a subset: controlled fio sqlite latency
 #   PROFILE=femu bench/delta.sh             # 4 KiB pages: no padding when a flush cuts a page
 #   PLP=on bench/delta.sh                   # power-loss protection: flushes program nothing
+#   PCTS="5 14" PARTS=controlled bench/delta.sh  # some of the controlled update sizes
 #   COMPRESS=on bench/delta.sh              # ZipNN coding of weight-like blocks too (default
 #                                           # off here: it codes some SQLite pages, which are
 #                                           # then no delta base, so it blurs what delta does)
@@ -137,7 +138,7 @@ h.shutdown()
 EOF
     echo "## (2) controlled updates: $UPDATES random 4 KiB rewrites of 4,096 blocks, P% of bytes changed (one contiguous run), flush every $FLUSH_EVERY; profile $PROFILE"
     printf "changed\tNAND/host off\tNAND/host on\treduction\tdetail on (per host byte)\n"
-    for pct in 1 5 14 30 60; do
+    for pct in ${PCTS:-1 5 14 30 60}; do
         local f=()
         for d in off on; do
             serve "ctl-$pct-$d" 64MiB --delta "$d"

@@ -152,6 +152,14 @@ pub struct LatencySummary {
     pub write_mean_ns: u64,
     /// 99th percentile write latency.
     pub write_p99_ns: u64,
+    /// Replies with a modelled due time (`real` mode) that the host reported sending
+    /// ([`Firmware::note_reply_late`]).
+    pub replies: u64,
+    /// Median of how long after its due time a reply began to go out: the host's own delay on
+    /// top of the model, before the transport's.
+    pub reply_late_p50_ns: u64,
+    /// 99th percentile of the same.
+    pub reply_late_p99_ns: u64,
 }
 
 /// A completed request: its result and, in `real` latency mode, when the reply may go out.
@@ -307,6 +315,9 @@ pub struct Firmware {
     tx: SyncSender<Submitted>,
     thread: Mutex<Option<JoinHandle<()>>>,
     logical_bytes: u64,
+    /// How late the host sent replies, as it reports them: kept here, not on the firmware
+    /// thread, so a report costs the sender a short lock, never a trip through the queue.
+    reply_late: Mutex<LatencyLog>,
 }
 
 type Dev = Timed<SimNand>;
@@ -363,6 +374,7 @@ impl Firmware {
                 tx,
                 thread: Mutex::new(Some(thread)),
                 logical_bytes,
+                reply_late: Mutex::new(LatencyLog::new()),
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -483,7 +495,23 @@ impl Firmware {
         self.tx
             .send((Instant::now(), Job::Stats(reply)))
             .map_err(|_| FirmwareError::Stopped)?;
-        rx.recv().map_err(|_| FirmwareError::Stopped)
+        let mut snapshot = rx.recv().map_err(|_| FirmwareError::Stopped)?;
+        let late = self.reply_late.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, p50, p99) = late.mean_p50_p99();
+        snapshot.latency.replies = late.count;
+        snapshot.latency.reply_late_p50_ns = p50;
+        snapshot.latency.reply_late_p99_ns = p99;
+        Ok(snapshot)
+    }
+
+    /// Records that a reply with a modelled due time (`real` mode) began to go out `late` after
+    /// it. The host calls it so the stats can show whether its own hand-offs keep to the model.
+    pub fn note_reply_late(&self, late: Duration) {
+        let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        self.reply_late
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(ns);
     }
 
     /// Flushes and stops the firmware thread. Later calls fail with `Stopped`.
@@ -554,14 +582,14 @@ impl LatencyLog {
         }
     }
 
-    fn mean_p99(&self) -> (u64, u64) {
+    fn mean_p50_p99(&self) -> (u64, u64, u64) {
         if self.count == 0 {
-            return (0, 0);
+            return (0, 0, 0);
         }
         let mut s = self.samples.clone();
         s.sort_unstable();
-        let p99 = s[((s.len() - 1) as f64 * 0.99).round() as usize];
-        ((self.sum / self.count as u128) as u64, p99)
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        ((self.sum / self.count as u128) as u64, at(0.5), at(0.99))
     }
 }
 
@@ -979,8 +1007,8 @@ impl Runner<'_> {
             }
         }
         let bad_blocks = bad_block_list.len() as u32;
-        let (read_mean_ns, read_p99_ns) = self.reads.mean_p99();
-        let (write_mean_ns, write_p99_ns) = self.writes.mean_p99();
+        let (read_mean_ns, _, read_p99_ns) = self.reads.mean_p50_p99();
+        let (write_mean_ns, _, write_p99_ns) = self.writes.mean_p50_p99();
         Snapshot {
             stats: *self.ftl.stats(),
             erase_counts,
@@ -996,8 +1024,30 @@ impl Runner<'_> {
                 writes: self.writes.count,
                 write_mean_ns,
                 write_p99_ns,
+                // Filled in by `Firmware::snapshot`, which keeps them.
+                ..LatencySummary::default()
             },
             uptime_s: self.started.elapsed().as_secs_f64(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lateness_reports_count_median_and_p99() {
+        let fw = Firmware::start(FirmwareConfig::new(crate::profile::FEMU, 4 << 20)).unwrap();
+        assert_eq!(fw.snapshot().unwrap().latency.replies, 0);
+        // 1..=100 µs in a scrambled order: the median and p99 must not depend on the order.
+        for i in 0..100u64 {
+            fw.note_reply_late(Duration::from_micros((i * 37) % 100 + 1));
+        }
+        let l = fw.snapshot().unwrap().latency;
+        assert_eq!(l.replies, 100);
+        // Nearest rank on 100 sorted samples: index 50 (51 µs) and index 98 (99 µs).
+        assert_eq!(l.reply_late_p50_ns, 51_000);
+        assert_eq!(l.reply_late_p99_ns, 99_000);
     }
 }

@@ -166,6 +166,10 @@ impl Queue for FirmwareQueue {
         };
         self.firmware.submit(req, tag, &self.done);
     }
+
+    fn replied(&self, late: std::time::Duration) {
+        self.firmware.note_reply_late(late);
+    }
 }
 
 /// BLOCK_STATUS extents of the firmware's (bytes, mapped) runs.
@@ -317,6 +321,9 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             "writes": s.latency.writes,
             "write_mean_ns": s.latency.write_mean_ns,
             "write_p99_ns": s.latency.write_p99_ns,
+            "replies": s.latency.replies,
+            "reply_late_p50_ns": s.latency.reply_late_p50_ns,
+            "reply_late_p99_ns": s.latency.reply_late_p99_ns,
         },
         "device": {
             "profile": s.profile.name,

@@ -120,6 +120,10 @@ pub trait Completer: Send + Sync {
 pub trait Queue: Send + Sync {
     /// Submits request `tag`; its result goes to the queue's completer, exactly once.
     fn submit(&self, tag: u64, req: Request);
+    /// A reply with a modelled due time began to go out `late` after it (for the stats).
+    fn replied(&self, late: std::time::Duration) {
+        let _ = late;
+    }
 }
 
 /// Opens a queue pair on `device` whose completions go to `done`: the device's own queue if it

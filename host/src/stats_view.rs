@@ -213,6 +213,15 @@ pub fn render(cur: &Value, prev: Option<(&Value, f64)>) -> String {
             "modelled latency       - (serve --latency virtual or real)"
         );
     }
+    if num(l, "replies") > 0.0 {
+        let _ = writeln!(
+            out,
+            "replies sent           p50 {} p99 {} after their modelled time ({} replies)",
+            micros(num(l, "reply_late_p50_ns")),
+            micros(num(l, "reply_late_p99_ns")),
+            l["replies"]
+        );
+    }
 
     let mut other = Vec::new();
     if let Value::Object(map) = cur {
@@ -255,10 +264,22 @@ fn fetch(addr: &str) -> anyhow::Result<Value> {
         .map_err(|e| anyhow::anyhow!("the control endpoint sent invalid JSON: {e}"))
 }
 
+/// Writes `text` to standard output; `false` once the reader has gone away (`| head`), which
+/// ends the output quietly rather than as an error.
+pub(crate) fn emit(text: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Prints the table once, or every `watch` seconds (`count` times, or until Ctrl-C).
 pub fn run(addr: &str, watch: Option<f64>, count: Option<u64>) -> anyhow::Result<()> {
     let Some(every) = watch else {
-        print!("{}", render(&fetch(addr)?, None));
+        emit(&render(&fetch(addr)?, None))?;
         return Ok(());
     };
     if !(every.is_finite() && every > 0.0) {
@@ -276,15 +297,19 @@ pub fn run(addr: &str, watch: Option<f64>, count: Option<u64>) -> anyhow::Result
             prev.as_ref()
                 .map(|(p, at)| (p, now.duration_since(*at).as_secs_f64())),
         );
+        let mut text = String::new();
         if clear {
             // Clear the screen and home the cursor, as `watch` does.
-            print!("\x1b[2J\x1b[H");
+            text.push_str("\x1b[2J\x1b[H");
         } else if shown > 0 {
-            println!();
+            text.push('\n');
         }
-        print!("{table}");
+        text.push_str(&table);
         if clear {
-            println!("\nevery {every} s; Ctrl-C ends");
+            text.push_str(&format!("\nevery {every} s; Ctrl-C ends\n"));
+        }
+        if !emit(&text)? {
+            return Ok(());
         }
         shown += 1;
         if count.is_some_and(|c| shown >= c) {

@@ -102,14 +102,15 @@ pub fn run(args: WearArgs) -> anyhow::Result<()> {
         let svg = draw_svg(&input, &report)?;
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let mut text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", render_text(&input, &report));
-        if let Some(path) = &args.svg {
-            println!("picture: {}", path.display());
-        }
+        render_text(&input, &report)
+    };
+    if let (false, Some(path)) = (args.json, &args.svg) {
+        text.push_str(&format!("picture: {}\n", path.display()));
     }
+    crate::stats_view::emit(&text)?;
     Ok(())
 }
 

@@ -427,7 +427,7 @@ impl Conn {
     /// Sends replies as they become due until the reader has ended and every admitted request
     /// is answered. After a failed write the rest are dropped (the client is gone), still
     /// giving back their budget so the reader never waits for room that will not come.
-    fn write_loop<W: Write>(&self, out: &mut W) {
+    fn write_loop<W: Write>(&self, out: &mut W, queue: &dyn Queue) {
         nandbox_sim::firmware::precise_timers();
         let mut batch: Vec<Reply> = Vec::new();
         let mut broken = false;
@@ -453,6 +453,11 @@ impl Conn {
                 drop(st);
                 if !broken {
                     broken = send_all(out, &batch).is_err();
+                }
+                // How late past its modelled time each reply went out: the stats show whether
+                // the hand-offs between threads stay hidden inside the model.
+                for at in batch.iter().filter_map(|r| r.not_before) {
+                    queue.replied(now.saturating_duration_since(at));
                 }
                 st = self.lock();
                 for r in batch.drain(..) {
@@ -620,7 +625,7 @@ pub fn serve<R: Read + Send, W: Write + Send>(
         let writer = std::thread::Builder::new()
             .name("nbd-writer".into())
             .stack_size(WRITER_STACK)
-            .spawn_scoped(scope, || conn.write_loop(&mut writer))?;
+            .spawn_scoped(scope, || conn.write_loop(&mut writer, &*queue))?;
         let result = read_loop(reader, export, &neg, &conn, &*queue);
         conn.end();
         // The writer only returns; a panic in it is a bug worth seeing.

@@ -75,6 +75,7 @@
 // Indexing several 256-entry tables by symbol reads clearer than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+use super::huffman::{HuffDecoder, HuffEncoder};
 use super::CodecError;
 
 /// Probability precision: frequencies sum to `1 << SCALE_BITS`.
@@ -198,6 +199,10 @@ pub struct EncoderScratch {
     pub(super) wide_hist: [u32; WIDE_VALUES],
     /// Value → byte index under that mapping.
     pub(super) wide_map: [u8; WIDE_VALUES],
+    /// Value → Huffman code of its index (ZipNN's large chunks).
+    pub(super) wide_code: [u32; WIDE_VALUES],
+    /// Huffman code construction.
+    pub(super) huff: HuffEncoder,
 }
 
 /// Size of the wide alphabet [`EncoderScratch`] can count (values below 2^11).
@@ -232,6 +237,8 @@ impl EncoderScratch {
             table_tmp: [0; MAX_TABLE_LEN],
             wide_hist: [0; WIDE_VALUES],
             wide_map: [0; WIDE_VALUES],
+            wide_code: [0; WIDE_VALUES],
+            huff: HuffEncoder::new(),
         }
     }
 
@@ -256,6 +263,8 @@ pub struct DecoderTables {
     slots: [u32; SLOTS],
     /// Byte index → wide value, for codecs that map a wide alphabet onto bytes (ZipNN).
     pub(super) values: [u16; 256],
+    /// Huffman decoding table (ZipNN's large chunks).
+    pub(super) huff: HuffDecoder,
 }
 
 /// A decoding slot: symbol, offset within the symbol's range, frequency (each < 4096).
@@ -275,6 +284,7 @@ impl DecoderTables {
         DecoderTables {
             slots: [0; SLOTS],
             values: [0; 256],
+            huff: HuffDecoder::new(),
         }
     }
 }

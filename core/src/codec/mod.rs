@@ -11,6 +11,7 @@
 use core::fmt;
 
 pub mod entropy;
+pub mod huffman;
 pub mod qstore;
 pub mod weights;
 pub mod zipnn;

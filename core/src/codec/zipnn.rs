@@ -31,6 +31,7 @@
 //! [`entropy`]: super::entropy
 
 use super::entropy::{self, DecoderTables, EncoderScratch, WIDE_VALUES};
+use super::huffman;
 use super::CodecError;
 use core::fmt;
 
@@ -46,8 +47,10 @@ pub const MAX_SEGMENTS: u32 = 1 << 20;
 
 /// Container magic: "NBZN".
 pub const MAGIC: [u8; 4] = *b"NBZN";
-/// Container format version.
-pub const VERSION: u16 = 2;
+/// Container format version written.
+pub const VERSION: u16 = 3;
+/// Oldest container format version read (version 3 only added chunk encodings).
+pub const MIN_VERSION: u16 = 2;
 /// Header flag: the original file was a safetensors file (segment 0 is its header).
 pub const FLAG_SAFETENSORS: u16 = 1;
 
@@ -218,7 +221,7 @@ impl ContainerHeader {
                 "bad magic (not a nandbox zipnn file)",
             ));
         }
-        if u16::from_le_bytes([b[4], b[5]]) != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&u16::from_le_bytes([b[4], b[5]])) {
             return Err(ZipnnError::CorruptedHeader("unsupported version"));
         }
         let flags = u16::from_le_bytes([b[field::FLAGS][0], b[field::FLAGS][1]]);
@@ -329,6 +332,18 @@ const SPLIT_WIDE: u8 = 4;
 /// Chunk layout byte / split point: the low 7 bits go raw with the sign, so the coded value is
 /// bits 14..7 (FP16, and BF16/FP32 chunks with more than 256 distinct 11-bit values).
 const SPLIT_BYTE: u8 = 7;
+/// Chunk layout byte (version 3): split at 4 like [`SPLIT_WIDE`], the raw bits stored in groups
+/// of 16 elements (8 bytes of low nibbles, then 2 bytes of signs) that unpack with plain vector
+/// operations. Writers use it for every 11-bit chunk; [`SPLIT_WIDE`] is still read.
+const LAYOUT_WIDE16: u8 = 5;
+/// Bytes of raw bits of a group of 16 elements in [`LAYOUT_WIDE16`].
+const GROUP16_BYTES: usize = 10;
+/// Index block mode (after the entropy block modes 0..=3): canonical Huffman in four streams
+/// ([`huffman`]), the block's first byte.
+const MODE_HUFFMAN: u8 = 4;
+/// Smallest chunk (elements) whose 11-bit indices are Huffman coded: below it the code lengths
+/// cost more than the speed is worth, and device blocks keep rANS's tighter coding.
+const HUFFMAN_MIN_ELEMENTS: usize = 8192;
 /// Chunk flag: every element's raw bits are the same; one byte holds them.
 const FLAG_RAW_CONSTANT: u8 = 1;
 /// Chunk flag (FP32): every element's low 16 bits are the same; two bytes hold them.
@@ -338,7 +353,11 @@ const MAX_DICT_LEN: usize = 2 + 256 * 4;
 /// Room a coded chunk may take beyond its original length while it is written (layout, flags,
 /// dictionary, the entropy block's header); a record that ends up longer than storing is
 /// rewritten as stored.
-const CODED_SLACK: usize = 2 + MAX_DICT_LEN + entropy::MAX_HEADER_LEN;
+const CODED_SLACK: usize = 2 + MAX_DICT_LEN + entropy::MAX_HEADER_LEN + HUFFMAN_SLACK;
+/// What a Huffman index block and [`LAYOUT_WIDE16`] padding may add: the mode byte, the code
+/// lengths and stream table, a few padding bytes per stream, the encoder's 8-byte overshoot
+/// and a padded last group.
+const HUFFMAN_SLACK: usize = 1 + huffman::header_len(256) + 12 + GROUP16_BYTES;
 
 /// The upper 16 bits of an element (the whole element for 16-bit types): sign, then the
 /// exponent (BF16/FP32) or exponent and mantissa top (FP16).
@@ -646,6 +665,197 @@ fn ungroup<const SIZE: usize, const SPLIT: u32>(
     }
 }
 
+/// Each element's index into the dictionary (`map`: value → index), for rANS-coded chunks.
+fn index<const SIZE: usize, const SPLIT: u32>(
+    body: &[u8],
+    map: &[u8; WIDE_VALUES],
+    idx: &mut [u8],
+) {
+    for (i, e) in idx.iter_mut().zip(body.chunks_exact(SIZE)) {
+        *i = map[usize::from((top::<SIZE>(e) & 0x7fff) >> SPLIT) & (WIDE_VALUES - 1)];
+    }
+}
+
+/// Raw bits of the 11-bit split in [`LAYOUT_WIDE16`] groups: per 16 elements, byte `j` holds
+/// the low nibbles of elements `j` (bits 3..0) and `j + 8` (bits 7..4), then a u16 LE holds the
+/// signs (bit `k`: element `k`). A last partial group is padded with zeros. Returns whether
+/// all elements' raw bits are equal.
+fn raw16<const SIZE: usize>(body: &[u8], raw: &mut [u8]) -> bool {
+    // Lane-wise accumulators and word operations, so the loop vectorises.
+    let (mut any, mut all) = ([0u16; 16], [u16::MAX; 16]);
+    let mut groups = body.chunks_exact(16 * SIZE);
+    for (g, r) in (&mut groups).zip(raw.chunks_exact_mut(GROUP16_BYTES)) {
+        let t: [u16; 16] = core::array::from_fn(|k| top::<SIZE>(&g[k * SIZE..k * SIZE + SIZE]));
+        for k in 0..16 {
+            any[k] |= t[k] & 0x800f;
+            all[k] &= t[k] & 0x800f;
+        }
+        let (nib, sign) = pack16(&t);
+        r[..8].copy_from_slice(&nib);
+        r[8..].copy_from_slice(&sign.to_le_bytes());
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut t = [0u16; 16];
+        for (tk, e) in t.iter_mut().zip(rest.chunks_exact(SIZE)) {
+            *tk = top::<SIZE>(e);
+            any[0] |= *tk & 0x800f;
+            all[0] &= *tk & 0x800f;
+        }
+        let (nib, sign) = pack16(&t);
+        let last = body.len() / (16 * SIZE);
+        if let Some(r) = raw.chunks_exact_mut(GROUP16_BYTES).nth(last) {
+            r[..8].copy_from_slice(&nib);
+            r[8..].copy_from_slice(&sign.to_le_bytes());
+        }
+    }
+    let any = any.iter().fold(0, |a, &x| a | x);
+    let all = all.iter().fold(u16::MAX, |a, &x| a & x);
+    any == all
+}
+
+/// The [`LAYOUT_WIDE16`] raw bytes of 16 elements' upper halves: nibbles, and the signs
+/// gathered four at a time by one multiply (bits 15, 31, 47, 63 of a word land on 48..51).
+#[inline(always)]
+fn pack16(t: &[u16; 16]) -> ([u8; 8], u16) {
+    let nib: [u8; 8] = core::array::from_fn(|j| (t[j] & 15) as u8 | ((t[j + 8] & 15) as u8) << 4);
+    let mut sign = 0u16;
+    for q in 0..4 {
+        let w = u64::from(t[4 * q])
+            | u64::from(t[4 * q + 1]) << 16
+            | u64::from(t[4 * q + 2]) << 32
+            | u64::from(t[4 * q + 3]) << 48;
+        let s = (w >> 15) & 0x0001_0001_0001_0001;
+        let m = s.wrapping_mul(1 << 48 | 1 << 33 | 1 << 18 | 1 << 3) >> 48;
+        sign |= ((m & 15) as u16) << (4 * q);
+    }
+    (nib, sign)
+}
+
+/// The raw sections of a coded chunk as `(bytes, stride)` per group of 16 elements; stride 0
+/// repeats one group (constant sections).
+struct Sections<'a> {
+    raw: &'a [u8],
+    raw_stride: usize,
+    low: &'a [u8],
+    low_stride: usize,
+}
+
+/// Where the decoded values (dictionary values `<<` split) of a chunk come from.
+trait Values {
+    /// Values of elements `16g .. 16g + 16`.
+    fn group(&self, g: usize) -> [u16; 16];
+    /// Value of element `i`.
+    fn one(&self, i: usize) -> u16;
+}
+
+/// Values the Huffman decoder wrote, u16 LE per element.
+struct Decoded<'a>(&'a [u8]);
+
+impl Values for Decoded<'_> {
+    #[inline(always)]
+    fn group(&self, g: usize) -> [u16; 16] {
+        let b: &[u8; 32] = self.0[32 * g..32 * g + 32].try_into().unwrap_or(&[0; 32]);
+        core::array::from_fn(|k| u16::from_le_bytes([b[2 * k], b[2 * k + 1]]))
+    }
+    fn one(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.0[2 * i], self.0[2 * i + 1]])
+    }
+}
+
+/// Dictionary indices from the rANS decoder and the dictionary.
+struct Indexed<'a>(&'a [u8], &'a [u16; 256]);
+
+impl Values for Indexed<'_> {
+    #[inline(always)]
+    fn group(&self, g: usize) -> [u16; 16] {
+        let ix: &[u8; 16] = self.0[16 * g..16 * g + 16].try_into().unwrap_or(&[0; 16]);
+        core::array::from_fn(|k| self.1[usize::from(ix[k])])
+    }
+    fn one(&self, i: usize) -> u16 {
+        self.1[usize::from(self.0[i])]
+    }
+}
+
+/// Raw bits of a group of 16 elements placed in their element positions: sign at bit 15, low
+/// bits at the bottom. `WIDE`: a [`LAYOUT_WIDE16`] group (10 bytes); else one byte an element
+/// (sign above 7 low bits). Written lane-wise (a sign bit moves to bit 15 by a multiply by a
+/// per-lane constant) so it vectorises with plain SSE2.
+#[inline(always)]
+fn raw_words<const WIDE: bool>(r: &[u8; 16]) -> [u16; 16] {
+    let mut w = [0u16; 16];
+    if WIDE {
+        let (s0, s1) = (u16::from(r[8]), u16::from(r[9]));
+        for k in 0..8 {
+            let up = 1u16 << (15 - k);
+            w[k] = u16::from(r[k] & 15) | (s0.wrapping_mul(up) & 0x8000);
+            w[k + 8] = u16::from(r[k] >> 4) | (s1.wrapping_mul(up) & 0x8000);
+        }
+    } else {
+        for k in 0..16 {
+            let b = u16::from(r[k]);
+            w[k] = (b & 0x7f) | (b << 8 & 0x8000);
+        }
+    }
+    w
+}
+
+/// Builds the elements of `body` from their values and the raw sections, 16 at a time (each
+/// step plain lane-wise operations the compiler vectorises).
+fn merge<const SIZE: usize, const WIDE: bool, V: Values>(vals: &V, s: &Sections, body: &mut [u8]) {
+    const fn group_bytes(wide: bool) -> usize {
+        if wide {
+            GROUP16_BYTES
+        } else {
+            16
+        }
+    }
+    // Fixed-length copies (no memcpy call); a last partial group may have fewer bytes.
+    let raw_group = |g: usize| {
+        let mut r = [0u8; 16];
+        let at = g * s.raw_stride;
+        if let Some(src) = s.raw.get(at..at + group_bytes(WIDE)) {
+            r[..group_bytes(WIDE)].copy_from_slice(src);
+        } else if let Some(src) = s.raw.get(at..) {
+            let m = src.len().min(group_bytes(WIDE));
+            r[..m].copy_from_slice(&src[..m]);
+        }
+        r
+    };
+    let full = body.len() / SIZE / 16;
+    let mut groups = body.chunks_exact_mut(16 * SIZE);
+    for (g, out) in (&mut groups).enumerate() {
+        let v = vals.group(g);
+        let w = raw_words::<WIDE>(&raw_group(g));
+        let t: [u16; 16] = core::array::from_fn(|k| v[k] | w[k]);
+        if SIZE == 2 {
+            for (o, tk) in out.chunks_exact_mut(2).zip(t) {
+                o.copy_from_slice(&tk.to_le_bytes());
+            }
+        } else {
+            let at = g * s.low_stride;
+            let low: &[u8; 32] = s.low[at..at + 32].try_into().unwrap_or(&[0; 32]);
+            for ((o, l), tk) in out.chunks_exact_mut(4).zip(low.chunks_exact(2)).zip(t) {
+                o[..2].copy_from_slice(l);
+                o[2..].copy_from_slice(&tk.to_le_bytes());
+            }
+        }
+    }
+    let rest = groups.into_remainder();
+    if !rest.is_empty() {
+        let g = full;
+        let w = raw_words::<WIDE>(&raw_group(g));
+        for (k, o) in rest.chunks_exact_mut(SIZE).enumerate() {
+            let t = vals.one(16 * g + k) | w[k];
+            if SIZE == 4 {
+                let at = g * s.low_stride + 2 * k;
+                o[..2].copy_from_slice(&s.low[at..at + 2]);
+            }
+            o[SIZE - 2..].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chunk records.
 
@@ -741,41 +951,54 @@ fn encode_elements<const SIZE: usize>(
         return Ok(None);
     }
     let (body, tail) = src.split_at(n * SIZE);
-    let idx = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
     count_wide::<SIZE>(body, &mut scratch.wide_hist);
     // Bits 14..7: the counts of bits 14..4 folded down.
     let byte_hist: [u32; 256] =
         core::array::from_fn(|v| scratch.wide_hist[8 * v..8 * v + 8].iter().sum());
-    let split = if cheaper_wide(&scratch.wide_hist, &byte_hist, n) {
+    let wide = cheaper_wide(&scratch.wide_hist, &byte_hist, n);
+    let split = if wide {
         SPLIT_WIDE
     } else {
         scratch.wide_hist[..256].copy_from_slice(&byte_hist);
         SPLIT_BYTE
     };
     let values = 1usize << (15 - split);
-    out[0] = split;
+    out[0] = if wide { LAYOUT_WIDE16 } else { SPLIT_BYTE };
     let mut at = 2;
     let mut counts = [0u32; 256];
-    write_dictionary(
+    let distinct = write_dictionary(
         &scratch.wide_hist[..values],
         &mut scratch.wide_map,
         &mut counts,
         out,
         &mut at,
     );
-    let width = usize::from(split) + 1;
-    let raw_len = packed_len(n, width);
-    let raw = &mut out[at..at + raw_len];
-    let constant = if split == SPLIT_WIDE {
-        group::<SIZE, 4>(body, &scratch.wide_map, idx, raw)
+    // Huffman for the 11-bit split of big chunks (see the module docs); its exact size is
+    // known before coding.
+    let huff_bits = (wide && n >= HUFFMAN_MIN_ELEMENTS && distinct >= 2)
+        .then(|| scratch.huff.build(&counts[..distinct]));
+    let raw_len = if wide {
+        n.div_ceil(16) * GROUP16_BYTES
     } else {
+        n
+    };
+    let raw = &mut out[at..at + raw_len];
+    let constant = if wide {
+        if huff_bits.is_none() {
+            index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
+        }
+        raw16::<SIZE>(body, raw)
+    } else {
+        let idx = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
         group::<SIZE, 7>(body, &scratch.wide_map, idx, raw)
     };
     let mut flags = 0;
     if constant {
         flags |= FLAG_RAW_CONSTANT;
-        // The first element's raw bits are the first `width` bits.
-        out[at] &= ((1u16 << width) - 1) as u8;
+        // The first element's raw bits.
+        let t = top::<SIZE>(body);
+        let low = (1u16 << split) - 1;
+        out[at] = (((t >> 15) << split) | (t & low)) as u8;
         at += 1;
     } else {
         at += raw_len;
@@ -797,6 +1020,32 @@ fn encode_elements<const SIZE: usize>(
         }
     }
     out[1] = flags;
+    if let Some(bits) = huff_bits {
+        // Value → code, so the coder reads each element once.
+        for v in 0..WIDE_VALUES {
+            if scratch.wide_hist[v] != 0 {
+                scratch.wide_code[v] = scratch.huff.codes[usize::from(scratch.wide_map[v])];
+            }
+        }
+        let end = out.len() - tail.len();
+        let fits = at + 1 + huffman::header_len(distinct) + (bits as usize).div_ceil(8) + 12 <= end;
+        let codes = &scratch.wide_code;
+        let code = |i: usize| {
+            let e = &body[i * SIZE..i * SIZE + SIZE];
+            codes[usize::from(top::<SIZE>(e) >> SPLIT_WIDE) & (WIDE_VALUES - 1)]
+        };
+        let coded = fits
+            .then(|| huffman::encode(n, distinct, &scratch.huff, code, &mut out[at + 1..end]))
+            .flatten();
+        if let Some(len) = coded {
+            out[at] = MODE_HUFFMAN;
+            at += 1 + len;
+            out[at..at + tail.len()].copy_from_slice(tail);
+            return Ok(Some(at + tail.len()));
+        }
+        index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
+    }
+    let idx = &planes[..n];
     at += entropy::encode_with_counts(idx, &counts, &mut out[at..], scratch).map_err(encode_err)?;
     out[at..at + tail.len()].copy_from_slice(tail);
     Ok(Some(at + tail.len()))
@@ -869,10 +1118,12 @@ fn decode_elements<const SIZE: usize>(
 ) -> Result<(), &'static str> {
     let n = out.len() / SIZE;
     let tail_len = out.len() - n * SIZE;
-    let split = payload[0];
-    if split != SPLIT_WIDE && split != SPLIT_BYTE {
-        return Err("unknown chunk layout");
-    }
+    let layout = payload[0];
+    let split = match layout {
+        SPLIT_WIDE | LAYOUT_WIDE16 => SPLIT_WIDE,
+        SPLIT_BYTE => SPLIT_BYTE,
+        _ => return Err("unknown chunk layout"),
+    };
     let flags = *payload.get(1).ok_or("payload truncated")?;
     let known = FLAG_RAW_CONSTANT | if SIZE == 4 { FLAG_LOW_CONSTANT } else { 0 };
     if flags & !known != 0 || n == 0 {
@@ -888,6 +1139,133 @@ fn decode_elements<const SIZE: usize>(
         &mut tables.values,
     )
     .ok_or("bad value dictionary")?;
+    if layout == SPLIT_WIDE {
+        return decode_legacy_wide::<SIZE>(payload, at, flags, distinct, planes, out, tables);
+    }
+    // Raw bits and low halves as (bytes, stride): a constant section repeats one group.
+    let group_bytes = if split == SPLIT_WIDE {
+        GROUP16_BYTES
+    } else {
+        16
+    };
+    let mut raw_one = [0u8; 16];
+    let (raw, raw_stride): (&[u8], usize) = if flags & FLAG_RAW_CONSTANT != 0 {
+        let w = *payload.get(at).ok_or("payload truncated")?;
+        if u32::from(w) >> width != 0 {
+            return Err("bad constant raw bits");
+        }
+        at += 1;
+        if split == SPLIT_WIDE {
+            let nib = (w & 15) * 0x11;
+            raw_one[..8].fill(nib);
+            raw_one[8..10].fill(if w >> 4 != 0 { 0xff } else { 0 });
+        } else {
+            raw_one.fill(w);
+        }
+        (&raw_one[..group_bytes], 0)
+    } else {
+        let len = if split == SPLIT_WIDE {
+            n.div_ceil(16) * GROUP16_BYTES
+        } else {
+            n
+        };
+        let r = payload.get(at..at + len).ok_or("payload truncated")?;
+        at += len;
+        (r, group_bytes)
+    };
+    let low_one: [u8; 32];
+    let (low, low_stride): (&[u8], usize) = if SIZE != 4 {
+        (&[], 0)
+    } else if flags & FLAG_LOW_CONSTANT != 0 {
+        let l = payload.get(at..at + 2).ok_or("payload truncated")?;
+        at += 2;
+        low_one = core::array::from_fn(|i| l[i % 2]);
+        (&low_one, 0)
+    } else {
+        let l = payload.get(at..at + 2 * n).ok_or("payload truncated")?;
+        at += 2 * n;
+        (l, 32)
+    };
+    let block_end = payload
+        .len()
+        .checked_sub(tail_len)
+        .filter(|&e| e >= at)
+        .ok_or("payload truncated")?;
+    let block = &payload[at..block_end];
+    let (body, tail) = out.split_at_mut(n * SIZE);
+    let sections = Sections {
+        raw,
+        raw_stride,
+        low,
+        low_stride,
+    };
+    if block.first() == Some(&MODE_HUFFMAN) {
+        let vals = planes
+            .get_mut(..2 * n)
+            .ok_or("scratch smaller than the chunk")?;
+        huffman::decode(
+            &block[1..],
+            n,
+            distinct,
+            &tables.values,
+            &mut tables.huff,
+            vals,
+        )
+        .map_err(|_| "index block does not decode")?;
+        let vals = Decoded(vals);
+        if split == SPLIT_WIDE {
+            merge::<SIZE, true, _>(&vals, &sections, body);
+        } else {
+            merge::<SIZE, false, _>(&vals, &sections, body);
+        }
+    } else {
+        let idx = planes
+            .get_mut(..n)
+            .ok_or("scratch smaller than the chunk")?;
+        decode_index(block, idx, distinct, tables)?;
+        let vals = Indexed(idx, &tables.values);
+        if split == SPLIT_WIDE {
+            merge::<SIZE, true, _>(&vals, &sections, body);
+        } else {
+            merge::<SIZE, false, _>(&vals, &sections, body);
+        }
+    }
+    tail.copy_from_slice(&payload[block_end..]);
+    Ok(())
+}
+
+/// Decodes an entropy-coded index block of `idx.len()` indices below `distinct`.
+fn decode_index(
+    block: &[u8],
+    idx: &mut [u8],
+    distinct: usize,
+    tables: &mut DecoderTables,
+) -> Result<(), &'static str> {
+    match entropy::decode(block, idx, tables) {
+        Ok(k) if k == idx.len() => {}
+        Ok(_) | Err(CodecError::BufferTooSmall(_)) => return Err("wrong symbol count"),
+        Err(_) => return Err("index block does not decode"),
+    }
+    if usize::from(idx.iter().fold(0, |m, &i| m.max(i))) >= distinct {
+        return Err("index outside the dictionary");
+    }
+    Ok(())
+}
+
+/// Decodes the rest of a version 2 chunk with [`SPLIT_WIDE`] (raw bits packed five to an
+/// element), from `at` (after the dictionary).
+fn decode_legacy_wide<const SIZE: usize>(
+    payload: &[u8],
+    mut at: usize,
+    flags: u8,
+    distinct: usize,
+    planes: &mut [u8],
+    out: &mut [u8],
+    tables: &mut DecoderTables,
+) -> Result<(), &'static str> {
+    let n = out.len() / SIZE;
+    let tail_len = out.len() - n * SIZE;
+    let width = usize::from(SPLIT_WIDE) + 1;
     let values = tables.values;
     // Scratch: indices, then (for constant sections) the expanded raw bits and low halves.
     let (idx, rest) = planes
@@ -936,20 +1314,9 @@ fn decode_elements<const SIZE: usize>(
         .checked_sub(tail_len)
         .filter(|&e| e >= at)
         .ok_or("payload truncated")?;
-    match entropy::decode(&payload[at..block_end], idx, tables) {
-        Ok(k) if k == n => {}
-        Ok(_) | Err(CodecError::BufferTooSmall(_)) => return Err("wrong symbol count"),
-        Err(_) => return Err("index block does not decode"),
-    }
-    if usize::from(idx.iter().fold(0, |m, &i| m.max(i))) >= distinct {
-        return Err("index outside the dictionary");
-    }
+    decode_index(&payload[at..block_end], idx, distinct, tables)?;
     let (body, tail) = out.split_at_mut(n * SIZE);
-    if split == SPLIT_WIDE {
-        ungroup::<SIZE, 4>(idx, &values, raw, body);
-    } else {
-        ungroup::<SIZE, 7>(idx, &values, raw, body);
-    }
+    ungroup::<SIZE, 4>(idx, &values, raw, body);
     if SIZE == 4 {
         for (e, l) in body.chunks_exact_mut(SIZE).zip(low.chunks_exact(2)) {
             e[..2].copy_from_slice(l);
@@ -1159,9 +1526,9 @@ mod tests {
     fn weights_code_with_the_expected_split_and_round_trip_at_every_length() {
         let mut rng = Rng(77);
         for (dtype, layout, most) in [
-            (Dtype::Bf16, SPLIT_WIDE, 0.70),
+            (Dtype::Bf16, LAYOUT_WIDE16, 0.70),
             (Dtype::Fp16, SPLIT_BYTE, 0.90),
-            (Dtype::Fp32, SPLIT_WIDE, 0.86),
+            (Dtype::Fp32, LAYOUT_WIDE16, 0.86),
         ] {
             let mut src = [0u8; 16_384];
             weights(&mut rng, &mut src, dtype);
@@ -1356,9 +1723,9 @@ mod tests {
         .unwrap();
         assert!(len < src.len() * 8 / 10, "test data should compress: {len}");
         // Chunk 0 must be coded with the 11-bit split, so the mutations exercise the dictionary
-        // and the packed raw bits too.
+        // and the grouped raw bits too.
         let payload = HEADER_LEN + SEGMENT_ENTRY_LEN + CHUNK_HEADER_LEN;
-        assert_eq!(container[payload], SPLIT_WIDE);
+        assert_eq!(container[payload], LAYOUT_WIDE16);
         let mut tables = DecoderTables::new();
         let mut segs = [Segment {
             dtype: Dtype::Raw,

@@ -426,17 +426,12 @@ pub fn decode(
         ob: 2 * (s * q).min(n),
         oend: 2 * ((s + 1) * q).min(n),
     });
-    // Fast loop: the lanes are independent; each runs rounds while it has input and output
-    // room. Their rounds follow each other in the code and overlap in the CPU.
-    loop {
-        let [l0, l1, l2, l3] = &mut lanes;
-        let a = round(l0, table, block, out);
-        let b = round(l1, table, block, out);
-        let c = round(l2, table, block, out);
-        let d = round(l3, table, block, out);
-        if !(a | b | c | d) {
-            break;
-        }
+    // Fast loop: the four lanes' lookups interleaved in program order, so four dependency
+    // chains are always in flight; the lanes' windows and output offsets stay in registers.
+    interleaved(&mut lanes, table, block, out);
+    // Then each lane alone while it has room, then its last symbols one at a time.
+    for l in lanes.iter_mut() {
+        while round(l, table, block, out) {}
     }
     // Each stream's last symbols, one at a time with exact bit accounting.
     for l in &lanes {
@@ -473,54 +468,149 @@ struct Lane {
     oend: usize,
 }
 
-/// Output bytes a round may touch: four lookups of up to two values, the last one storing
-/// four bytes at offset ≤ 12; the offset is masked to 0..16 so the compiler sees the stores
-/// inside the window.
-const ROUND_OUT: usize = 20;
+/// One lookup: one or two values stored at byte `o` of `out`, `o` advanced, bits consumed.
+/// `lim` is `out.len() − 4`: one comparison bounds the store (the caller's round checks keep
+/// `o` below it anyway).
+#[inline(always)]
+fn lookup(table: &[u64; LOOKUP], bits: &mut u64, out: &mut [u8], lim: usize, o: &mut usize) {
+    let mut e = table[(*bits & LOOKUP_MASK) as usize];
+    if e & E_ESCAPE != 0 {
+        e = resolve_escape(e, *bits);
+    }
+    if *o <= lim {
+        out[*o..*o + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
+    }
+    *o += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
+    *bits >>= e & 63;
+}
 
-/// One round of a lane: refill, then [`ROUND`] lookups. Returns `false`, changing nothing
-/// the tail path relies on, when the lane lacks 8 input bytes or [`ROUND_OUT`] output bytes.
+/// The lanes' rounds in lockstep while all four have [`ROUND_IN`] input and [`ROUND_OUT`]
+/// output bytes.
+fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) {
+    let [mut b0, mut b1, mut b2, mut b3] =
+        [lanes[0].bits, lanes[1].bits, lanes[2].bits, lanes[3].bits];
+    let [mut o0, mut o1, mut o2, mut o3] = [lanes[0].ob, lanes[1].ob, lanes[2].ob, lanes[3].ob];
+    let mut bp = [lanes[0].bp, lanes[1].bp, lanes[2].bp, lanes[3].bp];
+    let end = [lanes[0].end, lanes[1].end, lanes[2].end, lanes[3].end];
+    let oend = [lanes[0].oend, lanes[1].oend, lanes[2].oend, lanes[3].oend];
+    let Some(lim) = out.len().checked_sub(4) else {
+        return;
+    };
+    loop {
+        let mut p = [0usize; STREAMS];
+        let mut ok = true;
+        for (s, b) in [b0, b1, b2, b3].into_iter().enumerate() {
+            p[s] = bp[s] + (b.leading_zeros() >> 3) as usize;
+            ok &= p[s] + ROUND_IN <= end[s];
+        }
+        ok &= o0 + ROUND_OUT <= oend[0]
+            && o1 + ROUND_OUT <= oend[1]
+            && o2 + ROUND_OUT <= oend[2]
+            && o3 + ROUND_OUT <= oend[3];
+        if !ok {
+            break;
+        }
+        let load = |s: usize, b: u64| {
+            let w = block.get(p[s]..p[s] + 8).map_or(0, |w| {
+                u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+            });
+            (w | 1 << 63) >> (b.leading_zeros() & 7)
+        };
+        b0 = load(0, b0);
+        b1 = load(1, b1);
+        b2 = load(2, b2);
+        b3 = load(3, b3);
+        bp = p;
+        for _ in 0..ROUND {
+            lookup(table, &mut b0, out, lim, &mut o0);
+            lookup(table, &mut b1, out, lim, &mut o1);
+            lookup(table, &mut b2, out, lim, &mut o2);
+            lookup(table, &mut b3, out, lim, &mut o3);
+        }
+    }
+    for (s, (b, o)) in [(b0, o0), (b1, o1), (b2, o2), (b3, o3)]
+        .into_iter()
+        .enumerate()
+    {
+        lanes[s].bits = b;
+        lanes[s].ob = o;
+        lanes[s].bp = bp[s];
+    }
+}
+
+/// Refills per round; each is followed by [`ROUND`] lookups.
+const REFILLS: usize = 1;
+/// Input bytes a round may read: a stretch of [`ROUND`] lookups takes at most 48 bits (6
+/// bytes), and each refill reads 8 bytes from an offset masked to 0..16.
+const ROUND_IN: usize = 16 + 8;
+/// Output bytes a round may touch: offsets of its lookups' 4-byte stores stay below
+/// `4 · (lookups − 1) < 64`, masked to 0..64.
+const ROUND_OUT: usize = 64 + 4;
+
+/// One round of a lane: [`REFILLS`] times a refill and [`ROUND`] lookups. Returns `false`,
+/// changing nothing, when the lane lacks [`ROUND_IN`] input or [`ROUND_OUT`] output bytes.
+/// Input and output are fixed-size windows taken once a round, and offsets into them are
+/// masked, so the lookups carry no bounds checks.
 #[inline(always)]
 fn round(l: &mut Lane, table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) -> bool {
-    let used = l.bits.leading_zeros();
-    let bp = l.bp + (used >> 3) as usize;
-    if bp + 8 > l.end || l.ob + ROUND_OUT > l.oend {
+    let bp = l.bp + (l.bits.leading_zeros() >> 3) as usize;
+    if bp + ROUND_IN > l.end || l.ob + ROUND_OUT > l.oend {
         return false;
     }
-    let (Some(src), Some(win)) = (block.get(bp..bp + 8), out.get_mut(l.ob..l.ob + ROUND_OUT))
-    else {
+    let (Some(src), Some(win)) = (
+        block.get(bp..bp + ROUND_IN),
+        out.get_mut(l.ob..l.ob + ROUND_OUT),
+    ) else {
         return false;
     };
-    let Ok(win) = <&mut [u8; ROUND_OUT]>::try_from(win) else {
+    let (Ok(src), Ok(win)) = (
+        <&[u8; ROUND_IN]>::try_from(src),
+        <&mut [u8; ROUND_OUT]>::try_from(win),
+    ) else {
         return false;
     };
-    let w = u64::from_le_bytes([
-        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
-    ]);
-    let mut bits = (w | 1 << 63) >> (used & 7);
+    let mut bits = l.bits;
+    // Byte position of the current window; the first refill moves it to `bp`.
+    let mut pos = l.bp;
     let mut j = 0usize;
-    for _ in 0..ROUND {
-        let e = table[(bits & LOOKUP_MASK) as usize];
-        // A 12-bit code (rare): its last bit picks the value. Four of them still fit the
-        // 56 bits of the window.
-        let (v, n, adv) = if e & E_ESCAPE == 0 {
-            (e >> 32, e & 0xff, (e >> E_COUNT_SHIFT) & 0xff)
-        } else {
-            (
-                e >> (32 + 16 * ((bits >> LOOKUP_BITS) & 1)),
-                u64::from(MAX_BITS),
-                2,
-            )
-        };
-        let at = j & 15;
-        win[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes());
-        j += adv as usize;
-        bits >>= n;
+    for _ in 0..REFILLS {
+        let used = bits.leading_zeros();
+        pos += (used >> 3) as usize;
+        let at = (pos - bp) & 15;
+        let w = u64::from_le_bytes([
+            src[at],
+            src[at + 1],
+            src[at + 2],
+            src[at + 3],
+            src[at + 4],
+            src[at + 5],
+            src[at + 6],
+            src[at + 7],
+        ]);
+        bits = (w | 1 << 63) >> (used & 7);
+        for _ in 0..ROUND {
+            let mut e = table[(bits & LOOKUP_MASK) as usize];
+            if e & E_ESCAPE != 0 {
+                e = resolve_escape(e, bits);
+            }
+            let at = j & 63;
+            win[at..at + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
+            j += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
+            bits >>= e & 63;
+        }
     }
-    l.bp = bp;
+    l.bp = pos;
     l.bits = bits;
     l.ob += j;
     true
+}
+
+/// A plain entry for the 12-bit code whose 11-bit prefix `e` is, chosen by bit 11 of `bits`.
+/// Out of line: such codes are rarer than 1 in 2048.
+#[cold]
+fn resolve_escape(e: u64, bits: u64) -> u64 {
+    let val = (e >> (32 + 16 * ((bits >> LOOKUP_BITS) & 1))) & 0xffff;
+    val << 32 | 2 << E_COUNT_SHIFT | u64::from(MAX_BITS)
 }
 
 #[cfg(test)]

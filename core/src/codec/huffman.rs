@@ -203,16 +203,22 @@ fn canonical(lens: &[u8], rev: &mut [u16; MAX_SYMBOLS]) {
     }
 }
 
-/// Encodes `n` symbols as a block into `out`: `code(i)` gives symbol `i`'s entry of
-/// [`HuffEncoder::codes`]. `enc` holds the codes of `k` symbols. Returns the block length, or
-/// `None` when `out` is too small (it needs the block's size plus 8 bytes of slack).
-pub fn encode<F: Fn(usize) -> u32>(
+/// Encodes `n` symbols as a block into `out`: `quad(i)` gives the entries of
+/// [`HuffEncoder::codes`] of symbols `i..i + 4`, `one(i)` that of symbol `i` (for stream
+/// tails). `enc` holds the codes of `k` symbols. Returns the block length, or `None` when
+/// `out` is too small (it needs the block's size plus 8 bytes of slack).
+pub fn encode<Q, F>(
     n: usize,
     k: usize,
     enc: &HuffEncoder,
-    code: F,
+    quad: Q,
+    one: F,
     out: &mut [u8],
-) -> Option<usize> {
+) -> Option<usize>
+where
+    Q: Fn(usize) -> [u32; 4],
+    F: Fn(usize) -> u32,
+{
     let h = header_len(k);
     if out.len() < h {
         return None;
@@ -222,7 +228,7 @@ pub fn encode<F: Fn(usize) -> u32>(
     let mut at = h;
     for s in 0..STREAMS {
         let (start, end) = ((s * q).min(n), ((s + 1) * q).min(n));
-        let len = encode_stream(start, end, &code, out.get_mut(at..)?)?;
+        let len = encode_stream(start, end, &quad, &one, out.get_mut(at..)?)?;
         if s < STREAMS - 1 {
             let l = u32::try_from(len).ok()?;
             let t = k.div_ceil(2) + 4 * s;
@@ -235,31 +241,34 @@ pub fn encode<F: Fn(usize) -> u32>(
 
 /// One stream: symbols `start..end`; returns its bytes.
 #[inline(always)]
-fn encode_stream<F: Fn(usize) -> u32>(
-    start: usize,
-    end: usize,
-    code: &F,
-    out: &mut [u8],
-) -> Option<usize> {
+fn encode_stream<Q, F>(start: usize, end: usize, quad: &Q, one: &F, out: &mut [u8]) -> Option<usize>
+where
+    Q: Fn(usize) -> [u32; 4],
+    F: Fn(usize) -> u32,
+{
     let (mut acc, mut nbits, mut pos) = (0u64, 0u32, 0usize);
     let mut i = start;
     // Four codes (≤ 48 bits) on top of < 8 pending bits fit the accumulator.
     while i + 4 <= end {
-        for j in 0..4 {
-            let c = code(i + j);
-            acc |= u64::from(c & 0xffff) << nbits;
-            nbits += c >> 16;
-        }
+        // Offsets by a prefix sum, so the four shifts do not wait on each other and the
+        // loop carries only the accumulator and a 3-bit count.
+        let c = quad(i);
+        let o1 = nbits + (c[0] >> 16);
+        let o2 = o1 + (c[1] >> 16);
+        let o3 = o2 + (c[2] >> 16);
+        let total = o3 + (c[3] >> 16);
+        let v = |j: usize| u64::from(c[j] & 0xffff);
+        acc |= (v(0) << nbits) | (v(1) << o1) | (v(2) << o2) | (v(3) << o3);
         out.get_mut(pos..pos + 8)?
             .copy_from_slice(&acc.to_le_bytes());
-        let bytes = nbits >> 3;
+        let bytes = total >> 3;
         pos += bytes as usize;
         acc >>= 8 * bytes;
-        nbits &= 7;
+        nbits = total & 7;
         i += 4;
     }
     while i < end {
-        let c = code(i);
+        let c = one(i);
         acc |= u64::from(c & 0xffff) << nbits;
         nbits += c >> 16;
         i += 1;
@@ -652,14 +661,9 @@ mod tests {
         assert_eq!(kraft, 1 << MAX_BITS, "complete code");
         let mut out = [0u8; 2 * N];
         let codes = enc.codes;
-        let len = encode(
-            syms.len(),
-            k,
-            &enc,
-            |i| codes[usize::from(syms[i])],
-            &mut out,
-        )
-        .unwrap();
+        let quad = |i: usize| core::array::from_fn(|j| codes[usize::from(syms[i + j])]);
+        let one = |i: usize| codes[usize::from(syms[i])];
+        let len = encode(syms.len(), k, &enc, quad, one, &mut out).unwrap();
         let data_bits: u64 = syms
             .iter()
             .map(|&s| u64::from(enc.lens[usize::from(s)]))
@@ -730,14 +734,9 @@ mod tests {
         build(&syms, 41, &mut enc);
         let mut out = [0u8; 12_000];
         let codes = enc.codes;
-        let len = encode(
-            syms.len(),
-            41,
-            &enc,
-            |i| codes[usize::from(syms[i])],
-            &mut out,
-        )
-        .unwrap();
+        let quad = |i: usize| core::array::from_fn(|j| codes[usize::from(syms[i + j])]);
+        let one = |i: usize| codes[usize::from(syms[i])];
+        let len = encode(syms.len(), 41, &enc, quad, one, &mut out).unwrap();
         let values = [0u16; 256];
         let mut t = HuffDecoder::new();
         let mut back = [0u8; 10_000];

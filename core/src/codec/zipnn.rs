@@ -1030,12 +1030,16 @@ fn encode_elements<const SIZE: usize>(
         let end = out.len() - tail.len();
         let fits = at + 1 + huffman::header_len(distinct) + (bits as usize).div_ceil(8) + 12 <= end;
         let codes = &scratch.wide_code;
-        let code = |i: usize| {
-            let e = &body[i * SIZE..i * SIZE + SIZE];
-            codes[usize::from(top::<SIZE>(e) >> SPLIT_WIDE) & (WIDE_VALUES - 1)]
+        let code_of =
+            |e: &[u8]| codes[usize::from(top::<SIZE>(e) >> SPLIT_WIDE) & (WIDE_VALUES - 1)];
+        // One bounds check per four elements.
+        let quad = |i: usize| {
+            let q = &body[i * SIZE..(i + 4) * SIZE];
+            core::array::from_fn(|j| code_of(&q[j * SIZE..j * SIZE + SIZE]))
         };
+        let one = |i: usize| code_of(&body[i * SIZE..i * SIZE + SIZE]);
         let coded = fits
-            .then(|| huffman::encode(n, distinct, &scratch.huff, code, &mut out[at + 1..end]))
+            .then(|| huffman::encode(n, distinct, &scratch.huff, quad, one, &mut out[at + 1..end]))
             .flatten();
         if let Some(len) = coded {
             out[at] = MODE_HUFFMAN;

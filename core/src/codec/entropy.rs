@@ -20,7 +20,8 @@
 //!   many small blocks); decoded by [`decode`] as usual.
 //! - [`encode_with_context`] / [`decode_with_context`]: symbol `i` is coded with the table of
 //!   context `lut[keys[i]]` (0..4), where `keys` are bytes both sides already have.
-//! - Memory: [`EncoderScratch`] (~48 KiB) and [`DecoderTables`] (16.5 KiB), reusable, `const fn
+//! - Memory: [`EncoderScratch`] (~70 KiB) and [`DecoderTables`] (~33 KiB, both with ZipNN's
+//!   Huffman tables), reusable, `const fn
 //!   new()`; every error is a [`CodecError`], corrupt input never panics.
 //!
 //! # Block format
@@ -184,8 +185,8 @@ struct EncSym {
     cmpl: u32,
 }
 
-/// Working memory of the encoder (about 48 KiB, half of it for per-context tables), lent by the
-/// caller and reusable.
+/// Working memory of the encoder (about 70 KiB: a third for per-context tables, a third for
+/// ZipNN's wide alphabet and Huffman codes), lent by the caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {
     hist: Histogram,
@@ -254,7 +255,8 @@ impl EncoderScratch {
     }
 }
 
-/// Decoding tables (16 KiB), lent by the caller and reusable. One 4096-slot table, or four
+/// Decoding tables (about 33 KiB: 16 KiB of rANS slots, 16 KiB of Huffman table), lent by the
+/// caller and reusable. One 4096-slot table, or four
 /// 1024-slot context tables one after the other. A slot packs all the decoder needs into one
 /// word, so each symbol costs one table load.
 #[derive(Clone, Debug)]

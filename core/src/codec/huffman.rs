@@ -691,7 +691,7 @@ mod tests {
         // escapes occur.
         let geo: [u8; N] = core::array::from_fn(|_| {
             let r = rng.next();
-            if r % 64 == 0 {
+            if r & 63 == 0 {
                 (r >> 8) as u8 % 200
             } else {
                 r.trailing_zeros().min(30) as u8
@@ -746,7 +746,7 @@ mod tests {
             m[..len].copy_from_slice(&out[..len]);
             let i = rng.next() as usize % len;
             m[i] ^= 1 << (rng.next() % 8);
-            let l = if rng.next() % 4 == 0 {
+            let l = if rng.next() & 3 == 0 {
                 rng.next() as usize % len
             } else {
                 len

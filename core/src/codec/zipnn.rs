@@ -688,26 +688,38 @@ fn index<const SIZE: usize, const SPLIT: u32>(
 /// signs (bit `k`: element `k`). A last partial group is padded with zeros. Returns whether
 /// all elements' raw bits are equal.
 fn raw16<const SIZE: usize>(body: &[u8], raw: &mut [u8]) -> bool {
-    // Lane-wise accumulators and word operations, so the loop vectorises.
-    let (mut any, mut all) = ([0u16; 16], [u16::MAX; 16]);
+    const M4: u64 = 0x000f_000f_000f_000f;
+    const W: u64 = 0x800f_800f_800f_800f;
+    // Four elements' upper halves per u64 (lane k: element 4q + k), all in word operations.
+    let (mut any, mut all) = (0u64, u64::MAX);
     let mut groups = body.chunks_exact(16 * SIZE);
     for (g, r) in (&mut groups).zip(raw.chunks_exact_mut(GROUP16_BYTES)) {
-        let t: [u16; 16] = core::array::from_fn(|k| top::<SIZE>(&g[k * SIZE..k * SIZE + SIZE]));
-        for k in 0..16 {
-            any[k] |= t[k] & 0x800f;
-            all[k] &= t[k] & 0x800f;
+        let t = [
+            tops4::<SIZE>(g, 0),
+            tops4::<SIZE>(g, 1),
+            tops4::<SIZE>(g, 2),
+            tops4::<SIZE>(g, 3),
+        ];
+        for &w in &t {
+            any |= w & W;
+            all &= w & W;
         }
-        let (nib, sign) = pack16(&t);
-        r[..8].copy_from_slice(&nib);
-        r[8..].copy_from_slice(&sign.to_le_bytes());
+        // Low nibbles of elements j and j + 8 side by side, then the even bytes gathered.
+        let lo = gather_even_bytes((t[0] & M4) | (t[2] & M4) << 4);
+        let hi = gather_even_bytes((t[1] & M4) | (t[3] & M4) << 4);
+        r[..8].copy_from_slice(&(lo | hi << 32).to_le_bytes());
+        let sign = signs4(t[0]) | signs4(t[1]) << 4 | signs4(t[2]) << 8 | signs4(t[3]) << 12;
+        r[8..].copy_from_slice(&(sign as u16).to_le_bytes());
     }
+    let mut any16 = (0..4).fold(0u16, |a, k| a | (any >> (16 * k)) as u16);
+    let mut all16 = (0..4).fold(u16::MAX, |a, k| a & (all >> (16 * k)) as u16);
     let rest = groups.remainder();
     if !rest.is_empty() {
         let mut t = [0u16; 16];
         for (tk, e) in t.iter_mut().zip(rest.chunks_exact(SIZE)) {
             *tk = top::<SIZE>(e);
-            any[0] |= *tk & 0x800f;
-            all[0] &= *tk & 0x800f;
+            any16 |= *tk & 0x800f;
+            all16 &= *tk & 0x800f;
         }
         let (nib, sign) = pack16(&t);
         let last = body.len() / (16 * SIZE);
@@ -716,27 +728,45 @@ fn raw16<const SIZE: usize>(body: &[u8], raw: &mut [u8]) -> bool {
             r[8..].copy_from_slice(&sign.to_le_bytes());
         }
     }
-    let any = any.iter().fold(0, |a, &x| a | x);
-    let all = all.iter().fold(u16::MAX, |a, &x| a & x);
-    any == all
+    any16 == all16
 }
 
-/// The [`LAYOUT_WIDE16`] raw bytes of 16 elements' upper halves: nibbles, and the signs
-/// gathered four at a time by one multiply (bits 15, 31, 47, 63 of a word land on 48..51).
+/// Upper halves of elements `4q .. 4q + 4` of a 16-element group, one per 16-bit lane.
 #[inline(always)]
+fn tops4<const SIZE: usize>(g: &[u8], q: usize) -> u64 {
+    let word = |at: usize| {
+        let b = &g[at..at + 8];
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    };
+    if SIZE == 2 {
+        word(8 * q)
+    } else {
+        let (a, b) = (word(16 * q), word(16 * q + 8));
+        (a >> 16 & 0xffff) | (a >> 48) << 16 | (b >> 16 & 0xffff) << 32 | (b >> 48) << 48
+    }
+}
+
+/// Bytes 0, 2, 4, 6 of `x` (the others zero) as the low four bytes.
+#[inline(always)]
+fn gather_even_bytes(x: u64) -> u64 {
+    let x = (x | x >> 8) & 0x0000_ffff_0000_ffff;
+    (x | x >> 16) & 0xffff_ffff
+}
+
+/// The sign bits (bit 15 of each 16-bit lane) of `w` as four bits, lane 0 lowest: one multiply
+/// moves bits 15, 31, 47, 63 to 48..51.
+#[inline(always)]
+fn signs4(w: u64) -> u32 {
+    let s = (w >> 15) & 0x0001_0001_0001_0001;
+    (s.wrapping_mul(1 << 48 | 1 << 33 | 1 << 18 | 1 << 3) >> 48) as u32 & 15
+}
+
+/// The [`LAYOUT_WIDE16`] raw bytes of 16 elements' upper halves (a last partial group).
 fn pack16(t: &[u16; 16]) -> ([u8; 8], u16) {
     let nib: [u8; 8] = core::array::from_fn(|j| (t[j] & 15) as u8 | ((t[j + 8] & 15) as u8) << 4);
-    let mut sign = 0u16;
-    for q in 0..4 {
-        let w = u64::from(t[4 * q])
-            | u64::from(t[4 * q + 1]) << 16
-            | u64::from(t[4 * q + 2]) << 32
-            | u64::from(t[4 * q + 3]) << 48;
-        let s = (w >> 15) & 0x0001_0001_0001_0001;
-        let m = s.wrapping_mul(1 << 48 | 1 << 33 | 1 << 18 | 1 << 3) >> 48;
-        sign |= ((m & 15) as u16) << (4 * q);
-    }
-    (nib, sign)
+    let word = |q: usize| (0..4).fold(0u64, |w, k| w | u64::from(t[4 * q + k]) << (16 * k));
+    let sign = (0..4).fold(0u32, |s, q| s | signs4(word(q)) << (4 * q));
+    (nib, sign as u16)
 }
 
 /// The raw sections of a coded chunk as `(bytes, stride)` per group of 16 elements; stride 0

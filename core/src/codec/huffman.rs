@@ -505,36 +505,50 @@ fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u64; LOOKUP], block: &[u8],
     let Some(lim) = out.len().checked_sub(4) else {
         return;
     };
+    // A round takes at most 48 bits (so its refill position moves at most 6 bytes) and
+    // touches at most 16 output bytes past a lane's offset: from the lanes' positions, how many
+    // rounds can run before any lane could lack 8 input or 16 output bytes. The rounds then
+    // run without checks of their own.
+    const IN_STEP: usize = 6;
+    const OUT_STEP: usize = 16;
     loop {
-        let mut p = [0usize; STREAMS];
-        let mut ok = true;
-        for (s, b) in [b0, b1, b2, b3].into_iter().enumerate() {
-            p[s] = bp[s] + (b.leading_zeros() >> 3) as usize;
-            ok &= p[s] + ROUND_IN <= end[s];
+        let mut rounds = usize::MAX;
+        for (s, (b, o)) in [(b0, o0), (b1, o1), (b2, o2), (b3, o3)]
+            .into_iter()
+            .enumerate()
+        {
+            let p = bp[s] + (b.leading_zeros() >> 3) as usize;
+            let r_in = end[s]
+                .checked_sub(p + 8)
+                .map_or(0, |room| room / IN_STEP + 1);
+            let r_out = oend[s]
+                .checked_sub(o + OUT_STEP)
+                .map_or(0, |room| room / OUT_STEP + 1);
+            rounds = rounds.min(r_in).min(r_out);
         }
-        ok &= o0 + ROUND_OUT <= oend[0]
-            && o1 + ROUND_OUT <= oend[1]
-            && o2 + ROUND_OUT <= oend[2]
-            && o3 + ROUND_OUT <= oend[3];
-        if !ok {
+        if rounds == 0 {
             break;
         }
-        let load = |s: usize, b: u64| {
-            let w = block.get(p[s]..p[s] + 8).map_or(0, |w| {
-                u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
-            });
-            (w | 1 << 63) >> (b.leading_zeros() & 7)
-        };
-        b0 = load(0, b0);
-        b1 = load(1, b1);
-        b2 = load(2, b2);
-        b3 = load(3, b3);
-        bp = p;
-        for _ in 0..ROUND {
-            lookup(table, &mut b0, out, lim, &mut o0);
-            lookup(table, &mut b1, out, lim, &mut o1);
-            lookup(table, &mut b2, out, lim, &mut o2);
-            lookup(table, &mut b3, out, lim, &mut o3);
+        for _ in 0..rounds {
+            let mut refill = |s: usize, b: &mut u64| {
+                let used = b.leading_zeros();
+                let p = bp[s] + (used >> 3) as usize;
+                let w = block.get(p..p + 8).map_or(0, |w| {
+                    u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+                });
+                *b = (w | 1 << 63) >> (used & 7);
+                bp[s] = p;
+            };
+            refill(0, &mut b0);
+            refill(1, &mut b1);
+            refill(2, &mut b2);
+            refill(3, &mut b3);
+            for _ in 0..ROUND {
+                lookup(table, &mut b0, out, lim, &mut o0);
+                lookup(table, &mut b1, out, lim, &mut o1);
+                lookup(table, &mut b2, out, lim, &mut o2);
+                lookup(table, &mut b3, out, lim, &mut o3);
+            }
         }
     }
     for (s, (b, o)) in [(b0, o0), (b1, o1), (b2, o2), (b3, o3)]

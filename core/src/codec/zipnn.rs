@@ -373,11 +373,27 @@ fn top<const SIZE: usize>(e: &[u8]) -> u16 {
     u16::from_le_bytes([e[SIZE - 2], e[SIZE - 1]])
 }
 
-/// Counts the 11-bit values `(top >> 4) & 0x7ff` of the elements of `body`.
-fn count_wide<const SIZE: usize>(body: &[u8], hist: &mut [u32; WIDE_VALUES]) {
+/// Counts the 11-bit values `(top >> 4) & 0x7ff` of the elements of `body` into `hist`;
+/// `spare` is a second table (its contents are lost): alternate elements count into it, so
+/// runs of equal values do not wait on one counter's store.
+fn count_wide<const SIZE: usize>(
+    body: &[u8],
+    hist: &mut [u32; WIDE_VALUES],
+    spare: &mut [u32; WIDE_VALUES],
+) {
     hist.fill(0);
-    for e in body.chunks_exact(SIZE) {
-        hist[usize::from(top::<SIZE>(e) >> 4) & (WIDE_VALUES - 1)] += 1;
+    spare.fill(0);
+    let idx = |e: &[u8]| usize::from(top::<SIZE>(e) >> 4) & (WIDE_VALUES - 1);
+    let mut pairs = body.chunks_exact(2 * SIZE);
+    for p in &mut pairs {
+        hist[idx(&p[..SIZE])] += 1;
+        spare[idx(&p[SIZE..])] += 1;
+    }
+    if let Some(e) = pairs.remainder().get(..SIZE) {
+        hist[idx(e)] += 1;
+    }
+    for (h, &x) in hist.iter_mut().zip(spare.iter()) {
+        *h += x;
     }
 }
 
@@ -988,7 +1004,7 @@ fn encode_elements<const SIZE: usize>(
         return Ok(None);
     }
     let (body, tail) = src.split_at(n * SIZE);
-    count_wide::<SIZE>(body, &mut scratch.wide_hist);
+    count_wide::<SIZE>(body, &mut scratch.wide_hist, &mut scratch.wide_code);
     // Bits 14..7: the counts of bits 14..4 folded down.
     let byte_hist: [u32; 256] =
         core::array::from_fn(|v| scratch.wide_hist[8 * v..8 * v + 8].iter().sum());
@@ -1738,7 +1754,7 @@ mod tests {
         let body = &src[..2 * n];
         // The v2 writer, by hand: layout, flags, dictionary, packed raw bits, index block, tail.
         let mut scratch = EncoderScratch::new();
-        count_wide::<2>(body, &mut scratch.wide_hist);
+        count_wide::<2>(body, &mut scratch.wide_hist, &mut scratch.wide_code);
         let mut p = [0u8; 9000];
         p[0] = SPLIT_WIDE;
         let mut at = 2;

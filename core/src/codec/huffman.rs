@@ -21,7 +21,7 @@
 //! - Four streams, each a contiguous quarter of the symbols, interleave so the CPU overlaps
 //!   their dependency chains. Bits are read LSB first from a 64-bit window refilled without a
 //!   branch: a marker bit above the window's data tells, by its leading zeros, how many bits
-//!   were consumed (five lookups of at most 11 bits fit the 56 bits a refill guarantees).
+//!   were consumed (four lookups of at most 12 bits fit the 56 bits a refill guarantees).
 //! - The encoder takes each symbol's `(code, length)` from a closure (ZipNN maps the element's
 //!   value to it directly, no index pass) and keeps a 64-bit accumulator, storing 8 bytes
 //!   every four symbols.
@@ -493,8 +493,8 @@ fn lookup(table: &[u64; LOOKUP], bits: &mut u64, out: &mut [u8], lim: usize, o: 
     *bits >>= e & 63;
 }
 
-/// The lanes' rounds in lockstep while all four have [`ROUND_IN`] input and [`ROUND_OUT`]
-/// output bytes.
+/// The lanes' rounds in lockstep while every lane has room for a round (8 input bytes at its
+/// refill position, 16 output bytes).
 fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) {
     let [mut b0, mut b1, mut b2, mut b3] =
         [lanes[0].bits, lanes[1].bits, lanes[2].bits, lanes[3].bits];
@@ -561,68 +561,42 @@ fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u64; LOOKUP], block: &[u8],
     }
 }
 
-/// Refills per round; each is followed by [`ROUND`] lookups.
-const REFILLS: usize = 1;
-/// Input bytes a round may read: a stretch of [`ROUND`] lookups takes at most 48 bits (6
-/// bytes), and each refill reads 8 bytes from an offset masked to 0..16.
-const ROUND_IN: usize = 16 + 8;
-/// Output bytes a round may touch: offsets of its lookups' 4-byte stores stay below
-/// `4 · (lookups − 1) < 64`, masked to 0..64.
-const ROUND_OUT: usize = 64 + 4;
+/// Output window of a lane's round: its four lookups store 4 bytes at offsets below 16,
+/// masked to 0..16 so the compiler sees the stores inside the window.
+const ROUND_OUT: usize = 16 + 4;
 
-/// One round of a lane: [`REFILLS`] times a refill and [`ROUND`] lookups. Returns `false`,
-/// changing nothing, when the lane lacks [`ROUND_IN`] input or [`ROUND_OUT`] output bytes.
-/// Input and output are fixed-size windows taken once a round, and offsets into them are
-/// masked, so the lookups carry no bounds checks.
+/// One round of a lane alone (after the lockstep rounds): a refill and [`ROUND`] lookups.
+/// Returns `false`, changing nothing, when the lane lacks 8 input or [`ROUND_OUT`] output bytes.
 #[inline(always)]
 fn round(l: &mut Lane, table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) -> bool {
-    let bp = l.bp + (l.bits.leading_zeros() >> 3) as usize;
-    if bp + ROUND_IN > l.end || l.ob + ROUND_OUT > l.oend {
+    let used = l.bits.leading_zeros();
+    let bp = l.bp + (used >> 3) as usize;
+    if bp + 8 > l.end || l.ob + ROUND_OUT > l.oend {
         return false;
     }
-    let (Some(src), Some(win)) = (
-        block.get(bp..bp + ROUND_IN),
-        out.get_mut(l.ob..l.ob + ROUND_OUT),
-    ) else {
+    let (Some(src), Some(win)) = (block.get(bp..bp + 8), out.get_mut(l.ob..l.ob + ROUND_OUT))
+    else {
         return false;
     };
-    let (Ok(src), Ok(win)) = (
-        <&[u8; ROUND_IN]>::try_from(src),
-        <&mut [u8; ROUND_OUT]>::try_from(win),
-    ) else {
+    let Ok(win) = <&mut [u8; ROUND_OUT]>::try_from(win) else {
         return false;
     };
-    let mut bits = l.bits;
-    // Byte position of the current window; the first refill moves it to `bp`.
-    let mut pos = l.bp;
+    let w = u64::from_le_bytes([
+        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+    ]);
+    let mut bits = (w | 1 << 63) >> (used & 7);
     let mut j = 0usize;
-    for _ in 0..REFILLS {
-        let used = bits.leading_zeros();
-        pos += (used >> 3) as usize;
-        let at = (pos - bp) & 15;
-        let w = u64::from_le_bytes([
-            src[at],
-            src[at + 1],
-            src[at + 2],
-            src[at + 3],
-            src[at + 4],
-            src[at + 5],
-            src[at + 6],
-            src[at + 7],
-        ]);
-        bits = (w | 1 << 63) >> (used & 7);
-        for _ in 0..ROUND {
-            let mut e = table[(bits & LOOKUP_MASK) as usize];
-            if e & E_ESCAPE != 0 {
-                e = resolve_escape(e, bits);
-            }
-            let at = j & 63;
-            win[at..at + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
-            j += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
-            bits >>= e & 63;
+    for _ in 0..ROUND {
+        let mut e = table[(bits & LOOKUP_MASK) as usize];
+        if e & E_ESCAPE != 0 {
+            e = resolve_escape(e, bits);
         }
+        let at = j & 15;
+        win[at..at + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
+        j += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
+        bits >>= e & 63;
     }
-    l.bp = pos;
+    l.bp = bp;
     l.bits = bits;
     l.ob += j;
     true

@@ -27,7 +27,7 @@
 //!
 //! The index stream of a big chunk with the 11-bit split is coded with [`huffman`] (four
 //! streams, two indices per table lookup, values written straight out; ~0.7% larger than rANS,
-//! several times faster to decode); other chunks use an [`entropy`] (rANS) block. Decoding
+//! about twice as fast to decode); other chunks use an [`entropy`] (rANS) block. Decoding
 //! writes each element's value, then one vectorised pass merges in the raw bits.
 //!
 //! This module owns the container format (see `docs/format/zipnn.md`): a header with the

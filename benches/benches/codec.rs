@@ -7,6 +7,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nandbox_core::codec::entropy::{self, DecoderTables, EncoderScratch};
+use nandbox_core::codec::huffman::{self, HuffDecoder, HuffEncoder};
 use nandbox_core::codec::zipnn::{self, Dtype, Segment};
 
 fn payload(name: &str) -> Vec<u8> {
@@ -48,6 +49,39 @@ fn bench_entropy(c: &mut Criterion) {
     }
     let index: Vec<u8> = wide.iter().map(|&v| rank[v as usize]).collect();
     let mut g = c.benchmark_group("entropy");
+    // The same index stream through the Huffman coder ZipNN uses for big chunks; the decoder
+    // writes each index's 11-bit value (shifted left by 4) as a u16.
+    let k = next as usize;
+    let mut counts = vec![0u32; k];
+    index.iter().for_each(|&i| counts[i as usize] += 1);
+    let mut enc = Box::new(HuffEncoder::new());
+    enc.build(&counts);
+    let codes = enc.codes;
+    let quad = |i: usize| std::array::from_fn(|j| codes[index[i + j] as usize]);
+    let one = |i: usize| codes[index[i] as usize];
+    let mut out = vec![0u8; 2 * index.len() + 1024];
+    g.throughput(Throughput::Bytes(index.len() as u64));
+    g.bench_function("encode/index-huffman", |b| {
+        b.iter(|| huffman::encode(index.len(), k, &enc, quad, one, &mut out).unwrap())
+    });
+    let len = huffman::encode(index.len(), k, &enc, quad, one, &mut out).unwrap();
+    let mut values = [0u16; 256];
+    for (v, &present) in present.iter().enumerate() {
+        if present {
+            values[rank[v] as usize] = (v as u16) << 4;
+        }
+    }
+    let coded = out[..len].to_vec();
+    let mut back = vec![0u8; 2 * index.len()];
+    let mut table = Box::new(HuffDecoder::new());
+    g.bench_function("decode/index-huffman", |b| {
+        b.iter(|| huffman::decode(&coded, index.len(), k, &values, &mut table, &mut back).unwrap())
+    });
+    println!(
+        "index: huffman {} bytes, rANS {} bytes",
+        len,
+        entropy::encode(&index, &mut out, &mut EncoderScratch::new()).unwrap()
+    );
     for (name, plane) in [("index", &index), ("exponent", &exps), ("mantissa", &mants)] {
         let mut out = vec![0u8; entropy::max_encoded_len(plane.len())];
         let mut scratch = EncoderScratch::new();

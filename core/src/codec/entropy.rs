@@ -20,7 +20,8 @@
 //!   many small blocks); decoded by [`decode`] as usual.
 //! - [`encode_with_context`] / [`decode_with_context`]: symbol `i` is coded with the table of
 //!   context `lut[keys[i]]` (0..4), where `keys` are bytes both sides already have.
-//! - Memory: [`EncoderScratch`] (~48 KiB) and [`DecoderTables`] (16.5 KiB), reusable, `const fn
+//! - Memory: [`EncoderScratch`] (~70 KiB) and [`DecoderTables`] (~33 KiB, both with ZipNN's
+//!   Huffman tables), reusable, `const fn
 //!   new()`; every error is a [`CodecError`], corrupt input never panics.
 //!
 //! # Block format
@@ -75,6 +76,7 @@
 // Indexing several 256-entry tables by symbol reads clearer than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+use super::huffman::{HuffDecoder, HuffEncoder};
 use super::CodecError;
 
 /// Probability precision: frequencies sum to `1 << SCALE_BITS`.
@@ -183,8 +185,8 @@ struct EncSym {
     cmpl: u32,
 }
 
-/// Working memory of the encoder (about 48 KiB, half of it for per-context tables), lent by the
-/// caller and reusable.
+/// Working memory of the encoder (about 70 KiB: a third for per-context tables, a third for
+/// ZipNN's wide alphabet and Huffman codes), lent by the caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {
     hist: Histogram,
@@ -198,6 +200,10 @@ pub struct EncoderScratch {
     pub(super) wide_hist: [u32; WIDE_VALUES],
     /// Value → byte index under that mapping.
     pub(super) wide_map: [u8; WIDE_VALUES],
+    /// Value → Huffman code of its index (ZipNN's large chunks).
+    pub(super) wide_code: [u32; WIDE_VALUES],
+    /// Huffman code construction.
+    pub(super) huff: HuffEncoder,
 }
 
 /// Size of the wide alphabet [`EncoderScratch`] can count (values below 2^11).
@@ -232,6 +238,8 @@ impl EncoderScratch {
             table_tmp: [0; MAX_TABLE_LEN],
             wide_hist: [0; WIDE_VALUES],
             wide_map: [0; WIDE_VALUES],
+            wide_code: [0; WIDE_VALUES],
+            huff: HuffEncoder::new(),
         }
     }
 
@@ -247,7 +255,8 @@ impl EncoderScratch {
     }
 }
 
-/// Decoding tables (16 KiB), lent by the caller and reusable. One 4096-slot table, or four
+/// Decoding tables (about 33 KiB: 16 KiB of rANS slots, 16 KiB of Huffman table), lent by the
+/// caller and reusable. One 4096-slot table, or four
 /// 1024-slot context tables one after the other. A slot packs all the decoder needs into one
 /// word, so each symbol costs one table load.
 #[derive(Clone, Debug)]
@@ -256,6 +265,8 @@ pub struct DecoderTables {
     slots: [u32; SLOTS],
     /// Byte index → wide value, for codecs that map a wide alphabet onto bytes (ZipNN).
     pub(super) values: [u16; 256],
+    /// Huffman decoding table (ZipNN's large chunks).
+    pub(super) huff: HuffDecoder,
 }
 
 /// A decoding slot: symbol, offset within the symbol's range, frequency (each < 4096).
@@ -275,6 +286,7 @@ impl DecoderTables {
         DecoderTables {
             slots: [0; SLOTS],
             values: [0; 256],
+            huff: HuffDecoder::new(),
         }
     }
 }

@@ -2,15 +2,18 @@
 //!
 //! - [`entropy`]: an order-0 rANS coder over bytes with a compact, self-describing block format
 //!   (raw / constant / coded chosen per block), working only in caller-lent buffers.
+//! - [`huffman`]: length-limited canonical Huffman in four streams, decoding two symbols per
+//!   table lookup: ZipNN's index stream of big chunks, where decoding speed matters most.
 //! - [`zipnn`]: ZipNN grouping of BF16/FP16/FP32 weights (exponent and top mantissa bits
-//!   coded by [`entropy`], one symbol per element; sign and low mantissa bits packed raw), in a
-//!   chunked, CRC-checked container.
+//!   coded by [`huffman`] or [`entropy`], one symbol per element; sign and low mantissa bits
+//!   raw), in a chunked, CRC-checked container.
 //! - `qstore`: one file serving a model at high precision and at INT8.
 //! - [`weights`]: telling 4 KiB blocks of float weights from other data, coding one block.
 
 use core::fmt;
 
 pub mod entropy;
+pub mod huffman;
 pub mod qstore;
 pub mod weights;
 pub mod zipnn;

@@ -273,7 +273,7 @@ pub mod compact {
         use core::ops::Range;
         /// `b"NBCM"`.
         pub const MAGIC: Range<usize> = 0..4;
-        /// Format version, currently 1.
+        /// Format version, currently 2 (1, without an index or moved flags, is read too).
         pub const VERSION: Range<usize> = 4..6;
         /// Entries held.
         pub const COUNT: Range<usize> = 6..8;
@@ -281,19 +281,26 @@ pub mod compact {
         pub const NODE_ID: Range<usize> = 8..12;
         /// Bytes of entries after the header.
         pub const USED: Range<usize> = 12..16;
+        /// Version 2: the page's index in its group's compact table.
+        pub const INDEX: Range<usize> = 16..17;
         /// Reserved, written 0.
-        pub const RESERVED: Range<usize> = 16..28;
+        pub const RESERVED: Range<usize> = 17..28;
         /// CRC32 of the whole page with these four bytes taken as zero.
         pub const CRC: Range<usize> = 28..32;
-        /// First entry: offset u16, length u16, base CRC u32, new CRC u32, then the delta.
+        /// First entry: offset u16 (bit 15: [`super::MOVED`]), length u16, base CRC u32, new
+        /// CRC u32, then the delta.
         pub const ENTRIES: usize = 32;
     }
     /// Entry header length.
     pub const ENTRY_HEADER: usize = 12;
+    /// Offset flag: the compaction that wrote this page moved the entry out of the inline area
+    /// (roll-forward turns it into a marker); clear on entries kept from the page it replaced
+    /// and on every entry of a page GC or a retry moved.
+    pub const MOVED: u16 = 0x8000;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBCM";
     /// The version written.
-    pub const VERSION: u16 = 1;
+    pub const VERSION: u16 = 2;
 }
 
 /// The delta log slot: inline deltas created since the previous delta log slot, each with its

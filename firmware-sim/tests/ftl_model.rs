@@ -338,3 +338,58 @@ fn deltas_spill_into_several_compact_pages() {
     }
     assert_eq!(ftl.check().unwrap().problems(), 0);
 }
+
+/// A compaction is redone by roll-forward from its compact page, so the flush after it programs
+/// no node page for it (the node stays where it was): after an unclean stop
+/// every flushed update reads back and `check` is clean. Also with each flush right after the
+/// compaction, and with further updates (in the room the compaction made) logged behind it.
+#[test]
+fn a_compaction_costs_no_node_write_and_is_replayed_from_its_page() {
+    let logical = 256;
+    let g = small_geometry(4, 16, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let base = write_bases(&mut ftl, logical);
+    let mut last = base.clone();
+    let mut unmoved_flushes = 0;
+    let mut v = 2;
+    for round in 0..12u32 {
+        let node_before = ftl.node_location(0);
+        let compactions = ftl.stats().compact_pages;
+        // Updates until a compaction happened, then a few more behind it.
+        let mut after = None;
+        for k in 0..400u32 {
+            let lba = (round * 37 + k * 11) % (logical / 2);
+            let new = updated(&base[lba as usize], lba, v, 40);
+            v += 1;
+            ftl.write(Lba(lba), &new).unwrap();
+            last[lba as usize] = new;
+            if after.is_none() && ftl.stats().compact_pages > compactions {
+                after = Some(k);
+            }
+            if after.is_some_and(|a| k >= a + round % 4) {
+                break;
+            }
+        }
+        assert!(after.is_some(), "round {round}: no compaction");
+        ftl.flush().unwrap();
+        unmoved_flushes += u32::from(ftl.node_location(0) == node_before);
+        let nand = ftl.into_nand();
+        ftl = Ftl::mount(nand, mem.lend()).expect("mount after unclean stop");
+        set_delta(&mut ftl, true);
+        let mut buf = [0u8; BLOCK];
+        for lba in 0..logical {
+            ftl.read(Lba(lba), &mut buf).unwrap();
+            assert!(buf == last[lba as usize], "round {round}: LBA {lba}");
+        }
+        assert_eq!(ftl.check().unwrap().problems(), 0, "round {round}");
+    }
+    // (A mount ends with a checkpoint, which writes the node; the flushes measured follow it.)
+    assert!(
+        unmoved_flushes >= 10,
+        "the flush after a compaction wrote the node in {} of 12 rounds",
+        12 - unmoved_flushes
+    );
+}

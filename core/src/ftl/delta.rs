@@ -10,9 +10,11 @@
 //! node copies older than the log slot, in sequence order with data slots. Log slots are never
 //! valid data: their blocks are kept from erasure until the next checkpoint, which writes every
 //! node and so supersedes them. The log is written before any node copy holding one of its
-//! entries (else replay would apply the entry over later changes). Changes no log replays (a
-//! compaction, a compact page moved by GC, a trim) mark the node *unlogged*, so the next flush
-//! writes it, and no block freed since is erased before that. The base
+//! entries (else replay would apply the entry over later changes). A compaction is redone by
+//! roll-forward from its compact page, which names its table slot and flags the entries it
+//! moved (see `replay_compact`), so it costs no node write either. Changes nothing replays (a
+//! compact page moved by GC, a trim) mark the node *unlogged*, so the next flush writes it, and
+//! no block freed since is erased before that. The base
 //! block a delta applies to is the slot the node still points to, so it stays valid (mapped)
 //! while the delta lives, and GC moves it like any mapped slot. Every entry names its base by
 //! the base's data CRC (which GC and retries carry unchanged) and the block it produces by its
@@ -93,13 +95,22 @@ impl<N: Nand> Ftl<'_, N> {
         (0..COMPACT_PAGES).find(|&i| self.compact_ptr(s, i) == p)
     }
 
+    /// Sets compact page `i` of cached node `s` by a change roll-forward cannot redo: the node
+    /// must be written by the next barrier.
     pub(super) fn set_compact_ptr(&mut self, s: usize, i: usize, p: Ppa) {
+        self.write_compact_ptr(s, i, p);
+        self.mark_unlogged(s);
+    }
+
+    /// Sets compact page `i` of cached node `s` by a change roll-forward redoes from the page
+    /// (a compaction, see [`Ftl::replay_compact`]).
+    fn write_compact_ptr(&mut self, s: usize, i: usize, p: Ppa) {
         crate::format::write_u32(
             &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES],
             CACHE_COMPACT + 4 * i,
             p.0,
         );
-        self.mark_unlogged(s);
+        self.mark_delta_dirty(s);
     }
 
     /// The inline area of node `s` changed in a way roll-forward reproduces (a delta logged, a
@@ -312,6 +323,93 @@ impl<N: Nand> Ftl<'_, N> {
                 self.cache_meta[s].inline_len = l as u16;
             }
             self.mark_delta_dirty(s);
+        }
+        Ok(())
+    }
+
+    /// Roll-forward of compact page `p` of group `g` (sequence `seq`, in order with the data
+    /// slots): unless the node copy is newer, the compaction that wrote it is redone. The page
+    /// fills the table slot it names; every entry it moved out of the inline area becomes a
+    /// marker naming it (replacing the offset's entry: replay may have it inline from an older
+    /// log slot, or not at all when it was logged in the interval the compaction killed it
+    /// from); markers naming the slot whose offset the page lacks are dropped; and pages no
+    /// marker names are released, as the live compaction did. A version 1 page (written with
+    /// its node) and a copy GC or a retry made (moved flags cleared; those moves mark the node
+    /// for the next barrier, before which the page they copied is not erased) change nothing.
+    pub(super) fn replay_compact(&mut self, p: Ppa, g: u32, seq: u64) -> R<(), N::Error> {
+        let s = match self.node_slot(g) {
+            Ok(s) => s,
+            // The group's newest node page is damaged: the group is lost (see recovery).
+            Err(Error::Corrupted(c)) if c.node == Some(g) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if seq <= self.cache_meta[s].stamp_base() {
+            return Ok(());
+        }
+        self.read_slot_checked(p, SlotKind::Compact, g, SCRATCH, Cause::Checkpoint)?;
+        let at = self.slot_offset(SCRATCH, p.0 % self.spp);
+        let bad = |what| Error::Corrupted(corrupted(what, p.0));
+        let (idx, any_moved) = {
+            let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
+                .map_err(|_| bad("compact page fails its checks"))?;
+            let Some(idx) = view.index() else {
+                return Ok(());
+            };
+            let any_moved = view.entries().filter_map(Result::ok).any(|e| e.moved);
+            (idx, any_moved)
+        };
+        if !any_moved {
+            return Ok(());
+        }
+        let s = self.node_slot(g)?;
+        self.write_compact_ptr(s, idx as usize, p);
+        let mut moved = [0u32; LBAS_PER_NODE as usize / 32];
+        let mut held = [0u32; LBAS_PER_NODE as usize / 32];
+        {
+            let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
+                .map_err(|_| bad("compact page fails its checks"))?;
+            for e in view.entries().filter_map(Result::ok) {
+                if e.off as u32 >= LBAS_PER_NODE {
+                    return Err(bad("compact page entry out of its group"));
+                }
+                held[e.off as usize / 32] |= 1 << (e.off % 32);
+                if e.moved {
+                    moved[e.off as usize / 32] |= 1 << (e.off % 32);
+                }
+            }
+        }
+        for off in 0..LBAS_PER_NODE {
+            let bit = |m: &[u32; 8]| m[off as usize / 32] & (1 << (off % 32)) != 0;
+            let existing = self.find_entry(s, off)?;
+            let named_here = existing.is_some_and(|e| e.in_compact && e.page == idx);
+            if bit(&moved) {
+                if let Some(e) = existing {
+                    self.remove_entry(s, &e);
+                }
+                let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
+                    .map_err(|_| bad("compact page fails its checks"))?;
+                let Some(ce) = view.find(off as u16) else {
+                    return Err(bad("compact page entry vanished"));
+                };
+                let (base_crc, new_crc) = (ce.base_crc, ce.new_crc);
+                let len = self.inline_len(s);
+                let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
+                if let Some(l) =
+                    inline::push(img, len, off as u16, Some(idx), base_crc, new_crc, &[])
+                {
+                    self.cache_meta[s].inline_len = l as u16;
+                }
+            } else if named_here && !bit(&held) {
+                if let Some(e) = existing {
+                    self.remove_entry(s, &e);
+                }
+            }
+        }
+        let live = self.compact_live(s);
+        for (i, &n) in live.iter().enumerate() {
+            if n == 0 && i != idx as usize && self.compact_ptr(s, i).is_some() {
+                self.write_compact_ptr(s, i, Ppa::NONE);
+            }
         }
         Ok(())
     }
@@ -668,19 +766,14 @@ impl<N: Nand> Ftl<'_, N> {
     fn compact_out(&mut self, g: u32, min_bytes: usize) -> R<bool, N::Error> {
         let s = self.room_and_node(HOT, g)?;
         let live = self.compact_live(s);
-        for (i, &n) in live.iter().enumerate() {
-            let p = self.compact_ptr(s, i);
-            if n == 0 && p.is_some() {
-                self.set_compact_ptr(s, i, Ppa::NONE);
-                self.invalidate(p);
-            }
-        }
+        // Pages no marker names any more are released once the new page is in (the first of
+        // them, or a free table slot, takes it): roll-forward of the page does the same.
         let slot = (0..COMPACT_PAGES)
-            .find(|&i| !self.compact_ptr(s, i).is_some())
+            .find(|&i| live[i] == 0 || !self.compact_ptr(s, i).is_some())
             .unwrap_or_else(|| (0..COMPACT_PAGES).min_by_key(|&i| live[i]).unwrap_or(0));
         let old = self.compact_ptr(s, slot);
         let b = self.slot_offset(BBUF, 0);
-        if old.is_some() {
+        if old.is_some() && live[slot] > 0 {
             let src = match self.buffered_log(old) {
                 Some(log) => self.slot_offset(log, old.0 % self.spp),
                 None => {
@@ -695,8 +788,8 @@ impl<N: Nand> Ftl<'_, N> {
         let img = &self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
         let (lo, hi) = self.bufs.split_at_mut(b);
         let out = &mut lo[dst..dst + SLOT_BYTES];
-        let mut builder = Builder::new(out, g);
-        if old.is_some() {
+        let mut builder = Builder::new(out, g, slot as u8);
+        if old.is_some() && live[slot] > 0 {
             let view = CompactView::new_checked(&hi[..SLOT_BYTES], g)
                 .map_err(|_| Error::Corrupted(corrupted("compact page fails its checks", old.0)))?;
             // Offsets whose marker names this page, found in one pass over the area.
@@ -711,7 +804,7 @@ impl<N: Nand> Ftl<'_, N> {
                 // reads check the CRCs a marker names against the entry they find.
                 let live = ce.off < LBAS_PER_NODE as u16
                     && named[ce.off as usize / 32] & (1 << (ce.off % 32)) != 0;
-                if live && !builder.add(out, ce.off, ce.base_crc, ce.new_crc, ce.delta) {
+                if live && !builder.add(out, ce.off, false, ce.base_crc, ce.new_crc, ce.delta) {
                     return Ok(false);
                 }
             }
@@ -725,6 +818,7 @@ impl<N: Nand> Ftl<'_, N> {
             if !builder.add(
                 out,
                 e.off,
+                true,
                 e.base_crc,
                 e.new_crc,
                 &img[e.data..e.data + e.len],
@@ -740,9 +834,21 @@ impl<N: Nand> Ftl<'_, N> {
         builder.finish(out);
         let crc = crc32(&[&self.bufs[dst..dst + SLOT_BYTES]]);
         let new = self.commit_slot(HOT, SlotKind::Compact, g, crc, Cause::Compact);
-        self.set_compact_ptr(s, slot, new);
-        if old.is_some() {
-            self.invalidate(old);
+        // Roll-forward redoes all of this from the page (`replay_compact`): the node need not
+        // be written at the next flush.
+        for (i, &n) in live.iter().enumerate() {
+            let p = self.compact_ptr(s, i);
+            let to = if i == slot {
+                new
+            } else if n == 0 && p.is_some() {
+                Ppa::NONE
+            } else {
+                continue;
+            };
+            self.write_compact_ptr(s, i, to);
+            if p.is_some() {
+                self.invalidate(p);
+            }
         }
         for off in 0..LBAS_PER_NODE {
             if moved[off as usize / 32] & (1 << (off % 32)) != 0 {

@@ -301,8 +301,14 @@ impl<N: Nand> Ftl<'_, N> {
                 };
                 let dst = self.slot_offset(COLD, self.logs[COLD].fill);
                 self.bufs.copy_within(src..src + SLOT_BYTES, dst);
-                let new =
-                    self.commit_slot(COLD, SlotKind::Compact, rec.owner, rec.data_crc, Cause::Gc);
+                // The copy must not redo the compaction on roll-forward (a damaged page is
+                // copied as it is, its damage still visible).
+                let crc = crate::delta::compact::clear_moved(
+                    &mut self.bufs[dst..dst + SLOT_BYTES],
+                    rec.owner,
+                )
+                .unwrap_or(rec.data_crc);
+                let new = self.commit_slot(COLD, SlotKind::Compact, rec.owner, crc, Cause::Gc);
                 // Nothing replays a compact page's move: the node is written at the next barrier.
                 self.set_compact_ptr(s, i, new);
                 self.invalidate(p);

@@ -1332,8 +1332,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     };
                     let dst = self.slot_offset(log, self.logs[log].fill);
                     self.bufs.copy_within(src..src + SLOT_BYTES, dst);
-                    let new =
-                        self.commit_slot(log, SlotKind::Compact, rec.owner, rec.data_crc, cause);
+                    // Like a GC move: the copy does not redo the compaction on roll-forward.
+                    let crc = crate::delta::compact::clear_moved(
+                        &mut self.bufs[dst..dst + SLOT_BYTES],
+                        rec.owner,
+                    )
+                    .unwrap_or(rec.data_crc);
+                    let new = self.commit_slot(log, SlotKind::Compact, rec.owner, crc, cause);
                     self.set_compact_ptr(s, i, new);
                     self.invalidate(old);
                 }

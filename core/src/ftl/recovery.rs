@@ -660,6 +660,10 @@ impl<N: Nand> Ftl<'_, N> {
                 self.replay_seq = Some(last_applied);
                 self.replay_packed(p, seq)?;
             }
+            if kind == SlotKind::Compact {
+                self.replay_seq = Some(last_applied);
+                self.replay_compact(p, owner, seq)?;
+            }
             if kind == SlotKind::Data {
                 self.replay_seq = Some(last_applied);
                 let g = owner / LBAS_PER_NODE;

@@ -74,8 +74,9 @@ detach() {
     [ -n "$LOOP" ] && { losetup -d "$LOOP" 2>/dev/null || true; LOOP=""; }
     [ -n "$FUSE" ] && { fusermount3 -uz "$FUSE" 2>/dev/null || true; FUSE=""; }
     [ -n "$FPID" ] && { kill "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; FPID=""; }
+    return 0
 }
-stop() { [ -n "$SPID" ] && { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=""; }; }
+stop() { [ -n "$SPID" ] && { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=""; }; return 0; }
 cleanup() { detach; stop; rm -rf "$work"; }
 trap cleanup EXIT
 

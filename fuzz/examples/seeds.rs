@@ -201,6 +201,15 @@ fn main() {
     let n = nandbox_core::delta::xor::encode(&new, base, &mut delta).unwrap();
     let delta = &delta[..n];
     put(corpus, "delta_decode", "xor", &[&[0u8][..], delta].concat());
+    // The same update as byte planes (ZipNN's delta mode), for the planes decoder.
+    let mut planes = vec![0u8; 4096 + 64];
+    let n = nandbox_core::delta::planes::encode(&new, base, 2, &mut planes).unwrap();
+    put(
+        corpus,
+        "delta_decode",
+        "planes",
+        &[&[0u8][..], &planes[..n]].concat(),
+    );
     let mut img = vec![0u8; 4096];
     let mut len = 0;
     for off in [3u16, 17, 200] {
@@ -217,9 +226,10 @@ fn main() {
         &[&[1u8][..], &img].concat(),
     );
     let mut page = vec![0u8; 4096];
-    let mut b = nandbox_core::delta::compact::Builder::new(&mut page, 7);
+    let mut b = nandbox_core::delta::compact::Builder::new(&mut page, 7, 2);
     for off in [3u16, 17, 200] {
-        assert!(b.add(&mut page, off, 1, 2, &delta[..delta.len().min(300)]));
+        let moved = off != 17;
+        assert!(b.add(&mut page, off, moved, 1, 2, &delta[..delta.len().min(300)]));
     }
     b.finish(&mut page);
     put(

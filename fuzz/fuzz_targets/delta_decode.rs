@@ -3,17 +3,18 @@
 //! or index out of bounds; what the encoders write must parse back to what they were given.
 //!
 //! Input: byte 0 picks the path, the rest is the material.
-//! - 0: `xor::apply` of the rest onto a base block; then `encode(new, base)` of two blocks
-//!   stretched from the rest must `apply` back to `new`.
+//! - 0: `xor::apply` of the rest onto a base block (runs, or byte planes when the rest starts
+//!   with the planes tag); then `encode(new, base)` and `planes::encode_best(new, base)` of two
+//!   blocks stretched from the rest must `apply` back to `new`.
 //! - 1: the rest (padded to 4 KiB) as a node page image whose inline area is the first two bytes
 //!   long: every entry must lie inside the area, and applying each must not panic.
 //! - 2: the rest as a compact page (its CRC recomputed when bit 6 of byte 0 is set, so parsing
-//!   goes past it); with bit 7 set, a compact page built from deltas cut out of the rest must
-//!   parse back entry for entry.
+//!   goes past it; a sound page's moved flags cleared must parse again with none); with bit 7
+//!   set, a compact page built from deltas cut out of the rest must parse back entry for entry.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nandbox_core::delta::{compact, inline, xor};
+use nandbox_core::delta::{compact, inline, planes, xor};
 use nandbox_core::nand::SLOT_BYTES;
 
 fn stretch(bytes: &[u8], salt: u8) -> Vec<u8> {
@@ -50,6 +51,12 @@ fuzz_target!(|data: &[u8]| {
                 xor::apply(&mut b, &out[..n]).expect("applying a fresh encoding");
                 assert!(b == new, "delta round trip");
             }
+            let (mut best, mut scratch) = (vec![0u8; 1012], vec![0u8; 1012]);
+            if let Ok(n) = planes::encode_best(&new, &base, &mut best, &mut scratch) {
+                let mut b = base.clone();
+                xor::apply(&mut b, &best[..n]).expect("applying a fresh best encoding");
+                assert!(b == new, "best delta round trip");
+            }
         }
         1 => {
             let mut img = rest.to_vec();
@@ -73,10 +80,10 @@ fuzz_target!(|data: &[u8]| {
             if mode & 0x80 != 0 {
                 let node = u32::from_le_bytes([page[8], page[9], page[10], page[11]]);
                 let mut built = vec![0u8; SLOT_BYTES];
-                let mut b = compact::Builder::new(&mut built, node);
+                let mut b = compact::Builder::new(&mut built, node, (mode >> 2) & 15);
                 for chunk in rest.chunks(37) {
                     let off = chunk.first().copied().unwrap_or(0) as u16;
-                    if !b.add(&mut built, off, 1, 2, chunk) {
+                    if !b.add(&mut built, off, chunk.len() % 2 == 0, 1, 2, chunk) {
                         break;
                     }
                 }
@@ -106,6 +113,13 @@ fuzz_target!(|data: &[u8]| {
                     let _ = xor::apply(&mut block, e.delta);
                 }
                 let _ = v.find(1);
+                let _ = v.index();
+            }
+            let mut copy = page.clone();
+            if compact::clear_moved(&mut copy, node).is_some() {
+                let v = compact::CompactView::new_checked(&copy, node)
+                    .expect("a cleared sound page parses");
+                assert!(v.entries().all(|e| !e.expect("entry").moved));
             }
         }
     }

@@ -18,10 +18,15 @@
 //!   integers, text in FP16's view of it) is not weights: weights are rarely exactly zero. Such
 //!   blocks, and their small updates, stay with the delta engine, which stores an update of a
 //!   mostly unchanged page in a few bytes where a coded record would take hundreds.
+//! - A block whose sampled elements mostly have a zero lowest byte is not weights either: a
+//!   weight's low mantissa bits are noise (zero in one sample of 256), while arrays of aligned
+//!   integers (sector numbers, offsets, counters: fio's scrambled buffers end up made of them)
+//!   leave that byte zero and can put their high bytes on a few "exponents". Each such false
+//!   positive cost a whole ZipNN coding of the block for a record too large to keep.
 //!
-//! The test costs 3 × 64 byte reads and a 256-entry histogram; the FTL then codes the block
-//! and stores it coded only if the record is small enough to pay for itself (its caller's
-//! rule), so a false positive costs CPU, never space or correctness.
+//! The test costs 3 × 64 × 2 byte reads and a 256-entry histogram; the FTL then codes the
+//! block and stores it coded only if the record is small enough to pay for itself (its
+//! caller's rule), so a false positive costs CPU, never space or correctness.
 //!
 //! # Record
 //!
@@ -68,34 +73,36 @@ impl WeightsMemory {
     }
 }
 
-/// The exponent field of sample `i` of `block` read as `dtype`.
-fn exponent(block: &[u8; BLOCK], dtype: Dtype, i: usize) -> u8 {
+/// The exponent field of sample `i` of `block` read as `dtype`, and the sample's lowest byte.
+fn exponent(block: &[u8; BLOCK], dtype: Dtype, i: usize) -> (u8, u8) {
     match dtype {
         Dtype::Bf16 => {
             let at = 2 * (i * (BLOCK / 2 / SAMPLES));
-            (block[at + 1] << 1) | (block[at] >> 7)
+            ((block[at + 1] << 1) | (block[at] >> 7), block[at])
         }
         Dtype::Fp32 => {
             let at = 4 * (i * (BLOCK / 4 / SAMPLES));
-            (block[at + 3] << 1) | (block[at + 2] >> 7)
+            ((block[at + 3] << 1) | (block[at + 2] >> 7), block[at])
         }
         Dtype::Fp16 => {
-            let at = 2 * (i * (BLOCK / 2 / SAMPLES)) + 1;
-            (block[at] >> 2) & 0x1F
+            let at = 2 * (i * (BLOCK / 2 / SAMPLES));
+            ((block[at + 1] >> 2) & 0x1F, block[at])
         }
-        Dtype::Raw => 0,
+        Dtype::Raw => (0, 0),
     }
 }
 
 /// Samples of `block` read as `dtype` that fall on its four most frequent exponents, or 0
-/// when more than half of them are zero (see [`detect`]).
+/// when more than half of them have a zero exponent or a zero lowest byte (see [`detect`]).
 pub fn top4(block: &[u8; BLOCK], dtype: Dtype) -> u32 {
     let mut hist = [0u8; 256];
+    let mut low_zero = 0;
     for i in 0..SAMPLES {
-        let e = exponent(block, dtype, i);
+        let (e, low) = exponent(block, dtype, i);
         hist[e as usize] += 1;
+        low_zero += usize::from(low == 0);
     }
-    if hist[0] as usize > SAMPLES / 2 {
+    if hist[0] as usize > SAMPLES / 2 || low_zero > SAMPLES / 2 {
         return 0;
     }
     let mut top = [0u8; 4];
@@ -174,6 +181,20 @@ mod tests {
             *b = i as u8 | 1;
         }
         assert_eq!(detect(&sparse), None);
+    }
+
+    #[test]
+    fn aligned_integers_are_not_weights() {
+        // What fio's scrambled buffers become: every 8 bytes the LE offset of their 512-byte
+        // sector. Their high bytes sit on a few values (FP32 and FP16 exponents alike); only
+        // their zero low bytes tell them from weights.
+        for base in [0x0180_0000u64, 0x3FDC_0000, 0x0020_0000, 0x0001_0000] {
+            let mut b = [0u8; BLOCK];
+            for (w, c) in b.chunks_mut(8).enumerate() {
+                c.copy_from_slice(&(base + 512 * (w as u64 * 8 / 512)).to_le_bytes());
+            }
+            assert_eq!(detect(&b), None, "base {base:#x}");
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub trait NandFault: fmt::Debug + fmt::Display {
 ///   [`Nand::mark_bad`]; the firmware never programs or erases them.
 ///
 /// `data` must be exactly `page_bytes` long and `spare` exactly `spare_bytes` long for
-/// [`Nand::read`] and [`Nand::program`].
+/// [`Nand::read`], [`Nand::read_slot`] and [`Nand::program`].
 pub trait Nand {
     /// The backend's error.
     type Error: NandFault;
@@ -175,6 +175,23 @@ pub trait Nand {
 
     /// Reads only the spare area of a page (cheaper on real parts: no data transfer).
     fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Reads what one 4 KiB slot of a page needs: that slot's bytes, into the same place of
+    /// `data` (a whole page buffer, as for [`Nand::read`]), and the whole spare area. The other
+    /// slots' bytes in `data` are unspecified afterwards. It is one page read in every other
+    /// respect (counted, timed, torn by a power cut and flipped by read faults as
+    /// [`Nand::read`] would be): a real part senses the page whole and transfers only the
+    /// columns asked for. The default reads the whole page.
+    fn read_slot(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), Self::Error> {
+        let _ = slot;
+        self.read(page, data, spare)
+    }
 
     /// Programs one page's data and spare area. See the contract above.
     fn program(&mut self, page: PageId, data: &[u8], spare: &[u8]) -> Result<(), Self::Error>;

@@ -260,6 +260,20 @@ impl<N: Nand> Nand for Timed<N> {
         self.inner.read(page, data, spare)
     }
 
+    fn read_slot(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), N::Error> {
+        // Timed as the whole-page read it replaces, so the model's figures stay as they were.
+        if let Some(m) = &mut self.model {
+            m.read(page, (data.len() + spare.len()) as u64);
+        }
+        self.inner.read_slot(page, slot, data, spare)
+    }
+
     fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), N::Error> {
         if let Some(m) = &mut self.model {
             m.read(page, spare.len() as u64);

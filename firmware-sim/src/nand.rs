@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::Path;
 
-use nandbox_core::nand::{BlockId, FaultKind, Geometry, Nand, NandFault, PageId};
+use nandbox_core::nand::{BlockId, FaultKind, Geometry, Nand, NandFault, PageId, SLOT_BYTES};
 
 use crate::image::ImageFile;
 use crate::rng::SplitMix64;
@@ -390,6 +390,23 @@ impl SimNand {
         }
     }
 
+    /// One flip anywhere in the page, data or spare, in proportion to their sizes, as the read
+    /// of a whole page would draw it; it lands only if it falls in the bytes transferred
+    /// (`slot` of the data, or the spare), so a slot read draws the same faults as a page read.
+    fn flip_on_read(&mut self, data: &mut [u8], spare: &mut [u8], slot: std::ops::Range<usize>) {
+        if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
+            let bits = (data.len() + spare.len()) as u64 * 8;
+            let bit = self.rng.next_u64() % bits;
+            let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
+            match byte.checked_sub(data.len()) {
+                None if slot.contains(&byte) => data[byte] ^= mask,
+                None => {}
+                Some(i) => spare[i] ^= mask,
+            }
+            self.counters.injected_bit_flips += 1;
+        }
+    }
+
     /// What a torn or failed program leaves: a prefix of the new bytes, then a few garbage
     /// bytes, then erased bytes — an interrupted program sequence.
     fn torn_image(&mut self, raw: &[u8]) -> Vec<u8> {
@@ -419,17 +436,47 @@ impl Nand for SimNand {
         }
         self.counters.reads += 1;
         self.load(page, data, spare)?;
-        // One flip anywhere in the page, data or spare, in proportion to their sizes.
-        if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
-            let bits = (data.len() + spare.len()) as u64 * 8;
-            let bit = self.rng.next_u64() % bits;
-            let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
-            match byte.checked_sub(data.len()) {
-                None => data[byte] ^= mask,
-                Some(i) => spare[i] ^= mask,
-            }
-            self.counters.injected_bit_flips += 1;
+        self.flip_on_read(data, spare, 0..data.len());
+        Ok(())
+    }
+
+    fn read_slot(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), SimError> {
+        self.check_page(page)?;
+        self.check_lengths(data.len(), spare.len())?;
+        if slot >= self.geometry.slots_per_page() {
+            return Err(SimError::Contract(format!(
+                "slot {slot} of page {} out of range ({} slots)",
+                page.0,
+                self.geometry.slots_per_page()
+            )));
         }
+        if self.power_step()? {
+            return Err(SimError::PowerLoss);
+        }
+        self.counters.reads += 1;
+        let range = slot as usize * SLOT_BYTES..(slot as usize + 1) * SLOT_BYTES;
+        let page_bytes = data.len();
+        match &mut self.store {
+            Store::Ram(pages) => match &pages[page.0 as usize] {
+                Some(bytes) => {
+                    data[range.clone()].copy_from_slice(&bytes[range.clone()]);
+                    spare.copy_from_slice(&bytes[page_bytes..]);
+                }
+                None => {
+                    data[range.clone()].fill(0xFF);
+                    spare.fill(0xFF);
+                }
+            },
+            // Image pages are read whole: the file's cost is the syscall, not the copy.
+            Store::Image(_) | Store::Overlay(..) => self.load(page, data, spare)?,
+        }
+        self.flip_on_read(data, spare, range);
         Ok(())
     }
 

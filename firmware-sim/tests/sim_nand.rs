@@ -103,6 +103,59 @@ fn torn_erase_leaves_block_unprogrammable_until_erased() {
     sim.program(PageId(5), &d, &s).unwrap();
 }
 
+/// A slot read is a page read that copies one slot: the same bytes in that slot and the spare,
+/// the same count, the same power-cut step and the same fault draws (a flip lands where the
+/// page read's would, when that is in the bytes transferred).
+#[test]
+fn slot_reads_match_page_reads_in_bytes_counts_and_faults() {
+    let geo = profile::TLC.geometry(4);
+    let (pb, sb) = (geo.page_bytes as usize, geo.spare_bytes as usize);
+    let data: Vec<u8> = (0..pb).map(|i| (i / 4096 * 0x40 + i % 61) as u8).collect();
+    let spare: Vec<u8> = (0..sb).map(|i| i as u8 ^ 0x33).collect();
+    let faults = FaultConfig {
+        seed: 7,
+        bit_flip_per_read: 1.0,
+        ..Default::default()
+    };
+    let mut whole = SimNand::with_faults(geo, faults);
+    let mut sliced = SimNand::with_faults(geo, faults);
+    for sim in [&mut whole, &mut sliced] {
+        sim.program(PageId(0), &data, &spare).unwrap();
+    }
+    let mut landed = 0;
+    for round in 0..400 {
+        let slot = round % 4;
+        let (mut d1, mut s1) = (vec![0u8; pb], vec![0u8; sb]);
+        let (mut d2, mut s2) = (vec![0xA5u8; pb], vec![0u8; sb]);
+        whole.read(PageId(0), &mut d1, &mut s1).unwrap();
+        sliced
+            .read_slot(PageId(0), slot as u32, &mut d2, &mut s2)
+            .unwrap();
+        let r = slot * 4096..(slot + 1) * 4096;
+        assert_eq!(d1[r.clone()], d2[r.clone()], "round {round}");
+        assert_eq!(s1, s2, "round {round}");
+        landed += usize::from(d1[r.clone()] != data[r] || s1 != spare);
+    }
+    // Every read flipped a bit; those in the transferred bytes (about a third) were seen alike.
+    assert!((60..250).contains(&landed), "{landed} flips landed");
+    assert_eq!(whole.counters(), sliced.counters());
+    assert_eq!(sliced.counters().reads, 400);
+
+    let mut sim = SimNand::new_ram(geo);
+    let (mut d, mut s) = (vec![0u8; pb], vec![0u8; sb]);
+    sim.read_slot(PageId(1), 3, &mut d, &mut s).unwrap();
+    assert!(d[3 * 4096..].iter().chain(&s).all(|&b| b == 0xFF), "erased");
+    let e = sim.read_slot(PageId(1), 4, &mut d, &mut s).unwrap_err();
+    assert_eq!(e.kind(), FaultKind::ContractViolation);
+    let e = sim
+        .read_slot(PageId(1), 0, &mut d[..4096], &mut s)
+        .unwrap_err();
+    assert_eq!(e.kind(), FaultKind::ContractViolation);
+    sim.power_cut_after(0);
+    let e = sim.read_slot(PageId(1), 0, &mut d, &mut s).unwrap_err();
+    assert_eq!(e.kind(), FaultKind::PowerLoss);
+}
+
 #[test]
 fn injected_faults_follow_the_seed() {
     let faults = FaultConfig {

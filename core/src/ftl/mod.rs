@@ -1422,6 +1422,20 @@ impl<'a, N: Nand> Ftl<'a, N> {
         Ok(())
     }
 
+    /// Reads slot `slot` of `page` (and the whole spare area) into `buf`: one NAND page read,
+    /// like [`Ftl::nand_read`], that copies a quarter of the bytes on 16 KiB pages. The other
+    /// slots of `buf` are stale afterwards: only for readers of that one slot.
+    fn nand_read_slot(&mut self, page: u32, slot: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
+        let start = buf * self.stride;
+        let (data, spare) =
+            self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
+        self.nand
+            .read_slot(PageId(page), slot, data, spare)
+            .map_err(Error::Nand)?;
+        self.stats.reads[cause as usize] += 1;
+        Ok(())
+    }
+
     fn nand_read_spare(&mut self, page: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
         let start = buf * self.stride + self.geo.page_bytes as usize;
         let spare = &mut self.bufs[start..start + self.geo.spare_bytes as usize];
@@ -1446,8 +1460,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
         Ok(rec)
     }
 
-    /// Reads the page holding `p` into `buf` and checks the slot is `kind` for `owner` with a
-    /// sound CRC, re-reading a few times since bit flips on read are transient.
+    /// Reads slot `p` into `buf` and checks it is `kind` for `owner` with a sound CRC,
+    /// re-reading a few times since bit flips on read are transient. Only that slot of `buf`
+    /// is read (see [`Ftl::nand_read_slot`]).
     fn read_slot_checked(
         &mut self,
         p: Ppa,
@@ -1466,7 +1481,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
         let slot = p.0 % self.spp;
         let mut why = "";
         for attempt in 0..READ_ATTEMPTS {
-            self.nand_read(page, buf, cause)?;
+            self.nand_read_slot(page, slot, buf, cause)?;
             match self.slot_record(buf, slot) {
                 Ok(r) if r.kind != kind => why = "slot holds another kind of record",
                 Ok(r) if r.owner != owner => why = "slot belongs to another block",

@@ -344,7 +344,9 @@ impl<N: Nand> Ftl<'_, N> {
     }
 
     /// Reads slot `p` (mapped to `lba`) from flash into `buf`: a data slot of `lba` or a packed
-    /// slot. Retries like `read_slot_checked`; returns the kind.
+    /// slot. Retries like `read_slot_checked`; returns the kind. A slot that may be packed is
+    /// read with its whole page ([`Ftl::gather`] may need the slot before it); one no packed
+    /// entry maps to (no references counted) only by itself.
     pub(super) fn read_mapped_slot(
         &mut self,
         p: Ppa,
@@ -356,10 +358,23 @@ impl<N: Nand> Ftl<'_, N> {
             return Self::bad("slot address out of range", p.0);
         }
         let mut why = "";
+        let (page, slot) = (p.0 / self.spp, p.0 % self.spp);
+        let mut whole = self.pack_refs[p.0 as usize] != 0;
         for attempt in 0..READ_ATTEMPTS {
-            self.nand_read(p.0 / self.spp, buf, cause)?;
-            match self.slot_record(buf, p.0 % self.spp) {
+            if whole {
+                self.nand_read(page, buf, cause)?;
+            } else {
+                self.nand_read_slot(page, slot, buf, cause)?;
+            }
+            match self.slot_record(buf, slot) {
                 Ok(r) if r.kind == SlotKind::Data && r.owner == lba => {}
+                // Packed after all (references are counted for every mapped packed slot, so
+                // only damage gets here): read again with the whole page.
+                Ok(r) if r.kind == SlotKind::Packed && !whole => {
+                    whole = true;
+                    why = "packed slot read without its page";
+                    continue;
+                }
                 Ok(r) if r.kind == SlotKind::Packed && r.owner == 0 => {}
                 Ok(r) if r.kind == SlotKind::Data => {
                     why = "slot belongs to another block";
@@ -377,7 +392,7 @@ impl<N: Nand> Ftl<'_, N> {
             if attempt > 0 {
                 self.stats.read_retries += 1;
             }
-            let sp = self.spare_offset(buf) + (p.0 % self.spp) as usize * SPARE;
+            let sp = self.spare_offset(buf) + slot as usize * SPARE;
             let kind =
                 SpareRecord::parse(&self.bufs[sp..sp + SPARE]).map_or(SlotKind::Data, |r| r.kind);
             return Ok(kind);

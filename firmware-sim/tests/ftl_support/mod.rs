@@ -207,6 +207,15 @@ impl Nand for Lent<'_> {
     fn read(&mut self, p: PageId, d: &mut [u8], s: &mut [u8]) -> Result<(), SimError> {
         self.0.read(p, d, s)
     }
+    fn read_slot(
+        &mut self,
+        p: PageId,
+        slot: u32,
+        d: &mut [u8],
+        s: &mut [u8],
+    ) -> Result<(), SimError> {
+        self.0.read_slot(p, slot, d, s)
+    }
     fn read_spare(&mut self, p: PageId, s: &mut [u8]) -> Result<(), SimError> {
         self.0.read_spare(p, s)
     }

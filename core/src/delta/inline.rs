@@ -110,6 +110,46 @@ pub fn entries(img: &[u8], len: usize) -> Iter<'_> {
     }
 }
 
+/// The header ending at `end` (which the caller checked lies in the area, at least
+/// [`HEADER`] bytes above `low`): its offset, marker flag, page and delta length, or
+/// `Malformed` if the delta would run below `low` or a field is out of range.
+#[inline(always)]
+fn header(img: &[u8], end: usize, low: usize) -> Result<(u16, bool, usize, usize), Malformed> {
+    let h = end - HEADER;
+    // One bounds check for the four bytes read on every step of a walk.
+    let b: &[u8; 4] = img[h..h + 4].try_into().map_err(|_| Malformed)?;
+    let raw_off = u16::from_le_bytes([b[0], b[1]]);
+    let raw_len = u16::from_le_bytes([b[2], b[3]]) as usize;
+    let in_compact = raw_off & f::IN_COMPACT != 0;
+    // A marker's length field names its compact page; it has no delta bytes.
+    let (len, page) = if in_compact {
+        (0, raw_len)
+    } else {
+        (raw_len, 0)
+    };
+    let off = raw_off & !f::IN_COMPACT;
+    if len > h - low || page >= COMPACT_PAGES || off >= crate::format::node::LBAS as u16 {
+        return Err(Malformed);
+    }
+    Ok((off, in_compact, page, len))
+}
+
+/// The whole entry whose header `header` read at `end`.
+#[inline(always)]
+fn entry(img: &[u8], end: usize, (off, in_compact, page, len): (u16, bool, usize, usize)) -> Entry {
+    let h = end - HEADER;
+    Entry {
+        off,
+        in_compact,
+        page: page as u8,
+        len,
+        base_crc: get_u32(img, h + f::field::BASE_CRC.start),
+        new_crc: get_u32(img, h + f::field::NEW_CRC.start),
+        data: h - len,
+        end,
+    }
+}
+
 impl Iterator for Iter<'_> {
     type Item = Result<Entry, Malformed>;
     fn next(&mut self) -> Option<Self::Item> {
@@ -120,45 +160,35 @@ impl Iterator for Iter<'_> {
             self.pos = self.low;
             return Some(Err(Malformed));
         }
-        let h = self.pos - HEADER;
-        let raw_off = get_u16(self.img, h + f::field::OFFSET.start);
-        let raw_len = get_u16(self.img, h + f::field::LEN.start) as usize;
-        let in_compact = raw_off & f::IN_COMPACT != 0;
-        // A marker's length field names its compact page; it has no delta bytes.
-        let (len, page) = if in_compact {
-            (0, raw_len)
-        } else {
-            (raw_len, 0)
-        };
-        if len > h - self.low
-            || page >= COMPACT_PAGES
-            || (raw_off & !f::IN_COMPACT) >= crate::format::node::LBAS as u16
-        {
-            self.pos = self.low;
-            return Some(Err(Malformed));
+        match header(self.img, self.pos, self.low) {
+            Ok(h) => {
+                let e = entry(self.img, self.pos, h);
+                self.pos = e.data;
+                Some(Ok(e))
+            }
+            Err(m) => {
+                self.pos = self.low;
+                Some(Err(m))
+            }
         }
-        let e = Entry {
-            off: raw_off & !f::IN_COMPACT,
-            in_compact,
-            page: page as u8,
-            len,
-            base_crc: get_u32(self.img, h + f::field::BASE_CRC.start),
-            new_crc: get_u32(self.img, h + f::field::NEW_CRC.start),
-            data: h - len,
-            end: self.pos,
-        };
-        self.pos = h - len;
-        Some(Ok(e))
     }
 }
 
-/// The entry for offset `off`, if any.
+/// The entry for offset `off`, if any. Walks headers only (the hot path of every delta write
+/// and of reads in groups holding deltas), as [`entries`] would: a malformed area is an error
+/// if the walk reaches the damage before finding `off`.
 pub fn find(img: &[u8], len: usize, off: u16) -> Result<Option<Entry>, Malformed> {
-    for e in entries(img, len) {
-        let e = e?;
-        if e.off == off {
-            return Ok(Some(e));
+    let low = SLOT_BYTES.saturating_sub(len.min(AREA));
+    let mut pos = if len > AREA { low } else { SLOT_BYTES };
+    while pos > low {
+        if pos - low < HEADER {
+            return Err(Malformed);
         }
+        let h = header(img, pos, low)?;
+        if h.0 == off {
+            return Ok(Some(entry(img, pos, h)));
+        }
+        pos = pos - HEADER - h.3;
     }
     Ok(None)
 }

@@ -552,23 +552,35 @@ impl<N: Nand> Ftl<'_, N> {
         // The LBA's previous delta stays until the new one replaces it in the same step: making
         // room does I/O, and a node written back in between must not show the bare base (an
         // LBA state no host ever wrote).
-        if self.room_after_replace(s, off, need)?.is_none()
-            && !self.make_inline_room(g, off, need, class)?
-        {
-            self.stats.deltas_refused += 1;
-            return Ok(false);
+        // The area is walked once for `off`'s entry; only I/O (making room, writing the log)
+        // can change the area or move the node before the entry is replaced.
+        let own = self.find_entry(s, off)?;
+        let mut io = false;
+        if !self.fits_after_replace(s, own.as_ref(), need) {
+            if !self.make_inline_room(g, off, need, class)? {
+                self.stats.deltas_refused += 1;
+                return Ok(false);
+            }
+            io = true;
         }
         let new_crc = crc32(&[data]);
         // Room in the delta log first: writing a full log slot is I/O, done while the node
         // still shows the LBA's previous state.
         if !self.dlog.fits(n) {
             self.commit_dlog()?;
+            io = true;
         }
-        let s = self.node_slot(g)?;
-        if self.room_after_replace(s, off, need)?.is_none() || !self.dlog.fits(n) {
+        let s_now = self.node_slot(g)?;
+        let own = if io || s_now != s {
+            self.find_entry(s_now, off)?
+        } else {
+            own
+        };
+        let s = s_now;
+        if !self.fits_after_replace(s, own.as_ref(), need) || !self.dlog.fits(n) {
             return Ok(false);
         }
-        if let Some(old) = self.find_entry(s, off)? {
+        if let Some(old) = own {
             // The old entry stays in the open log: the new one, logged after it, supersedes it
             // on replay. Killing it there would make replay see another inline area than the
             // live one had when the entries logged after it were admitted, and those may fit
@@ -620,8 +632,14 @@ impl<N: Nand> Ftl<'_, N> {
     /// Whether a `need`-byte entry for `off` fits once `off`'s current entry is replaced:
     /// `Some(())` if so.
     fn room_after_replace(&self, s: usize, off: u32, need: usize) -> R<Option<()>, N::Error> {
-        let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
-        Ok((self.inline_len(s) - own + need <= AREA).then_some(()))
+        let own = self.find_entry(s, off)?;
+        Ok(self.fits_after_replace(s, own.as_ref(), need).then_some(()))
+    }
+
+    /// Whether a `need`-byte entry fits in node `s` in place of `own` (the offset's current
+    /// entry, found by the caller).
+    fn fits_after_replace(&self, s: usize, own: Option<&Entry>, need: usize) -> bool {
+        self.inline_len(s) - own.map_or(0, Entry::size) + need <= AREA
     }
 
     /// Frees room for a `need`-byte entry for `off` in group `g`'s inline area, if the benefit
@@ -640,10 +658,8 @@ impl<N: Nand> Ftl<'_, N> {
         let to_compact = !class.read_hot();
         let s = self.node_slot(g)?;
         let len = self.inline_len(s);
-        let own = self.find_entry(s, off)?.map_or(0, |e| e.size());
-        let short = (len - own + need).saturating_sub(AREA);
-        let (mut freed, mut cost) = (0usize, 0u32);
-        let mut batch = 0;
+        // One walk finds `off`'s own entry and the batch a compaction would move.
+        let (mut own, mut batch) = (None, 0);
         for e in inline::entries(self.img(s), len) {
             let Ok(e) = e else {
                 return Err(Error::Corrupted(corrupted(
@@ -651,10 +667,14 @@ impl<N: Nand> Ftl<'_, N> {
                     g,
                 )));
             };
-            if !e.in_compact && e.off as u32 != off {
+            if e.off as u32 == off {
+                own = own.or(Some(e.size()));
+            } else if !e.in_compact {
                 batch += e.len;
             }
         }
+        let short = (len - own.unwrap_or(0) + need).saturating_sub(AREA);
+        let (mut freed, mut cost) = (0usize, 0u32);
         let compact = to_compact && batch >= inline::MIN_COMPACT_BATCH;
         if compact {
             freed = batch;

@@ -193,6 +193,25 @@ pub fn find(img: &[u8], len: usize, off: u16) -> Result<Option<Entry>, Malformed
     Ok(None)
 }
 
+/// The oldest marker (an entry whose delta lives in a compact page), if any, walking headers
+/// only; like `entries(..).filter_map(Result::ok).find(|e| e.in_compact)`, a walk that meets
+/// damage stops there.
+pub fn first_marker(img: &[u8], len: usize) -> Option<Entry> {
+    let low = SLOT_BYTES.saturating_sub(len.min(AREA));
+    let mut pos = if len > AREA { low } else { SLOT_BYTES };
+    while pos > low {
+        if pos - low < HEADER {
+            return None;
+        }
+        let h = header(img, pos, low).ok()?;
+        if h.1 {
+            return Some(entry(img, pos, h));
+        }
+        pos = pos - HEADER - h.3;
+    }
+    None
+}
+
 /// Live entries (delta bytes inline or markers) in the area.
 pub fn count(img: &[u8], len: usize) -> u32 {
     entries(img, len).filter(|e| e.is_ok()).count() as u32
@@ -365,6 +384,63 @@ mod tests {
             img[..SLOT_BYTES - l].iter().all(|&b| b == 0),
             "freed bytes are zeroed"
         );
+    }
+
+    /// `find` and `first_marker` walk headers only; they must answer exactly what a walk of
+    /// whole entries does, on sound areas and on damaged ones.
+    #[test]
+    fn header_walks_agree_with_the_entry_walk() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let delta = [0x5Au8; 300];
+        for round in 0..2000 {
+            let mut img = [0u8; SLOT_BYTES];
+            let mut len = 0;
+            for _ in 0..next() % 40 {
+                let off = (next() % 64) as u16;
+                let pushed = if next() % 3 == 0 {
+                    push(&mut img, len, off, Some((next() % 16) as u8), 1, 2, &[])
+                } else {
+                    let n = (next() % 300) as usize;
+                    push(&mut img, len, off, None, 3, 4, &delta[..n])
+                };
+                len = pushed.unwrap_or(len);
+            }
+            if round % 4 == 1 && len > 0 {
+                // Damage: a random byte of the area, or a length field.
+                let at = SLOT_BYTES - 1 - (next() as usize % len);
+                img[at] = next() as u8;
+            }
+            if round % 8 == 3 {
+                len = (next() % 4200) as usize;
+            }
+            for off in 0..70u16 {
+                let mut want = Ok(None);
+                for e in entries(&img, len) {
+                    match e {
+                        Err(m) => {
+                            want = Err(m);
+                            break;
+                        }
+                        Ok(e) if e.off == off => {
+                            want = Ok(Some(e));
+                            break;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                assert_eq!(find(&img, len, off), want, "round {round} off {off}");
+            }
+            let want = entries(&img, len)
+                .filter_map(Result::ok)
+                .find(|e| e.in_compact);
+            assert_eq!(first_marker(&img, len), want, "round {round}");
+        }
     }
 
     #[test]

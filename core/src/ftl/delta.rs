@@ -911,10 +911,7 @@ impl<N: Nand> Ftl<'_, N> {
             if !worth || self.classifier.class_of(heat) != Class::ReadHotWriteCold {
                 continue;
             }
-            let Some(e) = inline::entries(self.img(s), m.inline_len as usize)
-                .filter_map(Result::ok)
-                .find(|e| e.in_compact)
-            else {
+            let Some(e) = inline::first_marker(self.img(s), m.inline_len as usize) else {
                 continue;
             };
             self.rebuild(m.node_plus_one - 1, e.off as u32, true)?;

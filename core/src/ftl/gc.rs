@@ -154,10 +154,7 @@ impl<N: Nand> Ftl<'_, N> {
             // the same quotient, without a u128 division per block on every idle call.
             let (free, den) = (spb - b.valid as u64, spb + b.valid as u64);
             let age = self.next_seq.saturating_sub(b.mtime);
-            let score = match age
-                .checked_add(1)
-                .and_then(|a| a.checked_mul(free * 1024))
-            {
+            let score = match age.checked_add(1).and_then(|a| a.checked_mul(free * 1024)) {
                 Some(num) => (num / den) as u128,
                 None => free as u128 * (age as u128 + 1) * 1024 / den as u128,
             };

@@ -1425,7 +1425,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
     /// Reads slot `slot` of `page` (and the whole spare area) into `buf`: one NAND page read,
     /// like [`Ftl::nand_read`], that copies a quarter of the bytes on 16 KiB pages. The other
     /// slots of `buf` are stale afterwards: only for readers of that one slot.
-    fn nand_read_slot(&mut self, page: u32, slot: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
+    fn nand_read_slot(
+        &mut self,
+        page: u32,
+        slot: u32,
+        buf: usize,
+        cause: Cause,
+    ) -> R<(), N::Error> {
         let start = buf * self.stride;
         let (data, spare) =
             self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
@@ -1462,7 +1468,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
 
     /// Reads slot `p` into `buf` and checks it is `kind` for `owner` with a sound CRC,
     /// re-reading a few times since bit flips on read are transient. Only that slot of `buf`
-    /// is read (see [`Ftl::nand_read_slot`]).
+    /// is read (see [`Ftl::nand_read_slot`]), except for a packed slot: its whole page, since
+    /// a record may start in the slot before it ([`Ftl::gather`]).
     fn read_slot_checked(
         &mut self,
         p: Ppa,
@@ -1481,7 +1488,11 @@ impl<'a, N: Nand> Ftl<'a, N> {
         let slot = p.0 % self.spp;
         let mut why = "";
         for attempt in 0..READ_ATTEMPTS {
-            self.nand_read_slot(page, slot, buf, cause)?;
+            if kind == SlotKind::Packed {
+                self.nand_read(page, buf, cause)?;
+            } else {
+                self.nand_read_slot(page, slot, buf, cause)?;
+            }
             match self.slot_record(buf, slot) {
                 Ok(r) if r.kind != kind => why = "slot holds another kind of record",
                 Ok(r) if r.owner != owner => why = "slot belongs to another block",

@@ -142,7 +142,7 @@ impl<N: Nand> Ftl<'_, N> {
     }
 
     /// Drops entry `e` of node `s` from the live state and from the open log.
-    pub(super) fn remove_entry(&mut self, s: usize, e: &Entry) {
+    fn remove_entry(&mut self, s: usize, e: &Entry) {
         self.kill_logged(s, e.off as u32);
         self.forget_entry(s, e);
     }
@@ -349,62 +349,53 @@ impl<N: Nand> Ftl<'_, N> {
         self.read_slot_checked(p, SlotKind::Compact, g, SCRATCH, Cause::Checkpoint)?;
         let at = self.slot_offset(SCRATCH, p.0 % self.spp);
         let bad = |what| Error::Corrupted(corrupted(what, p.0));
-        let (idx, any_moved) = {
-            let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
-                .map_err(|_| bad("compact page fails its checks"))?;
-            let Some(idx) = view.index() else {
-                return Ok(());
-            };
-            let any_moved = view.entries().filter_map(Result::ok).any(|e| e.moved);
-            (idx, any_moved)
+        let malformed = |_| Error::Corrupted(corrupted("inline delta area malformed", g));
+        let area = s * SLOT_BYTES..(s + 1) * SLOT_BYTES;
+        // The page is checked once; the node's inline area is edited in place beside it.
+        let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
+            .map_err(|_| bad("compact page fails its checks"))?;
+        let Some(idx) = view.index() else {
+            return Ok(());
         };
+        let mut held = [0u32; LBAS_PER_NODE as usize / 32];
+        let mut any_moved = false;
+        for e in view.entries().filter_map(Result::ok) {
+            if e.off as u32 >= LBAS_PER_NODE {
+                return Err(bad("compact page entry out of its group"));
+            }
+            held[e.off as usize / 32] |= 1 << (e.off % 32);
+            any_moved |= e.moved;
+        }
         if !any_moved {
             return Ok(());
         }
-        let s = self.node_slot(g)?;
-        self.write_compact_ptr(s, idx as usize, p);
-        let mut moved = [0u32; LBAS_PER_NODE as usize / 32];
-        let mut held = [0u32; LBAS_PER_NODE as usize / 32];
+        let img = &mut self.cache_data[area];
+        let mut len = self.cache_meta[s].inline_len as usize;
+        // Markers of this slot whose offset the page lacks: dead since.
+        let mut stale = [0u32; LBAS_PER_NODE as usize / 32];
+        for e in inline::entries(img, len).filter_map(Result::ok) {
+            if e.in_compact && e.page == idx && held[e.off as usize / 32] & (1 << (e.off % 32)) == 0
+            {
+                stale[e.off as usize / 32] |= 1 << (e.off % 32);
+            }
+        }
+        for off in
+            (0..LBAS_PER_NODE as u16).filter(|o| stale[*o as usize / 32] & (1 << (o % 32)) != 0)
         {
-            let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
-                .map_err(|_| bad("compact page fails its checks"))?;
-            for e in view.entries().filter_map(Result::ok) {
-                if e.off as u32 >= LBAS_PER_NODE {
-                    return Err(bad("compact page entry out of its group"));
-                }
-                held[e.off as usize / 32] |= 1 << (e.off % 32);
-                if e.moved {
-                    moved[e.off as usize / 32] |= 1 << (e.off % 32);
-                }
+            if let Some(e) = inline::find(img, len, off).map_err(malformed)? {
+                len = inline::remove(img, len, &e);
             }
         }
-        for off in 0..LBAS_PER_NODE {
-            let bit = |m: &[u32; 8]| m[off as usize / 32] & (1 << (off % 32)) != 0;
-            let existing = self.find_entry(s, off)?;
-            let named_here = existing.is_some_and(|e| e.in_compact && e.page == idx);
-            if bit(&moved) {
-                if let Some(e) = existing {
-                    self.remove_entry(s, &e);
-                }
-                let view = CompactView::new_checked(&self.bufs[at..at + SLOT_BYTES], g)
-                    .map_err(|_| bad("compact page fails its checks"))?;
-                let Some(ce) = view.find(off as u16) else {
-                    return Err(bad("compact page entry vanished"));
-                };
-                let (base_crc, new_crc) = (ce.base_crc, ce.new_crc);
-                let len = self.inline_len(s);
-                let img = &mut self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
-                if let Some(l) =
-                    inline::push(img, len, off as u16, Some(idx), base_crc, new_crc, &[])
-                {
-                    self.cache_meta[s].inline_len = l as u16;
-                }
-            } else if named_here && !bit(&held) {
-                if let Some(e) = existing {
-                    self.remove_entry(s, &e);
-                }
+        for e in view.entries().filter_map(Result::ok).filter(|e| e.moved) {
+            if let Some(old) = inline::find(img, len, e.off).map_err(malformed)? {
+                len = inline::remove(img, len, &old);
+            }
+            if let Some(l) = inline::push(img, len, e.off, Some(idx), e.base_crc, e.new_crc, &[]) {
+                len = l;
             }
         }
+        self.cache_meta[s].inline_len = len as u16;
+        self.write_compact_ptr(s, idx as usize, p);
         let live = self.compact_live(s);
         for (i, &n) in live.iter().enumerate() {
             if n == 0 && i != idx as usize && self.compact_ptr(s, i).is_some() {
@@ -740,25 +731,19 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(());
         }
         self.apply_entry(s, g, &e)?;
-        // Stored coded if it is weights and compress is on, like a host write of it would be.
-        // (Its bytes count as data: a packed slot carries several blocks.)
-        if self.compress_on && self.rebuild_coded(lba)? {
-            if restore {
-                self.stats.pages_restored += 1;
-            } else {
-                self.stats.pages_rebuilt += 1;
-            }
-            return Ok(());
+        // Stored coded if it is weights and compress is on, like a host write of it would be
+        // (its bytes count as data then: a packed slot carries several blocks).
+        if !(self.compress_on && self.rebuild_coded(lba)?) {
+            // Neither read above programs anything: the room made in HOT is still there.
+            let src = self.slot_offset(BBUF, 0);
+            let dst = self.slot_offset(HOT, self.logs[HOT].fill);
+            self.bufs.copy_within(src..src + SLOT_BYTES, dst);
+            let new = self.commit_slot(HOT, SlotKind::Data, lba, e.new_crc, Cause::Delta);
+            self.set_ptr(s, off, new);
+            // A coded base is one reference of its packed slot.
+            self.unref(p, lba);
+            self.remove_entry(s, &e);
         }
-        // Neither read above programs anything: the room made in HOT is still there.
-        let src = self.slot_offset(BBUF, 0);
-        let dst = self.slot_offset(HOT, self.logs[HOT].fill);
-        self.bufs.copy_within(src..src + SLOT_BYTES, dst);
-        let new = self.commit_slot(HOT, SlotKind::Data, lba, e.new_crc, Cause::Delta);
-        self.set_ptr(s, off, new);
-        // A coded base is one reference of its packed slot.
-        self.unref(p, lba);
-        self.remove_entry(s, &e);
         if restore {
             self.stats.pages_restored += 1;
         } else {

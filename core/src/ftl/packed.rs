@@ -50,6 +50,11 @@ pub(super) const CODED_LIMIT: usize = SLOT_BYTES - SLOT_BYTES / 16;
 const REFS: u8 = 0x7F;
 const _: () = assert!(pk::MAX_ENTRIES < REFS as usize);
 
+/// Whether a record of `len` bytes is worth storing coded (and fits a packed slot).
+const fn keeps_coded(len: usize) -> bool {
+    len + pk::ENTRY <= CODED_LIMIT && len <= pk::MAX_RECORD
+}
+
 /// Smallest first part worth spilling into a slot's free space (a smaller gap is left empty).
 const MIN_SPILL: usize = 64;
 
@@ -79,6 +84,24 @@ pub(super) struct PackCheck {
 impl<N: Nand> Ftl<'_, N> {
     fn bad<T>(what: &'static str, at: u32) -> R<T, N::Error> {
         Err(Error::Corrupted(corrupted(what, at)))
+    }
+
+    /// The LBAs whose entries packed slot `p`, its page in buffer `page`, holds (copied out, so
+    /// the buffer can be reused while they are handled), or why the slot fails its checks.
+    fn packed_lbas(
+        &self,
+        p: Ppa,
+        page: usize,
+    ) -> Result<([u32; pk::MAX_ENTRIES], usize), &'static str> {
+        let at = self.slot_offset(page, p.0 % self.spp);
+        let view = PackedView::new_checked(&self.bufs[at..at + SLOT_BYTES])?;
+        let mut lbas = [u32::MAX; pk::MAX_ENTRIES];
+        let mut n = 0;
+        for e in view.entries() {
+            lbas[n] = e.lba;
+            n += 1;
+        }
+        Ok((lbas, n))
     }
 
     /// Slot address of `log`'s open packed slot.
@@ -275,20 +298,29 @@ impl<N: Nand> Ftl<'_, N> {
         };
         let out = &mut self.bufs[z..z + weights::MAX_RECORD];
         let len = match weights::encode_block(dtype, lba, data, out, mem) {
-            Ok(n) if n + pk::ENTRY <= CODED_LIMIT && n <= pk::MAX_RECORD => n,
+            Ok(n) if keeps_coded(n) => n,
             _ => {
                 self.stats.blocks_not_coded += 1;
                 return Ok(false);
             }
         };
-        // The coded block's base CRC (`Ftl::load_base`), for the drop of its delta below.
-        let record_crc = crc32(&[&self.bufs[z..z + len]]);
-        let new = self.pack_append(HOT, lba, dtype as u8, ZBUF, len)?;
-        let g = lba / LBAS_PER_NODE;
-        let off = lba % LBAS_PER_NODE;
-        let s = self.node_slot(g)?;
+        let s = self.store_coded(lba, dtype, len)?;
         let clock = self.clock;
         self.cache_meta[s].heat.write(clock);
+        Ok(true)
+    }
+
+    /// Appends the record of `lba` (`len` bytes of `dtype` in `ZBUF`) and maps `lba` to it,
+    /// dropping its delta; returns the node's cache slot.
+    fn store_coded(&mut self, lba: u32, dtype: Dtype, len: usize) -> R<usize, N::Error> {
+        let z = self.slot_offset(ZBUF, 0);
+        // The coded block's base CRC (`Ftl::load_base`), for the drop of its delta below.
+        let record_crc = crc32(&[&self.bufs[z..z + len]]);
+        // Appending may program the log and run GC (which may move the block mapped now): the
+        // mapping is looked up afterwards.
+        let new = self.pack_append(HOT, lba, dtype as u8, ZBUF, len)?;
+        let (g, off) = (lba / LBAS_PER_NODE, lba % LBAS_PER_NODE);
+        let s = self.node_slot(g)?;
         let old = self.ptr(s, off);
         self.set_ptr(s, off, new);
         self.cache_meta[s].dirty = true;
@@ -299,11 +331,11 @@ impl<N: Nand> Ftl<'_, N> {
         self.drop_delta(s, off, Some(record_crc))?;
         self.stats.blocks_coded += 1;
         self.stats.coded_bytes_saved += (SLOT_BYTES - len - pk::ENTRY) as u64;
-        Ok(true)
+        Ok(s)
     }
 
     /// Stores the block a rebuild assembled in `BBUF` (`lba`'s base with its delta applied)
-    /// coded, as [`Ftl::write_coded`] does for a host write, and drops the delta it folds in.
+    /// coded, as [`Ftl::write_coded`] does for a host write, which drops the delta it folds in.
     /// Returns `false`, having written nothing, when it is not weights or does not code small
     /// enough.
     pub(super) fn rebuild_coded(&mut self, lba: u32) -> R<bool, N::Error> {
@@ -321,25 +353,10 @@ impl<N: Nand> Ftl<'_, N> {
         };
         let len =
             match weights::encode_block(dtype, lba, block, &mut hi[..weights::MAX_RECORD], mem) {
-                Ok(n) if n + pk::ENTRY <= CODED_LIMIT && n <= pk::MAX_RECORD => n,
+                Ok(n) if keeps_coded(n) => n,
                 _ => return Ok(false),
             };
-        // Appending may program the log and run GC (which may move the base): the mapping is
-        // looked up again afterwards.
-        let new = self.pack_append(HOT, lba, dtype as u8, ZBUF, len)?;
-        let (g, off) = (lba / LBAS_PER_NODE, lba % LBAS_PER_NODE);
-        let s = self.node_slot(g)?;
-        let old = self.ptr(s, off);
-        self.set_ptr(s, off, new);
-        self.cache_meta[s].dirty = true;
-        if old.is_some() {
-            self.unref(old, lba);
-        }
-        if let Some(e) = self.find_entry(s, off)? {
-            self.remove_entry(s, &e);
-        }
-        self.stats.blocks_coded += 1;
-        self.stats.coded_bytes_saved += (SLOT_BYTES - len - pk::ENTRY) as u64;
+        self.store_coded(lba, dtype, len)?;
         Ok(true)
     }
 
@@ -550,15 +567,9 @@ impl<N: Nand> Ftl<'_, N> {
         zbuf: usize,
         log: usize,
     ) -> R<(), N::Error> {
-        let at = self.slot_offset(page, p.0 % self.spp);
-        let mut lbas = [u32::MAX; pk::MAX_ENTRIES];
-        let mut n = 0;
-        if let Ok(view) = PackedView::new_checked(&self.bufs[at..at + SLOT_BYTES]) {
-            for e in view.entries() {
-                lbas[n] = e.lba;
-                n += 1;
-            }
-        }
+        let (lbas, n) = self
+            .packed_lbas(p, page)
+            .unwrap_or(([0; pk::MAX_ENTRIES], 0));
         let cause = if log == HOT { Cause::Data } else { Cause::Gc };
         for &lba in &lbas[..n] {
             if lba >= self.cfg.logical_blocks {
@@ -596,18 +607,10 @@ impl<N: Nand> Ftl<'_, N> {
     /// the node copy is newer, and drops the LBA's delta as a rewrite does.
     pub(super) fn replay_packed(&mut self, p: Ppa, seq: u64) -> R<(), N::Error> {
         self.read_slot_checked(p, SlotKind::Packed, 0, PBUF, Cause::Checkpoint)?;
-        let at = self.slot_offset(PBUF, p.0 % self.spp);
-        let mut lbas = [u32::MAX; pk::MAX_ENTRIES];
-        let mut n = 0;
-        match PackedView::new_checked(&self.bufs[at..at + SLOT_BYTES]) {
-            Ok(view) => {
-                for e in view.entries() {
-                    lbas[n] = e.lba;
-                    n += 1;
-                }
-            }
+        let (lbas, n) = match self.packed_lbas(p, PBUF) {
+            Ok(x) => x,
             Err(w) => return Self::bad(w, p.0),
-        }
+        };
         for &lba in &lbas[..n] {
             if lba >= self.cfg.logical_blocks {
                 return Self::bad("packed entry out of range", p.0);
@@ -661,15 +664,9 @@ impl<N: Nand> Ftl<'_, N> {
                 Err(e) => return Err(e),
             }
         };
-        let at = self.slot_offset(page, q.0 % self.spp);
-        let mut lbas = [u32::MAX; pk::MAX_ENTRIES];
-        let mut n = 0;
-        if let Ok(view) = PackedView::new_checked(&self.bufs[at..at + SLOT_BYTES]) {
-            for e in view.entries() {
-                lbas[n] = e.lba;
-                n += 1;
-            }
-        }
+        let (lbas, n) = self
+            .packed_lbas(q, page)
+            .unwrap_or(([0; pk::MAX_ENTRIES], 0));
         let problem = match self.gather(q, lba, page, ZBUF, Cause::Checkpoint) {
             Ok(Some((dtype, len))) => {
                 let z = self.slot_offset(ZBUF, 0);

@@ -25,6 +25,8 @@ pub mod delta;
 pub mod format;
 pub mod ftl;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 
 pub use ftl::{
     blocks_for_capacity, CheckReport, Error, FormatError, Ftl, FtlConfig, FtlMemory, Lba,

@@ -266,6 +266,17 @@ fn model_real_profiles() {
     }
 }
 
+/// Every LBA reads `last[lba]` and `check` finds nothing wrong.
+fn reads_are_and_check_is_clean(ftl: &mut Ftl<'_, SimNand>, last: &[[u8; BLOCK]], at: &str) {
+    let mut buf = [0u8; BLOCK];
+    for (lba, want) in last.iter().enumerate() {
+        ftl.read(Lba(lba as u32), &mut buf).unwrap();
+        assert!(buf == *want, "{at}: LBA {lba}");
+    }
+    let rep = ftl.check().unwrap();
+    assert_eq!(rep.problems(), 0, "{at}: {rep:?}");
+}
+
 /// A group whose deltas outgrow its inline area many times over spills them into several
 /// compact pages (not one), in batches: nearly every update stays a delta, and every LBA reads
 /// its last version after a clean remount and after an unclean stop, with a clean `check`.
@@ -305,20 +316,11 @@ fn deltas_spill_into_several_compact_pages() {
         s.deltas_inlined,
         s.deltas_refused
     );
-    let check = |ftl: &mut Ftl<'_, SimNand>, last: &[[u8; BLOCK]], at: &str| {
-        let mut buf = [0u8; BLOCK];
-        for lba in 0..logical {
-            ftl.read(Lba(lba), &mut buf).unwrap();
-            assert!(buf == last[lba as usize], "{at}: LBA {lba}");
-        }
-        let rep = ftl.check().unwrap();
-        assert_eq!(rep.problems(), 0, "{at}: {rep:?}");
-    };
-    check(&mut ftl, &last, "live");
+    reads_are_and_check_is_clean(&mut ftl, &last, "live");
     let nand = ftl.into_nand();
     let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
     set_delta(&mut ftl, true);
-    check(&mut ftl, &last, "after remount");
+    reads_are_and_check_is_clean(&mut ftl, &last, "after remount");
     // Unflushed updates may be lost by an unclean stop, flushed ones not.
     let flushed = last.clone();
     for lba in (0..logical).step_by(3) {
@@ -379,12 +381,7 @@ fn a_compaction_costs_no_node_write_and_is_replayed_from_its_page() {
         let nand = ftl.into_nand();
         ftl = Ftl::mount(nand, mem.lend()).expect("mount after unclean stop");
         set_delta(&mut ftl, true);
-        let mut buf = [0u8; BLOCK];
-        for lba in 0..logical {
-            ftl.read(Lba(lba), &mut buf).unwrap();
-            assert!(buf == last[lba as usize], "round {round}: LBA {lba}");
-        }
-        assert_eq!(ftl.check().unwrap().problems(), 0, "round {round}");
+        reads_are_and_check_is_clean(&mut ftl, &last, &format!("round {round}"));
     }
     // (A mount ends with a checkpoint, which writes the node; the flushes measured follow it.)
     assert!(

@@ -4,6 +4,7 @@
 //! coded and the bytes saved; with `--compress off` nothing is coded and the NAND bytes
 //! programmed are higher.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -28,38 +29,55 @@ fn stats(server: &Server) -> serde_json::Value {
     serde_json::from_str(&http_get(&server.control, "/stats")).expect("stats JSON")
 }
 
-/// Writes the payload of `fixture` (padded to whole 4 KiB blocks) to a fresh device and reads
-/// it back; returns (blocks, stats after).
-fn round_trip(fixture: &str, extra: &[&str]) -> (u64, serde_json::Value, Server) {
+/// The tensor payload of `fixture` (the bytes after its safetensors header), zero-padded to
+/// whole 4 KiB blocks.
+fn payload(fixture: &str) -> Vec<u8> {
     let bytes = std::fs::read(fixtures_dir().join(fixture)).expect("fixture");
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut payload = bytes[8 + n..].to_vec();
     payload.resize(payload.len().next_multiple_of(4096), 0);
+    payload
+}
+
+/// Copies file `src` to the device at `uri` with nbdcopy, flushed.
+fn write_over_nbd(uri: &str, src: &Path) {
+    let nbdcopy = require_tool("nbdcopy");
+    run_ok(
+        Command::new(&nbdcopy).args(["--flush", src.to_str().unwrap(), uri]),
+        TIMEOUT,
+    );
+}
+
+/// Reads the device at `uri` into `back` with nbdcopy and checks its first `src`-length bytes
+/// equal file `src`.
+fn assert_reads_back(uri: &str, src: &Path, back: &Path, what: &str) {
+    let nbdcopy = require_tool("nbdcopy");
+    run_ok(
+        Command::new(&nbdcopy).args([uri, back.to_str().unwrap()]),
+        TIMEOUT,
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(back).unwrap();
+    f.set_len(std::fs::metadata(src).unwrap().len()).unwrap();
+    drop(f);
+    assert_eq!(
+        sha256_file(src),
+        sha256_file(back),
+        "{what}: read back differs"
+    );
+}
+
+/// Writes the payload of `fixture` to a fresh device and reads it back; returns (blocks, stats
+/// after).
+fn round_trip(fixture: &str, extra: &[&str]) -> (u64, serde_json::Value, Server) {
+    let payload = payload(fixture);
     let mut args = vec!["--size", "32MiB"];
     args.extend_from_slice(extra);
     let server = Server::start(&args);
     let dir = nandbox_tests::scratch_dir();
     let src = dir.path().join("payload.bin");
-    let back = dir.path().join("back.bin");
     std::fs::write(&src, &payload).unwrap();
-    let nbdcopy = require_tool("nbdcopy");
-    let uri = server.uri();
-    run_ok(
-        Command::new(&nbdcopy).args(["--flush", src.to_str().unwrap(), &uri]),
-        TIMEOUT,
-    );
-    run_ok(
-        Command::new(&nbdcopy).args([&uri, back.to_str().unwrap()]),
-        TIMEOUT,
-    );
-    let f = std::fs::OpenOptions::new().write(true).open(&back).unwrap();
-    f.set_len(payload.len() as u64).unwrap();
-    drop(f);
-    assert_eq!(
-        sha256_file(&src),
-        sha256_file(&back),
-        "{fixture}: read back differs"
-    );
+    write_over_nbd(&server.uri(), &src);
+    assert_reads_back(&server.uri(), &src, &dir.path().join("back.bin"), fixture);
     let st = stats(&server);
     ((payload.len() / 4096) as u64, st, server)
 }
@@ -133,10 +151,7 @@ fn fine_tuned(payload: &[u8]) -> Vec<u8> {
 /// image.
 #[test]
 fn a_fine_tuning_step_is_stored_as_deltas_over_coded_blocks() {
-    let bytes = std::fs::read(fixtures_dir().join("minilm-l0l5-bf16.safetensors")).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut payload = bytes[8 + n..].to_vec();
-    payload.resize(payload.len().next_multiple_of(4096), 0);
+    let payload = payload("minilm-l0l5-bf16.safetensors");
     let blocks = (payload.len() / 4096) as u64;
     let step = fine_tuned(&payload);
     let dir = nandbox_tests::scratch_dir();
@@ -147,7 +162,6 @@ fn a_fine_tuning_step_is_stored_as_deltas_over_coded_blocks() {
     );
     std::fs::write(&first, &payload).unwrap();
     std::fs::write(&second, &step).unwrap();
-    let nbdcopy = require_tool("nbdcopy");
     let total = |s: &serde_json::Value| s["nand_program_bytes"]["total"].as_u64().unwrap();
     let mut cost = Vec::new();
     for delta in ["off", "on"] {
@@ -158,10 +172,7 @@ fn a_fine_tuning_step_is_stored_as_deltas_over_coded_blocks() {
         let uri = server.uri();
         for f in [&first, &second] {
             let before = stats(&server);
-            run_ok(
-                Command::new(&nbdcopy).args(["--flush", f.to_str().unwrap(), &uri]),
-                TIMEOUT,
-            );
+            write_over_nbd(&uri, f);
             let after = stats(&server);
             if f == &second {
                 cost.push(total(&after) - total(&before));
@@ -179,18 +190,11 @@ fn a_fine_tuning_step_is_stored_as_deltas_over_coded_blocks() {
         }
         server.kill9();
         server.restart(&args);
-        let uri = server.uri();
-        run_ok(
-            Command::new(&nbdcopy).args([&uri, back.to_str().unwrap()]),
-            TIMEOUT,
-        );
-        let f = std::fs::OpenOptions::new().write(true).open(&back).unwrap();
-        f.set_len(step.len() as u64).unwrap();
-        drop(f);
-        assert_eq!(
-            sha256_file(&second),
-            sha256_file(&back),
-            "delta {delta}: the fine-tuned checkpoint reads back different after a restart"
+        assert_reads_back(
+            &server.uri(),
+            &second,
+            &back,
+            &format!("delta {delta}: the fine-tuned checkpoint after a restart"),
         );
     }
     assert!(

@@ -1104,16 +1104,7 @@ fn rans_decode<const SB: u32, const CTX: bool>(
 mod tests {
     use super::*;
 
-    /// Deterministic xorshift, so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn round_trip(data: &[u8]) -> usize {
         let mut out = [0u8; 70_000];

@@ -371,26 +371,21 @@ pub fn encode_best(
 mod tests {
     use super::*;
 
-    fn rng(seed: &mut u64) -> u64 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *seed
-    }
+    use crate::test_rng::Rng;
 
     /// A block of BF16-like values and a version of it with `changes` elements' low mantissa
     /// bits moved.
     fn weights_and_update(seed: u64, changes: usize, mask: u8) -> ([u8; 4096], [u8; 4096]) {
-        let mut s = seed | 1;
+        let mut s = Rng(seed | 1);
         let mut base = [0u8; 4096];
         for c in base.chunks_mut(2) {
-            c[0] = rng(&mut s) as u8;
-            c[1] = 0x3C + (rng(&mut s) % 3) as u8;
+            c[0] = s.next() as u8;
+            c[1] = 0x3C + (s.next() % 3) as u8;
         }
         let mut new = base;
         for _ in 0..changes {
-            let i = (rng(&mut s) % 2048) as usize * 2;
-            new[i] ^= (rng(&mut s) as u8 & mask).max(1);
+            let i = (s.next() % 2048) as usize * 2;
+            new[i] ^= (s.next() as u8 & mask).max(1);
         }
         (base, new)
     }
@@ -430,9 +425,9 @@ mod tests {
         let (base, _) = weights_and_update(7, 0, 0);
         for width in [2, 4] {
             assert_eq!(roundtrip(&base, &base, width), PREFIX + width);
-            let mut s = 99;
+            let mut s = Rng(99);
             let mut new = [0u8; 4096];
-            new.iter_mut().for_each(|b| *b = rng(&mut s) as u8);
+            new.iter_mut().for_each(|b| *b = s.next() as u8);
             roundtrip(&base, &new, width);
         }
     }
@@ -509,7 +504,7 @@ mod tests {
 
     #[test]
     fn two_pass_encoder_answers_exactly_what_the_three_pass_one_did() {
-        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut s = Rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..600u64 {
             let (base, mut new) = weights_and_update(
                 round,
@@ -518,7 +513,7 @@ mod tests {
             );
             if round % 7 == 6 {
                 // An unrelated block.
-                new.iter_mut().for_each(|b| *b = rng(&mut s) as u8);
+                new.iter_mut().for_each(|b| *b = s.next() as u8);
             }
             for cap in [0, 5, 6, 60, 700, 1012, 4096 + 64] {
                 for width in [2, 4] {

@@ -206,8 +206,9 @@ pub mod node {
         use core::ops::Range;
         /// `b"NBND"`.
         pub const MAGIC: Range<usize> = 0..4;
-        /// Format version, currently 3 (1 and 2 are read: 1 has no inline deltas and no compact
-        /// page, 2 one compact page and no [`COMPACT_TABLE`]).
+        /// Format version, currently 4 (1 to 3 are read: 1 has no inline deltas and no compact
+        /// page, 2 one compact page and no [`COMPACT_TABLE`], 2 and 3 the older inline layout,
+        /// see [`super::super::inline_delta::v3`]).
         pub const VERSION: Range<usize> = 4..6;
         /// Reserved, written 0.
         pub const FLAGS: Range<usize> = 6..8;
@@ -219,14 +220,14 @@ pub mod node {
         pub const EXTENT: Range<usize> = 20..22;
         /// Bytes used by the inline area at the end of the page (0 in version 1).
         pub const INLINE_LEN: Range<usize> = 22..24;
-        /// Versions 2 and 3: slot address of the group's compact page 0, all-ones = none
+        /// Version 2 and later: slot address of the group's compact page 0, all-ones = none
         /// (version 1: reserved, 0).
         pub const COMPACT: Range<usize> = 24..28;
         /// CRC32 of the whole page with these four bytes taken as zero.
         pub const CRC: Range<usize> = 28..32;
         /// First byte of the pointer area: `extent` little-endian u32 slot addresses.
         pub const POINTERS: usize = 32;
-        /// Version 3: slot addresses of compact pages 1..16, all-ones = none; after a full
+        /// Version 3 and later: slot addresses of compact pages 1..16, all-ones = none; after a full
         /// pointer area (bytes past the extent and before this are zero).
         pub const COMPACT_TABLE: Range<usize> = 1056..1116;
     }
@@ -236,34 +237,68 @@ pub mod node {
     pub const LBAS: u32 = 256;
     /// The magic.
     pub const MAGIC: [u8; 4] = *b"NBND";
-    /// The version written.
-    pub const VERSION: u16 = 3;
+    /// The version written: 4, whose inline markers are 4 bytes (see [`super::inline_delta`]).
+    pub const VERSION: u16 = 4;
 }
 
-/// One delta entry in a node page's inline area (see `delta::inline`): the encoded delta, then
-/// this 12-byte header, entries stacked from the end of the page towards the pointer area.
+/// One delta entry in a node page's inline area (see `delta::inline`), entries stacked from the
+/// end of the page towards the pointer area. Every entry ends in a 4-byte *tail* (LBA offset,
+/// then length or page), so a walk from the end of the page meets it first. A delta entry is its
+/// encoded bytes, the two CRCs and the tail ([`HEADER`] = 12 bytes after the delta); a *marker*
+/// (the delta lives in a compact page, whose entry carries the CRCs) is the tail alone
+/// ([`MARKER`] = 4 bytes), so a group whose every block has a compacted delta still leaves most
+/// of its area to new deltas. Node versions 2 and 3 put the tail first in a 12-byte header and
+/// gave markers the CRCs too ([`v3`]); such a node is converted when it is loaded.
 pub mod inline_delta {
-    /// Byte ranges of the entry header.
+    /// Byte ranges of the 12 bytes after a delta's encoded bytes.
     pub mod field {
         use core::ops::Range;
-        /// LBA offset inside the group (bits 0..15); bit 15 set = the delta lives in one of the
-        /// group's compact pages and this entry (no delta bytes) only marks it live.
-        pub const OFFSET: Range<usize> = 0..2;
-        /// Encoded delta bytes before this header; for a marker (bit 15 of OFFSET), which
-        /// compact page holds the delta (0..`node::COMPACT_PAGES`; always 0 in version 2).
-        pub const LEN: Range<usize> = 2..4;
         /// CRC32 of the base block the delta applies to (its slot's `data_crc`).
-        pub const BASE_CRC: Range<usize> = 4..8;
+        pub const BASE_CRC: Range<usize> = 0..4;
         /// CRC32 of the block the delta produces: checked after applying it.
-        pub const NEW_CRC: Range<usize> = 8..12;
+        pub const NEW_CRC: Range<usize> = 4..8;
+        /// LBA offset inside the group (bits 0..15); bit 15 clear (see [`super::IN_COMPACT`]).
+        pub const OFFSET: Range<usize> = 8..10;
+        /// Encoded delta bytes before the CRCs.
+        pub const LEN: Range<usize> = 10..12;
     }
-    /// Header length.
+    /// Byte ranges of a marker.
+    pub mod marker {
+        use core::ops::Range;
+        /// LBA offset inside the group, with bit 15 ([`super::IN_COMPACT`]) set.
+        pub const OFFSET: Range<usize> = 0..2;
+        /// Which of the group's compact pages holds the delta (0..`node::COMPACT_PAGES`).
+        pub const PAGE: Range<usize> = 2..4;
+    }
+    /// Bytes after a delta's encoded bytes.
     pub const HEADER: usize = 12;
+    /// Bytes of a marker.
+    pub const MARKER: usize = 4;
+    /// Bytes of the tail every entry ends with (offset, then length or page).
+    pub const TAIL: usize = 4;
     /// Most bytes of inline area: what a full pointer area (256 pointers) and the compact
     /// table leave.
     pub const AREA: usize = 4096 - super::node::field::COMPACT_TABLE.end;
-    /// Flag in OFFSET: delta in a compact page (named by LEN).
+    /// Flag in OFFSET: the entry is a marker.
     pub const IN_COMPACT: u16 = 0x8000;
+    /// The layout of node versions 2 and 3: every entry (a marker too) ends in a 12-byte
+    /// header, offset and length first.
+    pub mod v3 {
+        /// Byte ranges of the header.
+        pub mod field {
+            use core::ops::Range;
+            /// LBA offset; bit 15 = marker (then no delta bytes precede the header).
+            pub const OFFSET: Range<usize> = 0..2;
+            /// Encoded delta bytes before the header; for a marker, its compact page.
+            pub const LEN: Range<usize> = 2..4;
+            /// CRC32 of the base block.
+            pub const BASE_CRC: Range<usize> = 4..8;
+            /// CRC32 of the block produced.
+            pub const NEW_CRC: Range<usize> = 8..12;
+        }
+        /// Header length.
+        pub const HEADER: usize = 12;
+    }
 }
 
 /// The compact page: deltas evicted from one group's inline area, packed into one 4 KiB slot.
@@ -685,6 +720,11 @@ impl<'a> NodeView<'a> {
             }
         }
         Ok(view)
+    }
+
+    /// The format version the page was written in.
+    pub fn version(&self) -> u16 {
+        get_u16(self.bytes, node::field::VERSION.start)
     }
 
     /// Pointers in use.

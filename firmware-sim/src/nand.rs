@@ -250,6 +250,19 @@ impl SimNand {
         self.flip_stored(page, at, bit);
     }
 
+    /// Rewrites a programmed page's stored data and spare in place with `edit` (test helper:
+    /// pages as another firmware version wrote them). Erased pages are left alone.
+    pub fn patch_page(&mut self, page: PageId, edit: impl FnOnce(&mut [u8], &mut [u8])) {
+        let page_bytes = self.geometry.page_bytes as usize;
+        let mut buf = vec![0xFF; self.raw_len()];
+        let (d, s) = buf.split_at_mut(page_bytes);
+        if self.load(page, d, s).is_err() || d.iter().chain(s.iter()).all(|&b| b == 0xFF) {
+            return;
+        }
+        edit(d, s);
+        let _ = self.store_page(page, buf);
+    }
+
     fn flip_stored(&mut self, page: PageId, at: usize, bit: u8) {
         let page_bytes = self.geometry.page_bytes as usize;
         let mut buf = vec![0xFF; self.raw_len()];

@@ -290,7 +290,7 @@ fn deltas_spill_into_several_compact_pages() {
     set_delta(&mut ftl, true);
     let base = write_bases(&mut ftl, logical);
     let mut last = base.clone();
-    // Half the group is updated: its markers (12 bytes each) leave room to batch deltas.
+    // Half the group is updated.
     let hot = logical / 2;
     for round in 0..3u32 {
         for lba in 0..hot {
@@ -389,4 +389,170 @@ fn a_compaction_costs_no_node_write_and_is_replayed_from_its_page() {
         "the flush after a compaction wrote the node in {} of 12 rounds",
         12 - unmoved_flushes
     );
+}
+
+/// A group whose every block is updated in turn (a file system journal wrapping around) keeps
+/// its updates as deltas round after round: the compacted ones leave 4-byte markers, so the
+/// area always has room to gather the next batch. (With 12-byte markers, 248 of them filled
+/// the area after the first round and every later update went whole.)
+#[test]
+fn a_group_rewritten_in_turn_keeps_its_updates_as_deltas() {
+    let logical = 256;
+    let g = small_geometry(1, 16, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let base = write_bases(&mut ftl, logical);
+    let mut last = base.clone();
+    let rounds = 4u32;
+    for round in 0..rounds {
+        for lba in 0..logical {
+            let new = updated(&base[lba as usize], lba, 2 + round * logical + lba, 12);
+            ftl.write(Lba(lba), &new).unwrap();
+            last[lba as usize] = new;
+            if lba % 8 == 7 {
+                ftl.flush().unwrap();
+            }
+        }
+    }
+    let s = *ftl.stats();
+    let updates = u64::from(rounds * logical);
+    assert!(
+        s.deltas_inlined >= updates * 9 / 10,
+        "updates kept as deltas: {} of {updates}; refused {}, too large {}",
+        s.deltas_inlined,
+        s.deltas_refused,
+        s.deltas_too_large
+    );
+    reads_are_and_check_is_clean(&mut ftl, &last, "live");
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
+    reads_are_and_check_is_clean(&mut ftl, &last, "after remount");
+}
+
+/// Node pages written by the previous firmware (version 3: every inline entry, a marker too,
+/// ends in a 12-byte header with the CRCs) still mount and read back: their inline areas are
+/// converted when loaded and every block reads as written, through inline deltas and markers.
+#[test]
+fn version_3_node_pages_are_read_and_upgraded() {
+    use nandbox_core::delta::inline;
+    use nandbox_core::format::{crc32, SlotKind, SpareRecord};
+    use nandbox_core::nand::{PageId, SPARE_BYTES_PER_SLOT};
+
+    let logical = 768;
+    // Room to spare: the test is about formats, not about GC under pressure.
+    let g = small_geometry(4, 16, 2 * logical);
+    // Two cached nodes for three groups: nodes are written back with their inline areas.
+    let cfg = config(logical, 2);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let base = write_bases(&mut ftl, logical);
+    let mut last = base.clone();
+    let mut rng = Rng::new(7);
+    for i in 0..3000u32 {
+        // The first half of each group: its markers fit the version 3 layout (12 bytes each).
+        let lba = rng.below(u64::from(logical)) as u32 & !128;
+        let new = updated(&base[lba as usize], lba, 2 + i, 20);
+        ftl.write(Lba(lba), &new).unwrap();
+        last[lba as usize] = new;
+        if i % 16 == 15 {
+            ftl.flush().unwrap();
+        }
+    }
+    ftl.flush().unwrap();
+    assert!(ftl.stats().compact_pages > 0, "no compaction: no markers");
+    // Reads through the groups in turn evict every node after its last change, so the newest
+    // copy of each on flash holds its whole inline area.
+    let mut buf = [0u8; BLOCK];
+    for lba in (0..2 * logical).step_by(256) {
+        ftl.read(Lba(lba % logical), &mut buf).unwrap();
+    }
+    ftl.flush().unwrap();
+    let newest: Vec<u32> = (0..3)
+        .filter_map(|n| ftl.node_location(n))
+        .map(|p| p.0)
+        .collect();
+    let mut nand = ftl.into_nand();
+
+    // Rewrite every node page with an inline area as version 3 laid it out.
+    let (mut nodes, mut markers, mut deltas) = (0, 0, 0);
+    let mut patched = Vec::new();
+    for page in 0..g.blocks * g.pages_per_block {
+        nand.patch_page(PageId(page), |data, spare| {
+            for slot in 0..(g.page_bytes as usize / BLOCK) {
+                let sp = &mut spare[slot * SPARE_BYTES_PER_SLOT as usize..][..64];
+                let Ok(mut rec) = SpareRecord::parse(sp) else {
+                    continue;
+                };
+                let node = &mut data[slot * BLOCK..(slot + 1) * BLOCK];
+                let len = u16::from_le_bytes([node[22], node[23]]) as usize;
+                if rec.kind != SlotKind::Node || len == 0 {
+                    continue;
+                }
+                assert_eq!(u16::from_le_bytes([node[4], node[5]]), 4);
+                // Markers took 12 bytes then: an area of many may not have fitted.
+                let need: usize = inline::entries(node, len)
+                    .map(|e| e.expect("sound area").len + 12)
+                    .sum();
+                if need > inline::AREA {
+                    continue;
+                }
+                let mut old = [0u8; BLOCK];
+                let mut olen = 0;
+                for e in inline::entries(node, len) {
+                    let e = e.expect("sound area");
+                    let end = BLOCK - olen;
+                    let h = end - 12;
+                    let (raw_off, raw_len) = if e.in_compact {
+                        markers += 1;
+                        (e.off | 0x8000, u16::from(e.page))
+                    } else {
+                        deltas += 1;
+                        old[h - e.len..h].copy_from_slice(&node[e.data..e.data + e.len]);
+                        (e.off, e.len as u16)
+                    };
+                    old[h..h + 2].copy_from_slice(&raw_off.to_le_bytes());
+                    old[h + 2..h + 4].copy_from_slice(&raw_len.to_le_bytes());
+                    old[h + 4..h + 8].copy_from_slice(&e.base_crc.to_le_bytes());
+                    old[h + 8..h + 12].copy_from_slice(&e.new_crc.to_le_bytes());
+                    olen += e.len + 12;
+                }
+                node[BLOCK - len..].fill(0);
+                node[BLOCK - olen..].copy_from_slice(&old[BLOCK - olen..]);
+                node[4..6].copy_from_slice(&3u16.to_le_bytes());
+                node[22..24].copy_from_slice(&(olen as u16).to_le_bytes());
+                node[28..32].fill(0);
+                let crc = crc32(&[&node[..]]);
+                node[28..32].copy_from_slice(&crc.to_le_bytes());
+                rec.data_crc = crc32(&[&node[..]]);
+                rec.write(sp);
+                nodes += 1;
+                patched.push(page * (g.page_bytes / BLOCK as u32) + slot as u32);
+            }
+        });
+    }
+    assert!(
+        nodes > 0 && markers > 0 && deltas > 0,
+        "nodes {nodes} markers {markers} deltas {deltas}"
+    );
+    assert!(
+        newest.iter().all(|p| patched.contains(p)),
+        "the newest node copies {newest:?} are among the rewritten ones"
+    );
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("mount of version 3 nodes");
+    set_delta(&mut ftl, true);
+
+    reads_are_and_check_is_clean(&mut ftl, &last, "version 3 nodes");
+    // Written back in today's layout, they read the same after another mount.
+    for lba in (0..logical).step_by(5) {
+        let new = updated(&base[lba as usize], lba, 9000 + lba, 20);
+        ftl.write(Lba(lba), &new).unwrap();
+        last[lba as usize] = new;
+    }
+    ftl.flush().unwrap();
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
+    reads_are_and_check_is_clean(&mut ftl, &last, "after the upgrade");
 }

@@ -181,12 +181,81 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(());
         }
         if let Some(e) = self.find_entry(s, off)? {
+            let as_base = match new_crc {
+                None => false,
+                Some(c) if !e.in_compact => c == e.base_crc,
+                Some(c) => {
+                    let g = self.cache_meta[s].node_plus_one - 1;
+                    match self.entry_crcs(s, g, &e, Cause::Compact) {
+                        Ok(Some((base, _))) => c == base,
+                        // Unknown: only a node copy can say for sure that the delta is gone.
+                        Ok(None) | Err(Error::Corrupted(_)) => true,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
             self.remove_entry(s, &e);
-            if new_crc == Some(e.base_crc) {
+            if as_base {
                 self.mark_unlogged(s);
             }
         }
         Ok(())
+    }
+
+    /// The base and new CRCs of entry `e` of node `s` (group `g`): an inline delta carries
+    /// them; a marker's are in its compact page's entry, read here (into `SCRATCH`, unless the
+    /// page is still buffered). `None` if that page has no entry for the offset.
+    fn entry_crcs(
+        &mut self,
+        s: usize,
+        g: u32,
+        e: &Entry,
+        cause: Cause,
+    ) -> R<Option<(u32, u32)>, N::Error> {
+        if !e.in_compact {
+            return Ok(Some((e.base_crc, e.new_crc)));
+        }
+        let src = self.compact_src(s, g, e, cause)?;
+        let view = CompactView::new_checked(&self.bufs[src..src + SLOT_BYTES], g)
+            .map_err(|_| Error::Corrupted(corrupted("compact page fails its checks", g)))?;
+        Ok(view.find(e.off).map(|c| (c.base_crc, c.new_crc)))
+    }
+
+    /// The base CRC of offset `off`'s entry in node `s` (group `g`), if it has one that can be
+    /// read (see [`Ftl::entry_crcs`]).
+    pub(super) fn entry_base_crc(
+        &mut self,
+        s: usize,
+        g: u32,
+        off: u32,
+    ) -> R<Option<u32>, N::Error> {
+        let Some(e) = self.find_entry(s, off)? else {
+            return Ok(None);
+        };
+        match self.entry_crcs(s, g, &e, Cause::Checkpoint) {
+            Ok(crcs) => Ok(crcs.map(|(base, _)| base)),
+            Err(Error::Corrupted(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Where the compact page marker `e` of node `s` (group `g`) names can be read: its
+    /// buffered copy, or `SCRATCH` after reading it.
+    fn compact_src(&mut self, s: usize, g: u32, e: &Entry, cause: Cause) -> R<usize, N::Error> {
+        let cp = self.compact_ptr(s, e.page as usize);
+        if !cp.is_some() {
+            return Err(Error::Corrupted(corrupted(
+                "delta marked compacted but the group has no compact page",
+                g * LBAS_PER_NODE + e.off as u32,
+            )));
+        }
+        Ok(match self.buffered_log(cp) {
+            Some(log) => self.slot_offset(log, cp.0 % self.spp),
+            None => {
+                self.read_slot_checked(cp, SlotKind::Compact, g, SCRATCH, cause)?;
+                self.slot_offset(SCRATCH, cp.0 % self.spp)
+            }
+        })
     }
 
     /// Writes the open delta log slot into the hot log (a no-op when it is empty).
@@ -246,7 +315,13 @@ impl<N: Nand> Ftl<'_, N> {
         for _ in 0..READ_ATTEMPTS {
             self.nand_read_spare(p.0 / self.spp, GCBUF, Cause::Checkpoint)?;
             if let Ok(r) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
-                if r.data_crc != e.base_crc {
+                let g = self.cache_meta[s].node_plus_one - 1;
+                let base = match self.entry_crcs(s, g, &e, Cause::Checkpoint) {
+                    Ok(crcs) => crcs.map(|(base, _)| base),
+                    Err(Error::Corrupted(_)) => None,
+                    Err(err) => return Err(err),
+                };
+                if base != Some(r.data_crc) {
                     self.remove_entry(s, &e);
                 }
                 return Ok(());
@@ -436,45 +511,49 @@ impl<N: Nand> Ftl<'_, N> {
             .map_err(|_| Error::Corrupted(corrupted("slot has no record", p.0)))
     }
 
-    /// Applies entry `e` of node `s` (group `g`) to the base in `BBUF`, checking the result.
-    fn apply_entry(&mut self, s: usize, g: u32, e: &Entry) -> R<(), N::Error> {
+    /// Applies entry `e` of node `s` (group `g`) to the base in `BBUF`, whose base CRC is
+    /// `base_crc`, checking the result: the CRC of the block it produced, or `None` (nothing
+    /// applied) if the entry is stale, made for another base (roll-forward replayed a newer
+    /// block of the LBA into an older node copy).
+    fn apply_entry(
+        &mut self,
+        s: usize,
+        g: u32,
+        e: &Entry,
+        base_crc: u32,
+    ) -> R<Option<u32>, N::Error> {
         let b = self.slot_offset(BBUF, 0);
         let bad = |what| Error::Corrupted(corrupted(what, g * LBAS_PER_NODE + e.off as u32));
-        if e.in_compact {
-            let cp = self.compact_ptr(s, e.page as usize);
-            if !cp.is_some() {
-                return Err(bad(
-                    "delta marked compacted but the group has no compact page",
-                ));
-            }
-            let src = match self.buffered_log(cp) {
-                Some(log) => self.slot_offset(log, cp.0 % self.spp),
-                None => {
-                    self.read_slot_checked(cp, SlotKind::Compact, g, SCRATCH, Cause::Compact)?;
-                    self.slot_offset(SCRATCH, cp.0 % self.spp)
-                }
-            };
+        let new_crc = if e.in_compact {
+            let src = self.compact_src(s, g, e, Cause::Compact)?;
             // BBUF is the last buffer: everything else lies before it.
             let (lo, hi) = self.bufs.split_at_mut(b);
             let view = CompactView::new_checked(&lo[src..src + SLOT_BYTES], g)
                 .map_err(|_| bad("compact page fails its checks"))?;
             let ce = view
                 .find(e.off)
-                .filter(|c| c.base_crc == e.base_crc && c.new_crc == e.new_crc)
                 .ok_or(bad("compacted delta missing from its compact page"))?;
+            if ce.base_crc != base_crc {
+                return Ok(None);
+            }
             xor::apply(&mut hi[..SLOT_BYTES], ce.delta).map_err(|_| bad("delta malformed"))?;
+            ce.new_crc
         } else {
+            if e.base_crc != base_crc {
+                return Ok(None);
+            }
             let img = &self.cache_data[s * SLOT_BYTES..(s + 1) * SLOT_BYTES];
             xor::apply(
                 &mut self.bufs[b..b + SLOT_BYTES],
                 &img[e.data..e.data + e.len],
             )
             .map_err(|_| bad("delta malformed"))?;
-        }
-        if crc32(&[&self.bufs[b..b + SLOT_BYTES]]) != e.new_crc {
+            e.new_crc
+        };
+        if crc32(&[&self.bufs[b..b + SLOT_BYTES]]) != new_crc {
             return Err(bad("delta does not produce its block"));
         }
-        Ok(())
+        Ok(Some(new_crc))
     }
 
     /// Serves a read of `lba` (mapped to base `p` in node `s`) through its delta, if it has
@@ -490,11 +569,14 @@ impl<N: Nand> Ftl<'_, N> {
         let Some(e) = self.find_entry(s, off)? else {
             return Ok(false);
         };
-        if self.load_base(p, lba, Cause::Data)?.crc == e.base_crc {
-            self.apply_entry(s, lba / LBAS_PER_NODE, &e)?;
+        let base = self.load_base(p, lba, Cause::Data)?.crc;
+        // A stale entry (roll-forward replayed a newer block) applies nothing: the base is it.
+        if self
+            .apply_entry(s, lba / LBAS_PER_NODE, &e, base)?
+            .is_some()
+        {
             self.stats.delta_reads += 1;
         }
-        // Otherwise the entry is stale (roll-forward replayed a newer block): the base is it.
         let b = self.slot_offset(BBUF, 0);
         buf.copy_from_slice(&self.bufs[b..b + SLOT_BYTES]);
         Ok(true)
@@ -723,14 +805,14 @@ impl<N: Nand> Ftl<'_, N> {
             self.remove_entry(s, &e);
             return Ok(());
         }
-        if self.load_base(p, lba, Cause::Delta)?.crc != e.base_crc {
+        let base = self.load_base(p, lba, Cause::Delta)?.crc;
+        let Some(new_crc) = self.apply_entry(s, g, &e, base)? else {
             // Stale since roll-forward: the mapped block is already the newer one. No slot
             // records this removal, so the node must be written.
             self.remove_entry(s, &e);
             self.mark_unlogged(s);
             return Ok(());
-        }
-        self.apply_entry(s, g, &e)?;
+        };
         // Stored coded if it is weights and compress is on, like a host write of it would be
         // (its bytes count as data then: a packed slot carries several blocks).
         if !(self.compress_on && self.rebuild_coded(lba)?) {
@@ -738,7 +820,7 @@ impl<N: Nand> Ftl<'_, N> {
             let src = self.slot_offset(BBUF, 0);
             let dst = self.slot_offset(HOT, self.logs[HOT].fill);
             self.bufs.copy_within(src..src + SLOT_BYTES, dst);
-            let new = self.commit_slot(HOT, SlotKind::Data, lba, e.new_crc, Cause::Delta);
+            let new = self.commit_slot(HOT, SlotKind::Data, lba, new_crc, Cause::Delta);
             self.set_ptr(s, off, new);
             // A coded base is one reference of its packed slot.
             self.unref(p, lba);

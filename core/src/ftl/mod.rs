@@ -904,10 +904,19 @@ impl<'a, N: Nand> Ftl<'a, N> {
             copy_pointers(&view, img);
             let inline = view.inline_area();
             inline_len = inline.len();
+            let old_layout = view.version() < 4;
             img[CACHE_COMPACT + 4 * COMPACT_PAGES..SLOT_BYTES - inline_len].fill(0);
             img[SLOT_BYTES - inline_len..].copy_from_slice(inline);
             for i in 0..COMPACT_PAGES {
                 crate::format::write_u32(img, CACHE_COMPACT + 4 * i, view.compact(i).0);
+            }
+            if old_layout && inline_len > 0 {
+                // Versions 2 and 3 laid the inline area out otherwise: converted once here, and
+                // written back in today's layout whenever the node is written.
+                inline_len =
+                    crate::delta::inline::upgrade_v3(img, inline_len).ok_or_else(|| {
+                        Error::Corrupted(corrupted("inline delta area malformed", p.0).in_node(g))
+                    })?;
             }
         }
         self.cache_meta[s] = CacheSlot {

@@ -623,7 +623,7 @@ impl<N: Nand> Ftl<'_, N> {
                 self.cache_meta[s].dirty = true;
                 // A record GC moved is still the base of the LBA's delta: the same record
                 // bytes, so the same base CRC. Anything else rewrote the LBA.
-                let base = self.find_entry(s, off)?.map(|e| e.base_crc);
+                let base = self.entry_base_crc(s, g, off)?;
                 if base.is_none() || self.record_crc(p, lba)? != base {
                     self.drop_delta(s, off, None)?;
                 }

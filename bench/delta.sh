@@ -14,6 +14,10 @@
 #                                           # off here: it codes some SQLite pages, which are
 #                                           # then no delta base, so it blurs what delta does)
 #   NANDBOX=/path/to/nandbox bench/delta.sh # a prebuilt binary
+#   TRACE_DIR=dir bench/delta.sh            # also record each SQLite run's block trace to
+#                                           # dir/NAME.trace (replay: `nandbox replay`; the
+#                                           # stats JSON left beside it give the UPDATE phase's
+#                                           # first and last record as trace_records)
 #
 # Parts:
 #   controlled  python3-libnbd client: 4,096 blocks (16 MiB) filled with random data and
@@ -192,6 +196,7 @@ attach() {
 sqlite_run() {
     local name=$1 mode=$2; shift 2
     local size=$((512 << 20))
+    [ -n "${TRACE_DIR:-}" ] && set -- "$@" --trace "$TRACE_DIR/$name.trace"
     serve "$name" "$size" "$@"
     attach "$size"
     local db=$MNT/bench.db
@@ -214,6 +219,7 @@ EOF
     snap "$work/$name-a.json"
     sqlite3 "$db" <"$work/updates.sql" >/dev/null
     snap "$work/$name-b.json"
+    [ -n "${TRACE_DIR:-}" ] && cp "$work/$name-a.json" "$work/$name-b.json" "$TRACE_DIR/"
     local sum
     sum=$(sqlite3 "$db" "SELECT sum(small) FROM t;")
     [ "$sum" = "$TXNS" ] || { echo "bench/delta.sh: $name: sum(small) = $sum, expected $TXNS" >&2; exit 1; }

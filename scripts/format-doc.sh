@@ -18,14 +18,14 @@ and readers treat every length and offset as untrusted.
 
 ## Contents
 HEAD
-  for part in ftl image zipnn qstore nbd; do
+  for part in ftl image zipnn qstore nbd trace; do
     f=docs/format/$part.md
     [ -f "$f" ] || continue
     title=$(grep -m1 '^#' "$f" | sed 's/^#* *//')
     anchor=$(echo "$title" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9 -]//g; s/ /-/g')
     echo "- [$title](#$anchor)"
   done
-  for part in ftl image zipnn qstore nbd; do
+  for part in ftl image zipnn qstore nbd trace; do
     f=docs/format/$part.md
     [ -f "$f" ] || continue
     echo

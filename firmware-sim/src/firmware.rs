@@ -29,6 +29,7 @@ use nandbox_core::stats::Stats;
 use crate::latency::{LatencyMode, LatencyModel, Timed, Wait};
 use crate::memory::OwnedFtlMemory;
 use crate::profile::Profile;
+use crate::trace::{RecordKind, TraceWriter};
 use crate::SimNand;
 
 const BLOCK: u64 = SLOT_BYTES as u64;
@@ -63,6 +64,9 @@ pub struct FirmwareConfig {
     /// the NAND contents depend only on the requests, not on their timing: for tests that need
     /// one exact layout.
     pub background: bool,
+    /// Record every request run, and every background step, to this block trace
+    /// ([`crate::trace`]).
+    pub trace: Option<PathBuf>,
 }
 
 impl FirmwareConfig {
@@ -81,6 +85,7 @@ impl FirmwareConfig {
             op_percent: crate::profile::DEFAULT_OP_PERCENT,
             queue_depth: 256,
             background: true,
+            trace: None,
         }
     }
 }
@@ -135,6 +140,9 @@ pub struct Snapshot {
     pub latency: LatencySummary,
     /// Seconds since the device started.
     pub uptime_s: f64,
+    /// Records written to the block trace so far, when one is kept: where a phase of the
+    /// workload starts, for `nandbox replay --snapshot`.
+    pub trace_records: Option<u64>,
 }
 
 /// Modelled request latencies, nanoseconds.
@@ -302,6 +310,9 @@ impl Drop for Reply {
 
 enum Job {
     Io(Request, Reply),
+    /// One step of background work, run now (for a replay, whose device has no idle time of
+    /// its own); answers whether more is pending.
+    Idle(SyncSender<bool>),
     Stats(SyncSender<Snapshot>),
     Shutdown(SyncSender<Completion<()>>),
 }
@@ -489,6 +500,17 @@ impl Firmware {
         }
     }
 
+    /// Runs one step of background work (GC, wear levelling, delta maintenance) now, as the
+    /// device does by itself when idle; answers whether more is pending. For replays, which run
+    /// with [`FirmwareConfig::background`] off and put the steps where the trace has them.
+    pub fn idle_step(&self) -> Result<bool, FirmwareError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send((Instant::now(), Job::Idle(reply)))
+            .map_err(|_| FirmwareError::Stopped)?;
+        rx.recv().map_err(|_| FirmwareError::Stopped)
+    }
+
     /// The device's counters.
     pub fn snapshot(&self) -> Result<Snapshot, FirmwareError> {
         let (reply, rx) = mpsc::sync_channel(1);
@@ -602,6 +624,10 @@ struct Runner<'a> {
     block: Vec<u8>,
     /// Submitters with completions delivered since their last flush.
     unflushed: Vec<Arc<dyn Completer>>,
+    /// Where requests are recorded, while recording works.
+    trace: Option<TraceWriter>,
+    /// Records written to it.
+    trace_records: u64,
     /// When the oldest of those completions was delivered.
     unflushed_since: Option<Instant>,
 }
@@ -669,6 +695,17 @@ fn run_thread(
         m.reset();
     }
     let logical_bytes = ftl.logical_blocks() as u64 * BLOCK;
+    let trace = match &config.trace {
+        Some(path) => match TraceWriter::create(path, logical_bytes) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let why = format!("creating trace {}: {e}", path.display());
+                let _ = ready.send(Err(FirmwareError::Io(why)));
+                return;
+            }
+        },
+        None => None,
+    };
     if ready.send(Ok(logical_bytes)).is_err() {
         return;
     }
@@ -681,6 +718,8 @@ fn run_thread(
         block: vec![0; SLOT_BYTES],
         unflushed: Vec::new(),
         unflushed_since: None,
+        trace,
+        trace_records: 0,
     };
     runner.serve(rx);
 }
@@ -707,6 +746,7 @@ impl Runner<'_> {
                     if background_pending {
                         // Background NAND work starts now, not when the last request did.
                         self.begin(Instant::now());
+                        self.record(RecordKind::Idle, 0, 0, &[]);
                         background_pending = self.ftl.idle().unwrap_or(false);
                         continue;
                     }
@@ -734,6 +774,66 @@ impl Runner<'_> {
         }
         self.flush_completions();
         let _ = self.ftl.power_fail();
+        self.end_trace();
+    }
+
+    /// Appends a record to the trace, if one is kept. A trace that cannot be written is given
+    /// up (named on stderr), never a reason to fail the host's I/O.
+    fn record(&mut self, kind: RecordKind, offset: u64, len: u64, data: &[u8]) {
+        if let Some(t) = &mut self.trace {
+            if let Err(e) = t.record(kind, offset, len, data) {
+                eprintln!("nandbox: trace recording stopped: {e}");
+                self.trace = None;
+            } else {
+                self.trace_records += 1;
+            }
+        }
+    }
+
+    /// Writes out what the trace still buffers.
+    fn end_trace(&mut self) {
+        if let Some(mut t) = self.trace.take() {
+            if let Err(e) = t.flush() {
+                eprintln!("nandbox: trace recording stopped: {e}");
+            }
+        }
+    }
+
+    /// Records a request before it runs.
+    fn record_request(&mut self, req: &Request) {
+        if self.trace.is_none() {
+            return;
+        }
+        match req {
+            Request::Read { offset, len, .. } => {
+                self.record(RecordKind::Read, *offset, *len as u64, &[])
+            }
+            Request::Write { offset, data, fua } => self.record(
+                RecordKind::Write { fua: *fua },
+                *offset,
+                data.len() as u64,
+                data,
+            ),
+            Request::Trim { offset, len, fua } => {
+                self.record(RecordKind::Trim { fua: *fua }, *offset, *len, &[])
+            }
+            Request::WriteZeroes {
+                offset,
+                len,
+                fua,
+                no_hole,
+            } => self.record(
+                RecordKind::Zeroes {
+                    fua: *fua,
+                    no_hole: *no_hole,
+                },
+                *offset,
+                *len,
+                &[],
+            ),
+            Request::Flush => self.record(RecordKind::Flush, 0, 0, &[]),
+            Request::Mapping { .. } => {}
+        }
     }
 
     /// Tells every submitter with delivered completions to push them out.
@@ -795,13 +895,19 @@ impl Runner<'_> {
     fn handle(&mut self, (submitted, job): Submitted) -> bool {
         match job {
             Job::Io(req, reply) => {
+                self.record_request(&req);
                 let (result, not_before) = self.run(submitted, req);
                 self.deliver(reply, result, not_before);
+            }
+            Job::Idle(reply) => {
+                self.record(RecordKind::Idle, 0, 0, &[]);
+                let _ = reply.send(self.ftl.idle().unwrap_or(false));
             }
             Job::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
             Job::Shutdown(reply) => {
+                self.end_trace();
                 let mut result = self.ftl.power_fail().map_err(io);
                 if result.is_ok() {
                     let sync = self.ftl.nand_mut().inner_mut().sync();
@@ -1028,6 +1134,7 @@ impl Runner<'_> {
                 ..LatencySummary::default()
             },
             uptime_s: self.started.elapsed().as_secs_f64(),
+            trace_records: self.trace.as_ref().map(|_| self.trace_records),
         }
     }
 }

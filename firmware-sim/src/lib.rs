@@ -4,6 +4,7 @@
 //! - [`image`]: the sparse image file format behind a persistent `SimNand`.
 //! - [`latency`]: NAND time on a virtual clock, channels and dies in parallel.
 //! - [`profile`]: named geometries and timings (`tlc`, `femu`, `slc`).
+//! - [`trace`]: block traces of what the firmware ran, for replay through other settings.
 #![forbid(unsafe_code)]
 
 pub mod firmware;
@@ -13,6 +14,7 @@ pub mod memory;
 pub mod nand;
 pub mod profile;
 mod rng;
+pub mod trace;
 
 pub use memory::OwnedFtlMemory;
 pub use nand::{FaultConfig, NandCounters, SimError, SimNand};

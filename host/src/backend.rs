@@ -45,6 +45,8 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     config.delta = opts.delta;
     config.plp = opts.plp;
     config.compress = opts.compress;
+    config.trace = opts.trace.clone();
+    config.background = opts.background;
     config.node_cache_policy = match opts.node_cache.as_str() {
         "lru" => nandbox_sim::firmware::CachePolicy::Lru,
         _ => nandbox_sim::firmware::CachePolicy::Score,
@@ -247,6 +249,10 @@ impl BlockDevice for FirmwareDevice {
     fn shutdown(&self) -> Result<(), DevError> {
         self.firmware.shutdown().map_err(dev)
     }
+
+    fn idle_step(&self) -> Result<bool, DevError> {
+        self.firmware.idle_step().map_err(dev)
+    }
 }
 
 /// The `/stats` document: the names issue 3 fixed, plus the detail behind them.
@@ -351,6 +357,9 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             json!(st.nand_reads_per_host_read()),
         );
         m.insert("delta".into(), delta);
+        if let Some(n) = s.trace_records {
+            m.insert("trace_records".into(), json!(n));
+        }
         m.insert(
             "zipnn".into(),
             json!({

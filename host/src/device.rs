@@ -196,6 +196,11 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn stats_json(&self) -> serde_json::Value;
     /// Flushes and stops the device (called once, at clean shutdown).
     fn shutdown(&self) -> Result<(), DevError>;
+    /// Runs one step of background work now; whether more is pending. Devices without any
+    /// have none to do.
+    fn idle_step(&self) -> Result<bool, DevError> {
+        Ok(false)
+    }
     /// A queue pair into the device's own thread, for devices that have one; `None` (the
     /// default) makes [`open_queue`] run requests on the submitting thread.
     fn queue(&self, done: Arc<dyn Completer>) -> Option<Box<dyn Queue>> {
@@ -229,4 +234,8 @@ pub struct DeviceOptions {
     pub node_cache: String,
     /// Node cache slots, when not the default (used when the device is formatted).
     pub node_cache_slots: Option<u32>,
+    /// Record every request to this block trace.
+    pub trace: Option<PathBuf>,
+    /// Spend idle time on background work (off for a replay, which runs the trace's own steps).
+    pub background: bool,
 }

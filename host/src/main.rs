@@ -6,6 +6,7 @@ mod control;
 mod device;
 mod nbd;
 mod qstore_cli;
+mod replay;
 mod safetensors;
 mod serve;
 mod stats_view;
@@ -28,6 +29,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print the live counters of a running device.
     Stats(serve::StatsArgs),
+    /// Replay a block trace recorded by `serve --trace` through a fresh device; print its counters.
+    Replay(replay::ReplayArgs),
     /// Report flash wear: erase counts, WAF by cause, projected lifetime; --svg draws it.
     Wear(wear::WearArgs),
     /// Check an image file offline for consistency.
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Stats(args) => serve::stats(args),
+        Command::Replay(args) => replay::run(args),
         Command::Wear(args) => wear::run(args),
         Command::Check(args) => check::run(args),
         Command::Zipnn(cmd) => zipnn_cli::run(cmd),

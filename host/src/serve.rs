@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Node pages cached in RAM, 4 KiB each [default: 1024]; used when the device is formatted.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
     node_cache_slots: Option<u32>,
+    /// Record every request the device runs (with the data of writes) to this block trace, to
+    /// replay it later through other settings with `nandbox replay`.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Most NBD connections served at once; more are closed on accept.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_connections: usize,
@@ -181,6 +185,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         compress: args.compress == OnOff::On,
         node_cache: format!("{:?}", args.node_cache).to_lowercase(),
         node_cache_slots: args.node_cache_slots,
+        trace: args.trace.clone(),
+        background: true,
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 

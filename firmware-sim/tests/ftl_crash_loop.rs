@@ -205,3 +205,20 @@ fn crash_loop_delta_on_with_program_and_erase_failures() {
     };
     crash_loop_with(faults, 24, 1, 16, 256, 120, true);
 }
+
+/// Seeds that once read a trimmed-then-cut block as its base: an unflushed trim dropped a
+/// marker, a compaction after it took over the marker's (now empty) compact page slot, and
+/// roll-forward of that page dropped the marker while the trim itself, unflushed, was not
+/// redone, so the block read as its base, a version older than the one flushed.
+#[test]
+fn crash_loop_delta_on_unflushed_trims() {
+    for seed in [24, 26] {
+        let faults = FaultConfig {
+            seed,
+            bit_flip_per_read: 0.01,
+            factory_bad_blocks: 2,
+            ..FaultConfig::default()
+        };
+        crash_loop_with(faults, 24, 1, 16, 256, 120, true);
+    }
+}

@@ -855,9 +855,21 @@ impl<N: Nand> Ftl<'_, N> {
         let live = self.compact_live(s);
         // Pages no marker names any more are released once the new page is in (the first of
         // them, or a free table slot, takes it): roll-forward of the page does the same.
-        let slot = (0..COMPACT_PAGES)
-            .find(|&i| live[i] == 0 || !self.compact_ptr(s, i).is_some())
-            .unwrap_or_else(|| (0..COMPACT_PAGES).min_by_key(|&i| live[i]).unwrap_or(0));
+        let slot = if self.cache_meta[s].unlogged {
+            // The node has changes roll-forward cannot redo (a trim, say) that may have dropped
+            // markers. Replaying a page that takes over an occupied slot drops the markers of
+            // that slot it lacks, so it would redo half of such a change (the marker gone, the
+            // block still mapped: a block that reads as its base). Until the next barrier
+            // writes the node, only a free slot is taken.
+            match (0..COMPACT_PAGES).find(|&i| !self.compact_ptr(s, i).is_some()) {
+                Some(i) => i,
+                None => return Ok(false),
+            }
+        } else {
+            (0..COMPACT_PAGES)
+                .find(|&i| live[i] == 0 || !self.compact_ptr(s, i).is_some())
+                .unwrap_or_else(|| (0..COMPACT_PAGES).min_by_key(|&i| live[i]).unwrap_or(0))
+        };
         let old = self.compact_ptr(s, slot);
         let b = self.slot_offset(BBUF, 0);
         if old.is_some() && live[slot] > 0 {

@@ -113,6 +113,9 @@ pub struct Stats {
     pub pages_restored: u64,
     /// Host reads served by applying a delta to a base.
     pub delta_reads: u64,
+    /// Host writes of a block whose current version was still in the write buffer: it was
+    /// replaced there, costing no NAND program.
+    pub buffer_overwrites: u64,
     /// NAND page reads done on behalf of host reads (node, base or data, compact).
     pub host_read_nand_reads: u64,
     /// Host writes stored ZipNN-coded in packed slots (float weights).

@@ -556,3 +556,91 @@ fn version_3_node_pages_are_read_and_upgraded() {
     let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
     reads_are_and_check_is_clean(&mut ftl, &last, "after the upgrade");
 }
+
+/// A rewrite of a block still in the write buffer replaces it there: no slot is spent, reads
+/// see the newest version at once, and a flush then a remount (clean or not) keeps it.
+#[test]
+fn a_rewrite_in_the_write_buffer_costs_no_slot_and_survives() {
+    let logical = 1024;
+    // Eight slots a page: the writes of a round fit in one buffered page.
+    let g = small_geometry(8, 16, logical);
+    let cfg = config(logical, 2);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let mut last: Vec<[u8; BLOCK]> = (0..logical).map(|l| content(l, 0)).collect();
+    let mut buf = [0u8; BLOCK];
+    for round in 0..20u32 {
+        let lba = (round * 37) % logical;
+        ftl.write(Lba(lba), &content(lba, 1 + 3 * round)).unwrap();
+        // Neighbours written in between, in the same buffered page.
+        for k in 1..=(round % 4) {
+            let n = (lba + k) % logical;
+            last[n as usize] = content(n, 2 + 3 * round);
+            ftl.write(Lba(n), &last[n as usize]).unwrap();
+        }
+        let before = *ftl.stats();
+        let newest = content(lba, 3 + 3 * round);
+        ftl.write(Lba(lba), &newest).unwrap();
+        last[lba as usize] = newest;
+        let s = *ftl.stats();
+        assert_eq!(
+            s.buffer_overwrites,
+            before.buffer_overwrites + 1,
+            "round {round}"
+        );
+        assert_eq!(
+            s.program_bytes, before.program_bytes,
+            "round {round}: the rewrite spent a slot"
+        );
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert!(buf == newest, "round {round}: read before the flush");
+        ftl.flush().unwrap();
+        if round % 3 == 0 {
+            // Unclean stop after the flush.
+            let nand = ftl.into_nand();
+            ftl = Ftl::mount(nand, mem.lend()).expect("remount");
+            set_delta(&mut ftl, true);
+        }
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        assert!(buf == newest, "round {round}: read after the flush");
+    }
+    reads_are_and_check_is_clean(&mut ftl, &last, "end");
+}
+
+/// A rewrite in the write buffer that puts back the content of the block's earlier base (a
+/// block toggling between two versions) is not done in place: roll-forward would take the slot
+/// for that base moved by GC and apply the old delta over it. Written to a new slot, it reads
+/// back after an unclean stop.
+#[test]
+fn a_buffered_rewrite_back_to_an_old_base_survives_a_cut() {
+    let logical = 256;
+    let g = small_geometry(8, 16, logical);
+    let cfg = config(logical, 2);
+    let mut mem = OwnedFtlMemory::new(&g, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");
+    set_delta(&mut ftl, true);
+    let lba = 9;
+    let base = content(lba, 1);
+    ftl.write(Lba(lba), &base).unwrap();
+    ftl.flush().unwrap();
+    let small = updated(&base, lba, 2, 10);
+    ftl.write(Lba(lba), &small).unwrap();
+    assert_eq!(ftl.stats().deltas_inlined, 1);
+    ftl.flush().unwrap();
+    // Rewritten whole (too different for a delta), then back to the base's content while
+    // the whole block is still buffered.
+    ftl.write(Lba(lba), &content(lba, 3)).unwrap();
+    let before = ftl.stats().buffer_overwrites;
+    ftl.write(Lba(lba), &base).unwrap();
+    assert_eq!(ftl.stats().buffer_overwrites, before, "rewritten in place");
+    // A rewrite of that in turn may go in place again.
+    ftl.write(Lba(lba), &content(lba, 4)).unwrap();
+    ftl.write(Lba(lba), &base).unwrap();
+    ftl.flush().unwrap();
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).expect("remount");
+    let mut buf = [0u8; BLOCK];
+    ftl.read(Lba(lba), &mut buf).unwrap();
+    assert!(buf == base, "reads version {:?}", version_of(lba, &buf));
+}

@@ -294,6 +294,8 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "restored_at_idle": st.pages_restored,
         "reads_through_delta": st.delta_reads,
     });
+    // Not the delta engine's: rewrites the write buffer absorbed (with or without it).
+    let write_buffer = json!({ "overwrites": st.buffer_overwrites });
     let mut doc = json!({
         "host_read_bytes": st.host_read_bytes,
         "host_write_bytes": st.host_write_bytes,
@@ -357,6 +359,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
             json!(st.nand_reads_per_host_read()),
         );
         m.insert("delta".into(), delta);
+        m.insert("write_buffer".into(), write_buffer);
         if let Some(n) = s.trace_records {
             m.insert("trace_records".into(), json!(n));
         }

@@ -34,6 +34,28 @@ use crate::format::inline_delta::{AREA, HEADER};
 /// Most evictions one host write may trigger before it is written whole instead.
 const MAX_EVICTIONS: u32 = 64;
 
+/// What [`Ftl::drop_delta`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dropped {
+    /// No entry: nothing older can come back for the block.
+    Nothing,
+    /// An entry whose base had this CRC.
+    Base(u32),
+    /// An entry whose base CRC could not be read, or a slot nothing is known of.
+    Unknown,
+}
+
+impl Dropped {
+    /// Whether a block with CRC `crc` is surely not the dropped entry's base.
+    pub(super) fn differs_from(self, crc: u32) -> bool {
+        match self {
+            Dropped::Nothing => true,
+            Dropped::Base(b) => b != crc,
+            Dropped::Unknown => false,
+        }
+    }
+}
+
 /// The base of a delta as [`Ftl::load_base`] found it (its bytes are in `BBUF`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Base {
@@ -170,36 +192,39 @@ impl<N: Nand> Ftl<'_, N> {
     /// Removes the delta of offset `off`: its block was rewritten whole (with data CRC
     /// `new_crc`) or trimmed (`None`; the trim itself marks the node unlogged). A rewrite makes
     /// the entry stale on replay by its base CRC, unless the new block has the base's very
-    /// content: then only a node copy can say the delta is gone.
+    /// content: then only a node copy can say the delta is gone. Returns what was dropped: the
+    /// base CRC roll-forward may still find in an older copy of the entry, which a later
+    /// rewrite of the new block in the write buffer must not take ([`Ftl::write`]).
     pub(super) fn drop_delta(
         &mut self,
         s: usize,
         off: u32,
         new_crc: Option<u32>,
-    ) -> R<(), N::Error> {
+    ) -> R<Dropped, N::Error> {
         if self.cache_meta[s].inline_len == 0 {
-            return Ok(());
+            return Ok(Dropped::Nothing);
         }
-        if let Some(e) = self.find_entry(s, off)? {
-            let as_base = match new_crc {
-                None => false,
-                Some(c) if !e.in_compact => c == e.base_crc,
-                Some(c) => {
-                    let g = self.cache_meta[s].node_plus_one - 1;
-                    match self.entry_crcs(s, g, &e, Cause::Compact) {
-                        Ok(Some((base, _))) => c == base,
-                        // Unknown: only a node copy can say for sure that the delta is gone.
-                        Ok(None) | Err(Error::Corrupted(_)) => true,
-                        Err(e) => return Err(e),
-                    }
+        let Some(e) = self.find_entry(s, off)? else {
+            return Ok(Dropped::Nothing);
+        };
+        let base = match new_crc {
+            None => Dropped::Unknown,
+            Some(_) if !e.in_compact => Dropped::Base(e.base_crc),
+            Some(_) => {
+                let g = self.cache_meta[s].node_plus_one - 1;
+                match self.entry_crcs(s, g, &e, Cause::Compact) {
+                    Ok(Some((base, _))) => Dropped::Base(base),
+                    Ok(None) | Err(Error::Corrupted(_)) => Dropped::Unknown,
+                    Err(e) => return Err(e),
                 }
-            };
-            self.remove_entry(s, &e);
-            if as_base {
-                self.mark_unlogged(s);
             }
+        };
+        self.remove_entry(s, &e);
+        // Unknown: only a node copy can say for sure that the delta is gone.
+        if new_crc.is_some() && !base.differs_from(new_crc.unwrap_or(0)) {
+            self.mark_unlogged(s);
         }
-        Ok(())
+        Ok(base)
     }
 
     /// The base and new CRCs of entry `e` of node `s` (group `g`): an inline delta carries

@@ -51,6 +51,7 @@ pub use config::{
     MemoryRequirements, CP_AREA_BLOCKS, LBAS_PER_NODE,
 };
 use config::{CP_RESERVE, GC_LOW, MAX_SLOTS_PER_PAGE};
+use delta::Dropped;
 use error::corrupted;
 pub use error::{ConfigError, Corruption, Error, FormatError, MountError};
 
@@ -189,6 +190,10 @@ pub struct Ftl<'a, N: Nand> {
     delta_on: bool,
     /// Power-loss protection: the write buffers count as durable (see [`Ftl::set_plp`]).
     plp: bool,
+    /// For each slot of the hot log's buffer written by a host write: the base CRC of the
+    /// delta that write dropped, which a rewrite of the slot in place must not take
+    /// ([`Ftl::overwrite_buffered`]).
+    hot_dropped: [Dropped; MAX_SLOTS_PER_PAGE as usize],
     classifier: Classifier,
     /// The open delta log slot (in `LBUF`).
     dlog: crate::delta::log::LogBuilder,
@@ -280,6 +285,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             policy: CachePolicy::Lru,
             delta_on: false,
             plp: false,
+            hot_dropped: [Dropped::Unknown; MAX_SLOTS_PER_PAGE as usize],
             classifier: Classifier::default(),
             dlog: Default::default(),
             dlog_busy: false,
@@ -552,6 +558,13 @@ impl<'a, N: Nand> Ftl<'a, N> {
         self.check_range(lba.0, 1)?;
         let g = lba.0 / LBAS_PER_NODE;
         let off = lba.0 % LBAS_PER_NODE;
+        if self.overwrite_buffered(lba.0, data)? {
+            self.stats.buffer_overwrites += 1;
+            self.stats.host_writes += 1;
+            self.stats.host_write_bytes += SLOT_BYTES as u64;
+            self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
+            return Ok(());
+        }
         // A small update of a plain block on flash is a delta of a few hundred bytes; coding the
         // whole block keeps two thirds of it at best. So the delta goes first, and a block the
         // delta engine declines (no plain base, too different, no room) may still be coded.
@@ -569,7 +582,8 @@ impl<'a, N: Nand> Ftl<'a, N> {
             let clock = self.clock;
             self.cache_meta[s].heat.write(clock);
         }
-        let at = self.slot_offset(HOT, self.logs[HOT].fill);
+        let slot = self.logs[HOT].fill;
+        let at = self.slot_offset(HOT, slot);
         self.bufs[at..at + SLOT_BYTES].copy_from_slice(data);
         let crc = crc32(&[data]);
         let new = self.commit_slot(HOT, SlotKind::Data, lba.0, crc, Cause::Data);
@@ -580,11 +594,50 @@ impl<'a, N: Nand> Ftl<'a, N> {
             self.unref(old, lba.0);
         }
         // The block is whole again: its delta (inline or marker) is dead.
-        self.drop_delta(s, off, Some(crc))?;
+        self.hot_dropped[slot as usize] = self.drop_delta(s, off, Some(crc))?;
         self.stats.host_writes += 1;
         self.stats.host_write_bytes += SLOT_BYTES as u64;
         self.stats.lifetime_host_write_bytes += SLOT_BYTES as u64;
         Ok(())
+    }
+
+    /// Replaces `lba`'s block in place when its current version is a plain data slot still in
+    /// the hot log's buffer (not yet programmed), as a drive's write cache absorbs a rewrite:
+    /// no slot is spent. The slot keeps its sequence number (a log's slots stay in sequence
+    /// order for roll-forward); its record takes the new data CRC. Nothing else can name the
+    /// old contents: a delta's base is always a programmed slot, and a node copy written since
+    /// points to this slot, which now holds the newest version. Returns whether it did.
+    fn overwrite_buffered(&mut self, lba: u32, data: &[u8; SLOT_BYTES]) -> R<bool, N::Error> {
+        let g = lba / LBAS_PER_NODE;
+        if self.nat[g as usize] == NONE && self.node_index[g as usize] == NONE {
+            return Ok(false);
+        }
+        let s = self.node_slot(g)?;
+        let p = self.ptr(s, lba % LBAS_PER_NODE);
+        if !p.is_some() || self.buffered_log(p) != Some(HOT) {
+            return Ok(false);
+        }
+        let slot = p.0 % self.spp;
+        let sp = self.spare_offset(HOT) + slot as usize * SPARE;
+        let Ok(mut record) = SpareRecord::parse(&self.bufs[sp..sp + SPARE]) else {
+            return Ok(false);
+        };
+        // Only a slot a host write put there, whose dropped delta (if any) is known: roll-forward
+        // keeps an older copy of that delta over a slot with its base's CRC (a GC move).
+        let crc = crc32(&[data]);
+        if record.kind != SlotKind::Data
+            || record.owner != lba
+            || !self.hot_dropped[slot as usize].differs_from(crc)
+        {
+            return Ok(false);
+        }
+        let at = self.slot_offset(HOT, slot);
+        self.bufs[at..at + SLOT_BYTES].copy_from_slice(data);
+        record.data_crc = crc;
+        record.write(&mut self.bufs[sp..sp + SPARE]);
+        let clock = self.clock;
+        self.cache_meta[s].heat.write(clock);
+        Ok(true)
     }
 
     /// Unmaps `count` logical blocks from `first`; they read as zeros afterwards. Costs one
@@ -1211,6 +1264,10 @@ impl<'a, N: Nand> Ftl<'a, N> {
         }
         .write(&mut self.bufs[at..at + SPARE]);
         let p = Ppa((l.block * self.ppb + l.page) * self.spp + l.fill);
+        if log == HOT {
+            // Nothing known of what this slot's write dropped until its writer says.
+            self.hot_dropped[l.fill as usize] = Dropped::Unknown;
+        }
         self.logs[log].fill += 1;
         self.set_valid(p);
         self.blocks[l.block as usize].mtime = seq;

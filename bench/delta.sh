@@ -14,10 +14,10 @@
 #                                           # off here: it codes some SQLite pages, which are
 #                                           # then no delta base, so it blurs what delta does)
 #   NANDBOX=/path/to/nandbox bench/delta.sh # a prebuilt binary
-#   TRACE_DIR=dir bench/delta.sh            # also record each SQLite run's block trace to
-#                                           # dir/NAME.trace (replay: `nandbox replay`; the
-#                                           # stats JSON left beside it give the UPDATE phase's
-#                                           # first and last record as trace_records)
+#   TRACE_DIR=dir bench/delta.sh            # keep the delta-on SQLite runs' block traces as
+#                                           # dir/sq-MODE-on.trace (replay: `nandbox replay`;
+#                                           # the stats JSON beside them give the UPDATE
+#                                           # phase's first and last record as trace_records)
 #
 # Parts:
 #   controlled  python3-libnbd client: 4,096 blocks (16 MiB) filled with random data and
@@ -29,7 +29,9 @@
 #   sqlite      (root) ext4 over nbdfuse + losetup --direct-io=on, the sqlite3 CLI with
 #               synchronous=FULL: a table of ROWS rows of ~200 bytes, then TXNS single-row
 #               UPDATE transactions of a small integer column of random rows; rollback-journal
-#               (DELETE) and WAL modes. Measured: the UPDATE phase.
+#               (DELETE) and WAL modes. Measured: the UPDATE phase. The delta-on run records a
+#               block trace, replayed (`nandbox replay`) with delta off and on, PLP off and
+#               on: the very same requests under each setting (table 1b).
 #   latency     (root) the sqlite WAL workload with --latency virtual and 64 node-cache slots:
 #               mean virtual read latency delta on / off, and node-cache hit rate and NAND node
 #               page reads, score against lru (delta on), at CACHE_SLOTS slots (64 and 8).
@@ -196,7 +198,7 @@ attach() {
 sqlite_run() {
     local name=$1 mode=$2; shift 2
     local size=$((512 << 20))
-    [ -n "${TRACE_DIR:-}" ] && set -- "$@" --trace "$TRACE_DIR/$name.trace"
+    [ -n "${RECORD:-}" ] && set -- "$@" --trace "$work/$name.trace"
     serve "$name" "$size" "$@"
     attach "$size"
     local db=$MNT/bench.db
@@ -219,7 +221,6 @@ EOF
     snap "$work/$name-a.json"
     sqlite3 "$db" <"$work/updates.sql" >/dev/null
     snap "$work/$name-b.json"
-    [ -n "${TRACE_DIR:-}" ] && cp "$work/$name-a.json" "$work/$name-b.json" "$TRACE_DIR/"
     local sum
     sum=$(sqlite3 "$db" "SELECT sum(small) FROM t;")
     [ "$sum" = "$TXNS" ] || { echo "bench/delta.sh: $name: sum(small) = $sum, expected $TXNS" >&2; exit 1; }
@@ -228,15 +229,46 @@ EOF
     figure "$work/$name-a.json" "$work/$name-b.json"
 }
 
+# replay_figure NAME ARGS... : replays $work/NAME.trace (recorded by the delta-on run) with ARGS,
+# measured over the UPDATE phase (the records between the run's two snapshots).
+replay_figure() {
+    local name=$1; shift
+    local a b
+    a=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['trace_records'])" "$work/$name-a.json")
+    b=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['trace_records'])" "$work/$name-b.json")
+    "$NANDBOX" replay "$work/$name.trace" --profile "$PROFILE" --compress "$COMPRESS" "$@" \
+        --snapshot "$a=$work/$name-ra.json" --snapshot "$b=$work/$name-rb.json" >/dev/null
+    figure "$work/$name-ra.json" "$work/$name-rb.json"
+}
+
 sqlite_part() {
     echo "## (1) SQLite on ext4 (nbdfuse + loop, direct I/O), synchronous=FULL, $ROWS rows of ~200 bytes, $TXNS single-row UPDATE transactions; profile $PROFILE"
     printf "journal\tNAND/host off\tNAND/host on\treduction\tdetail off | on (per host byte)\n"
     for mode in DELETE WAL; do
         local off on
         off=$(sqlite_run "sq-$mode-off" "$mode" --delta off)
-        on=$(sqlite_run "sq-$mode-on" "$mode" --delta on)
+        on=$(RECORD=1 sqlite_run "sq-$mode-on" "$mode" --delta on)
         printf "%s\t%s\t%s\t%s\t%s | %s\n" "$mode" "${off%%$'\t'*}" "${on%%$'\t'*}" \
             "$(ratio "${off%%$'\t'*}" "${on%%$'\t'*}")" "${off#*$'\t'}" "${on#*$'\t'}"
+    done
+    echo
+    # The delta-on runs' traces, replayed: the very same requests with delta off and on, with
+    # power-loss protection off and on (a flush then programs nothing: see README, padding).
+    echo "## (1b) the same SQLite requests replayed (nandbox replay of the delta-on run's trace); profile $PROFILE"
+    printf "journal\tplp\tNAND/host off\tNAND/host on\treduction\tdetail on (per host byte)\n"
+    for mode in DELETE WAL; do
+        for plp in off on; do
+            local off on
+            off=$(replay_figure "sq-$mode-on" --plp "$plp" --delta off)
+            on=$(replay_figure "sq-$mode-on" --plp "$plp" --delta on)
+            printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$mode" "$plp" "${off%%$'\t'*}" "${on%%$'\t'*}" \
+                "$(ratio "${off%%$'\t'*}" "${on%%$'\t'*}")" "${on#*$'\t'}"
+        done
+        if [ -n "${TRACE_DIR:-}" ]; then
+            mv "$work/sq-$mode-on.trace" "$work/sq-$mode-on-a.json" "$work/sq-$mode-on-b.json" "$TRACE_DIR/"
+        else
+            rm -f "$work/sq-$mode-on.trace"
+        fi
     done
     echo
 }

@@ -32,9 +32,11 @@
 #               (DELETE) and WAL modes. Measured: the UPDATE phase. The delta-on run records a
 #               block trace, replayed (`nandbox replay`) with delta off and on, PLP off and
 #               on: the very same requests under each setting (table 1b).
-#   latency     (root) the sqlite WAL workload with --latency virtual and 64 node-cache slots:
-#               mean virtual read latency delta on / off, and node-cache hit rate and NAND node
-#               page reads, score against lru (delta on), at CACHE_SLOTS slots (64 and 8).
+#   latency     (root) the sqlite WAL workload with --latency virtual and 64 node-cache slots,
+#               then LAT_SELECTS random point SELECTs with the page cache dropped (the updates
+#               themselves read almost nothing from the device): mean virtual read latency of
+#               the SELECTs, delta on / off, and node-cache hit rate and NAND node page reads,
+#               score against lru (delta on), at CACHE_SLOTS slots (64 and 8).
 set -euo pipefail
 
 PARTS=${PARTS:-"controlled fio sqlite latency"}
@@ -46,6 +48,7 @@ FLUSH_EVERY=${FLUSH_EVERY:-16}
 ROWS=${ROWS:-200000}
 TXNS=${TXNS:-20000}
 CACHE_SLOTS=${CACHE_SLOTS:-"64 8"}   # node-cache sizes for the score/lru comparison (64 first)
+LAT_SELECTS=${LAT_SELECTS:-5000}     # random point SELECTs after the updates (latency part)
 PY=/usr/bin/python3   # Debian's python3 carries the libnbd bindings (module `nbd`)
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -224,6 +227,23 @@ EOF
     local sum
     sum=$(sqlite3 "$db" "SELECT sum(small) FROM t;")
     [ "$sum" = "$TXNS" ] || { echo "bench/delta.sh: $name: sum(small) = $sum, expected $TXNS" >&2; exit 1; }
+    if [ "${SELECTS:-0}" -gt 0 ]; then
+        # A read phase: random point queries with the page cache dropped and a small SQLite
+        # cache, so they reach the device (the UPDATE phase reads almost nothing from it).
+        "$PY" - "$ROWS" "$SELECTS" >"$work/selects.sql" <<'EOF'
+import random, sys
+rows, n = int(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(11)
+print("PRAGMA cache_size=16;")
+for _ in range(n):
+    print(f"SELECT small FROM t WHERE id = {rng.randrange(1, rows + 1)};")
+EOF
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        snap "$work/$name-c.json"
+        sqlite3 "$db" <"$work/selects.sql" >/dev/null
+        snap "$work/$name-d.json"
+    fi
     detach
     stop
     figure "$work/$name-a.json" "$work/$name-b.json"
@@ -274,26 +294,33 @@ sqlite_part() {
 }
 
 latency_part() {
-    echo "## SQLite WAL with --latency virtual; profile $PROFILE"
+    echo "## SQLite WAL with --latency virtual, then $LAT_SELECTS random point SELECTs with the page cache dropped; profile $PROFILE"
+    export SELECTS=$LAT_SELECTS
     sqlite_run lat-off WAL --latency virtual --node-cache-slots 64 --node-cache score --delta off >/dev/null
     for n in $CACHE_SLOTS; do
         sqlite_run "lat-score-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache score --delta on >/dev/null
         sqlite_run "lat-lru-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache lru --delta on >/dev/null
     done
+    unset SELECTS
     "$PY" - "$work" $CACHE_SLOTS <<'EOF'
 import json, sys
 w = sys.argv[1]
-def load(n):
-    return json.load(open(f"{w}/{n}-b.json"))
+def load(n, at="b"):
+    return json.load(open(f"{w}/{n}-{at}.json"))
+def phase(n):
+    # Mean and count of the reads between snapshots c and d (the SELECT phase).
+    c, d = load(n, "c")["latency"], load(n, "d")["latency"]
+    k = d["reads"] - c["reads"]
+    return ((d["read_mean_ns"] * d["reads"] - c["read_mean_ns"] * c["reads"]) / k if k else 0, k)
+(m_off, k_off), (m_on, k_on) = phase("lat-off"), phase("lat-score-64")
+print(f"64 slots, score: mean virtual read latency of the SELECTs: delta off {m_off/1000:.1f} us ({k_off} reads), on {m_on/1000:.1f} us ({k_on} reads), on/off = {m_on / m_off if m_off else 0:.3f}")
 off, on = load("lat-off"), load("lat-score-64")
-r_off, r_on = off["latency"]["read_mean_ns"], on["latency"]["read_mean_ns"]
-print(f"64 slots, score: mean virtual read latency (whole run) delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}")
-print(f"read p99: off {off['latency']['read_p99_ns']/1000:.1f} us, on {on['latency']['read_p99_ns']/1000:.1f} us; host reads: off {off['latency']['reads']}, on {on['latency']['reads']}")
-print(f"NAND reads per host read: off {off['nand_reads_per_host_read']:.3f}, on {on['nand_reads_per_host_read']:.3f}")
+print(f"up to the end of the updates (few reads reach the device): mean off {off['latency']['read_mean_ns']/1000:.1f} us ({off['latency']['reads']} reads), on {on['latency']['read_mean_ns']/1000:.1f} us ({on['latency']['reads']} reads)")
+print(f"NAND reads per host read (whole run): off {load('lat-off', 'd')['nand_reads_per_host_read']:.3f}, on {load('lat-score-64', 'd')['nand_reads_per_host_read']:.3f}")
 print("slots\tpolicy\thit rate\tnode-page NAND reads\tNAND reads per host read")
 for n in sys.argv[2:]:
     for pol in ("score", "lru"):
-        s = load(f"lat-{pol}-{n}")
+        s = load(f"lat-{pol}-{n}", "d")
         print(f"{n}\t{pol}\t{s['node_cache_hit_rate']:.4f}\t{s['nand_read_pages_by_cause']['node']}\t{s['nand_reads_per_host_read']:.3f}")
 EOF
     echo

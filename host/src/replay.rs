@@ -13,7 +13,7 @@ use clap::Args;
 use nandbox_sim::trace::{Record, TraceReader};
 
 use crate::device::{DeviceOptions, ZeroFlags};
-use crate::serve::{parse_size, Latency, NodeCache, OnOff, Profile};
+use crate::serve::{parse_size, FirmwareArgs, Latency, Profile};
 
 /// Options of `nandbox replay`.
 #[derive(Args, Debug)]
@@ -30,21 +30,8 @@ pub struct ReplayArgs {
     /// host waiting for replies).
     #[arg(long, value_enum, default_value_t = Latency::Off)]
     latency: Latency,
-    /// Keep updates of blocks already on flash as small XOR deltas inline in node pages.
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
-    delta: OnOff,
-    /// Power-loss protection: FLUSH and FUA program no padding (see `serve --help`).
-    #[arg(long, value_enum, default_value_t = OnOff::Off)]
-    plp: OnOff,
-    /// Store blocks that look like float weights ZipNN-coded.
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
-    compress: OnOff,
-    /// Node cache eviction policy.
-    #[arg(long, value_enum, default_value_t = NodeCache::Score)]
-    node_cache: NodeCache,
-    /// Node pages cached in RAM, 4 KiB each [default: 1024].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
-    node_cache_slots: Option<u32>,
+    #[command(flatten)]
+    firmware: FirmwareArgs,
     /// Print the counters as JSON (the document `GET /stats` serves) instead of a table.
     #[arg(long)]
     json: bool,
@@ -83,19 +70,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     let options = DeviceOptions {
-        size,
-        image: None,
-        profile: format!("{:?}", args.profile).to_lowercase(),
-        latency: format!("{:?}", args.latency).to_lowercase(),
-        read_only: false,
-        dies: None,
-        delta: args.delta == OnOff::On,
-        plp: args.plp == OnOff::On,
-        compress: args.compress == OnOff::On,
-        node_cache: format!("{:?}", args.node_cache).to_lowercase(),
-        node_cache_slots: args.node_cache_slots,
-        trace: None,
+        // The trace's background steps run where it has them, not when the replay idles.
         background: false,
+        ..args.firmware.options(size, args.profile, args.latency)
     };
     let device = crate::backend::open(&options).context("opening the device")?;
     let mut buf = Vec::new();

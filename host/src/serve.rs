@@ -96,27 +96,8 @@ pub struct ServeArgs {
     /// At clean shutdown (SIGINT/SIGTERM), write the final stats JSON to this file.
     #[arg(long, value_name = "FILE")]
     stats_out: Option<PathBuf>,
-    /// Keep updates of blocks already on flash as small XOR deltas inline in node pages.
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
-    delta: OnOff,
-    /// Power-loss protection, as on enterprise SSDs: the write buffer counts as durable (a
-    /// hold-up capacitor programs it when power fails), so FLUSH and FUA program no padding.
-    /// The emulator runs that dump on SIGINT, SIGTERM and shutdown; kill -9 is a capacitor that
-    /// failed, and writes not yet programmed are lost.
-    #[arg(long, value_enum, default_value_t = OnOff::Off)]
-    plp: OnOff,
-    /// Store 4 KiB blocks that look like BF16/FP16/FP32 weights ZipNN-coded, packed several
-    /// to a page. With --delta on, a small update of a block already on flash (plain or
-    /// coded) is kept as a delta first, byte-plane coded where that is smaller (ZipNN's delta
-    /// mode for checkpoints).
-    #[arg(long, value_enum, default_value_t = OnOff::On)]
-    compress: OnOff,
-    /// Node cache eviction policy.
-    #[arg(long, value_enum, default_value_t = NodeCache::Score)]
-    node_cache: NodeCache,
-    /// Node pages cached in RAM, 4 KiB each [default: 1024]; used when the device is formatted.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
-    node_cache_slots: Option<u32>,
+    #[command(flatten)]
+    firmware: FirmwareArgs,
     /// Record every request the device runs (with the data of writes) to this block trace, to
     /// replay it later through other settings with `nandbox replay`.
     #[arg(long, value_name = "FILE")]
@@ -124,6 +105,53 @@ pub struct ServeArgs {
     /// Most NBD connections served at once; more are closed on accept.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_connections: usize,
+}
+
+/// The firmware's switches, shared by `serve` and `replay`.
+#[derive(Args, Debug)]
+pub struct FirmwareArgs {
+    /// Keep updates of blocks already on flash as small XOR deltas inline in node pages.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub delta: OnOff,
+    /// Power-loss protection, as on enterprise SSDs: the write buffer counts as durable (a
+    /// hold-up capacitor programs it when power fails), so FLUSH and FUA program no padding.
+    /// The emulator runs that dump on SIGINT, SIGTERM and shutdown; kill -9 is a capacitor that
+    /// failed, and writes not yet programmed are lost.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    pub plp: OnOff,
+    /// Store 4 KiB blocks that look like BF16/FP16/FP32 weights ZipNN-coded, packed several
+    /// to a page. With --delta on, a small update of a block already on flash (plain or
+    /// coded) is kept as a delta first, byte-plane coded where that is smaller (ZipNN's delta
+    /// mode for checkpoints).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub compress: OnOff,
+    /// Node cache eviction policy.
+    #[arg(long, value_enum, default_value_t = NodeCache::Score)]
+    pub node_cache: NodeCache,
+    /// Node pages cached in RAM, 4 KiB each [default: 1024]; used when the device is formatted.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
+    pub node_cache_slots: Option<u32>,
+}
+
+impl FirmwareArgs {
+    /// Device options with these switches and the given rest.
+    pub fn options(&self, size: u64, profile: Profile, latency: Latency) -> DeviceOptions {
+        DeviceOptions {
+            size,
+            image: None,
+            profile: format!("{profile:?}").to_lowercase(),
+            latency: format!("{latency:?}").to_lowercase(),
+            read_only: false,
+            dies: None,
+            delta: self.delta == OnOff::On,
+            plp: self.plp == OnOff::On,
+            compress: self.compress == OnOff::On,
+            node_cache: format!("{:?}", self.node_cache).to_lowercase(),
+            node_cache_slots: self.node_cache_slots,
+            trace: None,
+            background: true,
+        }
+    }
 }
 
 /// Options of `nandbox stats`.
@@ -174,19 +202,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = DeviceOptions {
-        size: args.size,
         image: args.image.clone(),
-        profile: format!("{:?}", args.profile).to_lowercase(),
-        latency: format!("{:?}", args.latency).to_lowercase(),
         read_only: args.read_only,
         dies: args.dies,
-        delta: args.delta == OnOff::On,
-        plp: args.plp == OnOff::On,
-        compress: args.compress == OnOff::On,
-        node_cache: format!("{:?}", args.node_cache).to_lowercase(),
-        node_cache_slots: args.node_cache_slots,
         trace: args.trace.clone(),
-        background: true,
+        ..args.firmware.options(args.size, args.profile, args.latency)
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 

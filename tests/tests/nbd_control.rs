@@ -4,21 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use nandbox_tests::{nandbox_bin, run_ok, Server};
-
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect control endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
+use nandbox_tests::{http_get, nandbox_bin, run_ok, Server};
 
 fn write_some(server: &Server, bytes: usize) {
     let out = run_ok(

@@ -7,17 +7,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use nandbox_tests::{nandbox_bin, run, run_ok, scratch_dir, Server};
+use nandbox_tests::{http_get, nandbox_bin, run, run_ok, scratch_dir, Server};
 
 fn http_stats(addr: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect control endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    serde_json::from_str(body).expect("stats JSON")
+    let (status, body) = http_get(addr, "/stats");
+    assert!(status.contains("200"), "{status}");
+    serde_json::from_str(&body).expect("stats JSON")
 }
 
 /// Fills 4 MiB, then updates 300 random blocks in a few bytes each (deltas), trims and zeroes a

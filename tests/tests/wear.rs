@@ -16,15 +16,9 @@ const DEVICE_BYTES: usize = 64 << 20;
 const PASSES: usize = 3;
 
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect control endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    let (status, body) = nandbox_tests::http_get(addr, path);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    body
 }
 
 fn stats(server: &Server) -> Value {

@@ -13,16 +13,9 @@ use nandbox_tests::{fixtures_dir, nandbox_bin, require_tool, run_ok, sha256_file
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect control endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n")
-        .expect("HTTP response")
-        .1
-        .to_string()
+    let (status, body) = nandbox_tests::http_get(addr, path);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    body
 }
 
 fn stats(server: &Server) -> serde_json::Value {

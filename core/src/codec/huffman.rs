@@ -12,14 +12,15 @@
 //! values rather than indices).
 //!
 //! - Code lengths are optimal under the 12-bit limit (package-merge), so every code is complete:
-//!   each 11-bit lookup names a symbol and a corrupt stream can only decode wrong symbols,
+//!   each 12-bit lookup names a symbol and a corrupt stream can only decode wrong symbols,
 //!   caught by the stream-length and CRC checks, never an invalid state.
-//! - The decoder's table (16 KiB) has 2^11 entries of one `u64`: the consumed bit count, how
-//!   many symbols (one or two), the first code's length and the symbols' *output values*
-//!   (`u16`, given by the caller, e.g. ZipNN's pre-shifted dictionary values), so decoding writes
-//!   its output directly, four bytes a lookup. A 12-bit code (rare: probability below 2^-11)
-//!   shares its 11-bit prefix with its sibling; the entry holds both values and a flag, and a
-//!   well-predicted branch takes the twelfth bit.
+//! - The decoder's table (16 KiB) has 2^12 entries of one `u32`, one per value of the
+//!   longest code, so every lookup resolves a whole symbol without escapes: the consumed bit
+//!   count, the first code's length, and one or two of the symbols' *output values* (the
+//!   caller's, e.g. ZipNN's dictionary values shifted left by 4, [`VALUE_MASK`] bits), two
+//!   where their codes fit the lookup together. The entry is stored whole, four bytes a
+//!   lookup, its bookkeeping in the value's unused bits (the caller masks them); the output
+//!   advances by two bytes, or four for a pair.
 //! - Four streams, each a contiguous quarter of the symbols, interleave so the CPU overlaps
 //!   their dependency chains. Bits are read LSB first from a 64-bit window refilled without a
 //!   branch: a marker bit above the window's data tells, by its leading zeros, how many bits
@@ -45,8 +46,8 @@ use super::CodecError;
 
 /// Longest code.
 pub const MAX_BITS: u32 = 12;
-/// Bits one table lookup sees.
-const LOOKUP_BITS: u32 = 11;
+/// Bits one table lookup sees: the longest code, so every lookup resolves at least one symbol.
+const LOOKUP_BITS: u32 = MAX_BITS;
 const LOOKUP: usize = 1 << LOOKUP_BITS;
 const LOOKUP_MASK: u64 = LOOKUP as u64 - 1;
 /// Most symbols of one block.
@@ -58,11 +59,15 @@ const STREAM_TABLE_LEN: usize = 4 * (STREAMS - 1);
 /// Lookups between two refills: 4 × 12 bits ≤ the 56 a refill guarantees.
 const ROUND: usize = 4;
 
-/// Decoder entry fields.
-const E_COUNT_SHIFT: u32 = 8;
+/// The bits of an output value the decoder keeps (ZipNN's 11-bit values shifted left by 4):
+/// a table entry is stored whole, its bookkeeping in the other bits.
+pub const VALUE_MASK: u16 = 0x7ff0;
+/// Decoder entry (u32): bits 0..4 the bits the lookup consumes, 4..15 the first value, 16..20
+/// the first code's length (for exact decoding of a stream's last symbols), 20..31 the second
+/// value, bit 31 set when there is a second value.
+const E_LEN_MASK: u32 = 15;
 const E_LEN1_SHIFT: u32 = 16;
-/// The entry is the 11-bit prefix of two 12-bit codes: value 1 if bit 11 is 0, value 2 if 1.
-const E_ESCAPE: u64 = 1 << 24;
+const E_PAIR: u32 = 1 << 31;
 
 /// Bytes a block of `k` symbols spends before its streams.
 pub const fn header_len(k: usize) -> usize {
@@ -284,7 +289,7 @@ where
 /// Decoding table (16 KiB), lent by the caller and reusable.
 #[derive(Clone, Debug)]
 pub struct HuffDecoder {
-    table: [u64; LOOKUP],
+    table: [u32; LOOKUP],
 }
 
 impl Default for HuffDecoder {
@@ -300,9 +305,9 @@ impl HuffDecoder {
     }
 }
 
-/// A single-symbol entry: consumes `len`, writes `val`.
-const fn single(val: u16, len: u32) -> u64 {
-    (val as u64) << 32 | 2 << E_COUNT_SHIFT | (len as u64) << E_LEN1_SHIFT | len as u64
+/// An entry for one code of `len` bits writing `val` (bits [`VALUE_MASK`] only).
+const fn single(val: u16, len: u32) -> u32 {
+    (val & VALUE_MASK) as u32 | len | len << E_LEN1_SHIFT
 }
 
 /// Reads the code lengths of `k` symbols at the start of `block` and fills the table with
@@ -329,43 +334,25 @@ fn build_table(
     }
     let mut rev = [0u16; MAX_SYMBOLS];
     canonical(&lens[..k], &mut rev);
-    // Single-symbol entries first; 12-bit codes go to their prefix's escape entry.
+    // Single-symbol entries first: the code is complete, so they cover the whole table.
     for s in 0..k {
         let (l, r) = (u32::from(lens[s]), usize::from(rev[s]));
-        if l <= LOOKUP_BITS {
-            let e = single(values[s], l);
-            for j in (r..LOOKUP).step_by(1 << l) {
-                t.table[j] = e;
-            }
-        } else {
-            let prefix = r & (LOOKUP - 1);
-            let shift = if r >> LOOKUP_BITS == 0 { 32 } else { 48 };
-            let old = t.table[prefix];
-            let keep = if old & E_ESCAPE != 0 { old } else { 0 };
-            t.table[prefix] = (keep & !(0xffffu64 << shift))
-                | u64::from(values[s]) << shift
-                | E_ESCAPE
-                | 2 << E_COUNT_SHIFT
-                | u64::from(MAX_BITS);
+        let e = single(values[s], l);
+        for j in (r..LOOKUP).step_by(1 << l) {
+            t.table[j] = e;
         }
     }
     // Then pairs: after the first code, the remaining bits of the lookup may hold the whole of
     // a second (zero-padded bits past the lookup never matter: its code fits in the rest).
     for i in 0..LOOKUP {
         let e = t.table[i];
-        if e & E_ESCAPE != 0 {
-            continue;
-        }
-        let l1 = (e & 0xff) as u32;
+        let l1 = e & E_LEN_MASK;
+        // Entries below `i` may already be pairs: take the first code's length and value.
         let e2 = t.table[i >> l1];
-        let l2 = ((e2 >> E_LEN1_SHIFT) & 0xff) as u32;
-        if e2 & E_ESCAPE == 0 && l1 + l2 <= LOOKUP_BITS {
-            let v2 = (e2 >> 32) & 0xffff;
-            t.table[i] = (e & 0xffff_ffff & !(0xff | 0xff << E_COUNT_SHIFT))
-                | (e >> 32 & 0xffff) << 32
-                | v2 << 48
-                | 4 << E_COUNT_SHIFT
-                | u64::from(l1 + l2);
+        let l2 = (e2 >> E_LEN1_SHIFT) & E_LEN_MASK;
+        if l1 + l2 <= LOOKUP_BITS {
+            t.table[i] =
+                (e & !E_LEN_MASK) | (e2 & u32::from(VALUE_MASK)) << 16 | E_PAIR | (l1 + l2);
         }
     }
     Ok(k.div_ceil(2))
@@ -393,7 +380,10 @@ fn window(s: &[u8], at: usize, k: u32) -> u64 {
 }
 
 /// Decodes a block of `n` symbols over `k` symbols (2..=256) into `out` (`2n` bytes: symbol
-/// `i`'s value from `values` as u16 LE at `2i`). The block must be consumed exactly.
+/// `i`'s value from `values` as u16 LE at `2i`). Only the bits [`VALUE_MASK`] of the values
+/// are kept, and only those bits of the output are defined: the others hold the decoder's
+/// bookkeeping (it stores table entries whole), so the caller masks them. The block must be
+/// consumed exactly.
 pub fn decode(
     block: &[u8],
     n: usize,
@@ -451,13 +441,8 @@ pub fn decode(
         for o in (l.ob..l.oend).step_by(2) {
             let w = load_padded(stream, bitpos >> 3) >> (bitpos & 7);
             let e = table[(w & LOOKUP_MASK) as usize];
-            let (val, len) = if e & E_ESCAPE != 0 {
-                (e >> (32 + 16 * ((w >> LOOKUP_BITS) & 1)), MAX_BITS)
-            } else {
-                (e >> 32, ((e >> E_LEN1_SHIFT) & 0xff) as u32)
-            };
-            out[o..o + 2].copy_from_slice(&(val as u16).to_le_bytes());
-            bitpos += len as usize;
+            out[o..o + 2].copy_from_slice(&(e as u16 & VALUE_MASK).to_le_bytes());
+            bitpos += ((e >> E_LEN1_SHIFT) & E_LEN_MASK) as usize;
             if bitpos > 8 * l.end {
                 return Err(CodecError::Corrupted);
             }
@@ -479,25 +464,28 @@ struct Lane {
     oend: usize,
 }
 
+/// Output bytes a lookup advances: 2, or 4 for a pair (`lea` of the top bit).
+#[inline(always)]
+fn advance(e: u32) -> usize {
+    2 + 2 * (e >> 31) as usize
+}
+
 /// One lookup: one or two values stored at byte `o` of `out`, `o` advanced, bits consumed.
 /// `lim` is `out.len() − 4`: one comparison bounds the store (the caller's round checks keep
 /// `o` below it anyway).
 #[inline(always)]
-fn lookup(table: &[u64; LOOKUP], bits: &mut u64, out: &mut [u8], lim: usize, o: &mut usize) {
-    let mut e = table[(*bits & LOOKUP_MASK) as usize];
-    if e & E_ESCAPE != 0 {
-        e = resolve_escape(e, *bits);
-    }
+fn lookup(table: &[u32; LOOKUP], bits: &mut u64, out: &mut [u8], lim: usize, o: &mut usize) {
+    let e = table[(*bits & LOOKUP_MASK) as usize];
     if *o <= lim {
-        out[*o..*o + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
+        out[*o..*o + 4].copy_from_slice(&e.to_le_bytes());
     }
-    *o += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
-    *bits >>= e & 63;
+    *o += advance(e);
+    *bits >>= e & E_LEN_MASK;
 }
 
 /// The lanes' rounds in lockstep while every lane has room for a round (8 input bytes at its
 /// refill position, 16 output bytes).
-fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) {
+fn interleaved(lanes: &mut [Lane; STREAMS], table: &[u32; LOOKUP], block: &[u8], out: &mut [u8]) {
     let [mut b0, mut b1, mut b2, mut b3] =
         [lanes[0].bits, lanes[1].bits, lanes[2].bits, lanes[3].bits];
     let [mut o0, mut o1, mut o2, mut o3] = [lanes[0].ob, lanes[1].ob, lanes[2].ob, lanes[3].ob];
@@ -570,7 +558,7 @@ const ROUND_OUT: usize = 16 + 4;
 /// One round of a lane alone (after the lockstep rounds): a refill and [`ROUND`] lookups.
 /// Returns `false`, changing nothing, when the lane lacks 8 input or [`ROUND_OUT`] output bytes.
 #[inline(always)]
-fn round(l: &mut Lane, table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) -> bool {
+fn round(l: &mut Lane, table: &[u32; LOOKUP], block: &[u8], out: &mut [u8]) -> bool {
     let used = l.bits.leading_zeros();
     let bp = l.bp + (used >> 3) as usize;
     if bp + 8 > l.end || l.ob + ROUND_OUT > l.oend {
@@ -589,27 +577,16 @@ fn round(l: &mut Lane, table: &[u64; LOOKUP], block: &[u8], out: &mut [u8]) -> b
     let mut bits = (w | 1 << 63) >> (used & 7);
     let mut j = 0usize;
     for _ in 0..ROUND {
-        let mut e = table[(bits & LOOKUP_MASK) as usize];
-        if e & E_ESCAPE != 0 {
-            e = resolve_escape(e, bits);
-        }
+        let e = table[(bits & LOOKUP_MASK) as usize];
         let at = j & 15;
-        win[at..at + 4].copy_from_slice(&((e >> 32) as u32).to_le_bytes());
-        j += ((e >> E_COUNT_SHIFT) & 0xff) as usize;
-        bits >>= e & 63;
+        win[at..at + 4].copy_from_slice(&e.to_le_bytes());
+        j += advance(e);
+        bits >>= e & E_LEN_MASK;
     }
     l.bp = bp;
     l.bits = bits;
     l.ob += j;
     true
-}
-
-/// A plain entry for the 12-bit code whose 11-bit prefix `e` is, chosen by bit 11 of `bits`.
-/// Out of line: such codes are rarer than 1 in 2048.
-#[cold]
-fn resolve_escape(e: u64, bits: u64) -> u64 {
-    let val = (e >> (32 + 16 * ((bits >> LOOKUP_BITS) & 1))) & 0xffff;
-    val << 32 | 2 << E_COUNT_SHIFT | u64::from(MAX_BITS)
 }
 
 #[cfg(test)]
@@ -631,7 +608,12 @@ mod tests {
         enc.build(&counts[..k])
     }
 
-    /// Codes `syms` (over `k` symbols) and decodes them back with values `1000 + s`.
+    /// A distinct output value per symbol, all of [`VALUE_MASK`]'s bits in use.
+    fn value(s: u8) -> u16 {
+        (u16::from(s) * 7 + 1500) << 4 & VALUE_MASK
+    }
+
+    /// Codes `syms` (over `k` symbols) and decodes them back with values [`value`].
     fn round_trip(syms: &[u8], k: usize) -> usize {
         let mut enc = HuffEncoder::new();
         let bits = build(syms, k, &mut enc);
@@ -652,14 +634,14 @@ mod tests {
             .sum();
         assert!(data_bits <= bits);
         assert!(len <= header_len(k) + (data_bits as usize).div_ceil(8) + STREAMS);
-        let values: [u16; 256] = core::array::from_fn(|s| 1000 + s as u16);
+        let values: [u16; 256] = core::array::from_fn(|s| value(s as u8));
         let mut back = [0u8; 2 * N];
         let mut t = HuffDecoder::new();
         decode(&out[..len], syms.len(), k, &values, &mut t, &mut back).unwrap();
         for (i, &s) in syms.iter().enumerate() {
             assert_eq!(
-                u16::from_le_bytes([back[2 * i], back[2 * i + 1]]),
-                1000 + u16::from(s),
+                u16::from_le_bytes([back[2 * i], back[2 * i + 1]]) & VALUE_MASK,
+                value(s),
                 "symbol {i}"
             );
         }

@@ -800,9 +800,12 @@ trait Values {
     fn group(&self, g: usize) -> [u16; 16];
     /// Value of element `i`.
     fn one(&self, i: usize) -> u16;
+    /// The bits of what [`group`](Self::group) and [`one`](Self::one) return that are the value.
+    const MASK: u16 = u16::MAX;
 }
 
-/// Values the Huffman decoder wrote, u16 LE per element.
+/// Values the Huffman decoder wrote, u16 LE per element (only the bits of
+/// [`huffman::VALUE_MASK`] are the value's).
 struct Decoded<'a>(&'a [u8]);
 
 impl Values for Decoded<'_> {
@@ -814,6 +817,7 @@ impl Values for Decoded<'_> {
     fn one(&self, i: usize) -> u16 {
         u16::from_le_bytes([self.0[2 * i], self.0[2 * i + 1]])
     }
+    const MASK: u16 = huffman::VALUE_MASK;
 }
 
 /// Dictionary indices from the rANS decoder and the dictionary.
@@ -880,7 +884,7 @@ fn merge<const SIZE: usize, const WIDE: bool, V: Values>(vals: &V, s: &Sections,
     for (g, out) in (&mut groups).enumerate() {
         let v = vals.group(g);
         let w = raw_words::<WIDE>(&raw_group(g));
-        let t: [u16; 16] = core::array::from_fn(|k| v[k] | w[k]);
+        let t: [u16; 16] = core::array::from_fn(|k| (v[k] & V::MASK) | w[k]);
         if SIZE == 2 {
             for (o, tk) in out.chunks_exact_mut(2).zip(t) {
                 o.copy_from_slice(&tk.to_le_bytes());
@@ -899,7 +903,7 @@ fn merge<const SIZE: usize, const WIDE: bool, V: Values>(vals: &V, s: &Sections,
         let g = full;
         let w = raw_words::<WIDE>(&raw_group(g));
         for (k, o) in rest.chunks_exact_mut(SIZE).enumerate() {
-            let t = vals.one(16 * g + k) | w[k];
+            let t = (vals.one(16 * g + k) & V::MASK) | w[k];
             if SIZE == 4 {
                 let at = g * s.low_stride + 2 * k;
                 o[..2].copy_from_slice(&s.low[at..at + 2]);

@@ -913,6 +913,53 @@ fn merge<const SIZE: usize, const WIDE: bool, V: Values>(vals: &V, s: &Sections,
     }
 }
 
+/// [`merge`] of the whole groups of 16-bit elements from Huffman-decoded values and stored
+/// [`LAYOUT_WIDE16`] raw groups (BF16's every big chunk): fixed-size pieces only, so the loop
+/// has no bounds checks and vectorises. Returns the groups done.
+fn merge_wide2(vals: &[u8], raw: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 32)
+        .min(vals.len() / 32)
+        .min(raw.len() / GROUP16_BYTES);
+    let pieces = body
+        .chunks_exact_mut(32)
+        .zip(vals.chunks_exact(32))
+        .zip(raw.chunks_exact(GROUP16_BYTES));
+    for ((out, v), r) in pieces.take(groups) {
+        let mut rb = [0u8; 16];
+        rb[..GROUP16_BYTES].copy_from_slice(r);
+        let w = raw_words::<true>(&rb);
+        for k in 0..16 {
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK) | w[k];
+            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
+/// [`merge_wide2`] for FP32 with stored low halves.
+fn merge_wide4(vals: &[u8], raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 64)
+        .min(vals.len() / 32)
+        .min(raw.len() / GROUP16_BYTES)
+        .min(low.len() / 32);
+    let pieces = body
+        .chunks_exact_mut(64)
+        .zip(vals.chunks_exact(32))
+        .zip(raw.chunks_exact(GROUP16_BYTES))
+        .zip(low.chunks_exact(32));
+    for (((out, v), r), l) in pieces.take(groups) {
+        let mut rb = [0u8; 16];
+        rb[..GROUP16_BYTES].copy_from_slice(r);
+        let w = raw_words::<true>(&rb);
+        for k in 0..16 {
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK) | w[k];
+            out[4 * k..4 * k + 2].copy_from_slice(&l[2 * k..2 * k + 2]);
+            out[4 * k + 2..4 * k + 4].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chunk records.
 
@@ -1273,6 +1320,26 @@ fn decode_elements<const SIZE: usize>(
             vals,
         )
         .map_err(|_| "index block does not decode")?;
+        if split == SPLIT_WIDE
+            && sections.raw_stride != 0
+            && (SIZE == 2 || sections.low_stride != 0)
+        {
+            // The common case first, in its own plain loop; the generic merge does the rest.
+            let g = if SIZE == 2 {
+                merge_wide2(vals, sections.raw, body)
+            } else {
+                merge_wide4(vals, sections.raw, sections.low, body)
+            };
+            let rest = Sections {
+                raw: &sections.raw[g * GROUP16_BYTES..],
+                low: sections.low.get(g * sections.low_stride..).unwrap_or(&[]),
+                ..sections
+            };
+            let body = &mut body[16 * SIZE * g..];
+            merge::<SIZE, true, _>(&Decoded(&vals[32 * g..]), &rest, body);
+            tail.copy_from_slice(&payload[block_end..]);
+            return Ok(());
+        }
         let vals = Decoded(vals);
         if split == SPLIT_WIDE {
             merge::<SIZE, true, _>(&vals, &sections, body);

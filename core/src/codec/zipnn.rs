@@ -936,6 +936,24 @@ fn merge_wide2(vals: &[u8], raw: &[u8], body: &mut [u8]) -> usize {
     groups
 }
 
+/// [`merge_wide2`] for 16-bit elements with the 8-bit split: dictionary indices and one stored
+/// raw byte per element (FP16's big chunks).
+fn merge_byte2(idx: &[u8], values: &[u16; 256], raw: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 32).min(idx.len() / 16).min(raw.len() / 16);
+    let pieces = body
+        .chunks_exact_mut(32)
+        .zip(idx.chunks_exact(16))
+        .zip(raw.chunks_exact(16));
+    for ((out, ix), r) in pieces.take(groups) {
+        for k in 0..16 {
+            let b = u16::from(r[k]);
+            let t = values[usize::from(ix[k])] | (b & 0x7f) | (b << 8 & 0x8000);
+            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
 /// [`merge_wide2`] for FP32 with stored low halves.
 fn merge_wide4(vals: &[u8], raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
     let groups = (body.len() / 64)
@@ -1351,6 +1369,18 @@ fn decode_elements<const SIZE: usize>(
             .get_mut(..n)
             .ok_or("scratch smaller than the chunk")?;
         decode_index(block, idx, distinct, tables)?;
+        if split == SPLIT_BYTE && SIZE == 2 && sections.raw_stride != 0 {
+            // FP16's big chunks first, in their own plain loop; the generic merge does the rest.
+            let g = merge_byte2(idx, &tables.values, sections.raw, body);
+            let rest = Sections {
+                raw: &sections.raw[16 * g..],
+                ..sections
+            };
+            let vals = Indexed(&idx[16 * g..], &tables.values);
+            merge::<SIZE, false, _>(&vals, &rest, &mut body[32 * g..]);
+            tail.copy_from_slice(&payload[block_end..]);
+            return Ok(());
+        }
         let vals = Indexed(idx, &tables.values);
         if split == SPLIT_WIDE {
             merge::<SIZE, true, _>(&vals, &sections, body);

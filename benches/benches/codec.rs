@@ -57,14 +57,18 @@ fn bench_entropy(c: &mut Criterion) {
     let mut enc = Box::new(HuffEncoder::new());
     enc.build(&counts);
     let codes = enc.codes;
-    let quad = |i: usize| std::array::from_fn(|j| codes[index[i + j] as usize]);
+    let quads = |i: usize, j: usize| {
+        index[i..j]
+            .chunks_exact(4)
+            .map(move |q| std::array::from_fn(|j| codes[q[j] as usize]))
+    };
     let one = |i: usize| codes[index[i] as usize];
     let mut out = vec![0u8; 2 * index.len() + 1024];
     g.throughput(Throughput::Bytes(index.len() as u64));
     g.bench_function("encode/index-huffman", |b| {
-        b.iter(|| huffman::encode(index.len(), k, &enc, quad, one, &mut out).unwrap())
+        b.iter(|| huffman::encode(index.len(), k, &enc, quads, one, &mut out).unwrap())
     });
-    let len = huffman::encode(index.len(), k, &enc, quad, one, &mut out).unwrap();
+    let len = huffman::encode(index.len(), k, &enc, quads, one, &mut out).unwrap();
     let mut values = [0u16; 256];
     for (v, &present) in present.iter().enumerate() {
         if present {

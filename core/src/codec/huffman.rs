@@ -210,20 +210,22 @@ fn canonical(lens: &[u8], rev: &mut [u16; MAX_SYMBOLS]) {
     }
 }
 
-/// Encodes `n` symbols as a block into `out`: `quad(i)` gives the entries of
-/// [`HuffEncoder::codes`] of symbols `i..i + 4`, `one(i)` that of symbol `i` (for stream
-/// tails). `enc` holds the codes of `k` symbols. Returns the block length, or `None` when
+/// Encodes `n` symbols as a block into `out`: `quads(i, j)` iterates over the entries of
+/// [`HuffEncoder::codes`] of symbols `i..j` (`j − i` a multiple of 4), four at a time (an
+/// iterator, so the caller walks its input without an index check per step), `one(i)` gives
+/// that of symbol `i` (for stream tails). `enc` holds the codes of `k` symbols. Returns the block length, or `None` when
 /// `out` is too small (it needs the block's size plus 8 bytes of slack).
-pub fn encode<Q, F>(
+pub fn encode<Q, I, F>(
     n: usize,
     k: usize,
     enc: &HuffEncoder,
-    quad: Q,
+    quads: Q,
     one: F,
     out: &mut [u8],
 ) -> Option<usize>
 where
-    Q: Fn(usize) -> [u32; 4],
+    Q: Fn(usize, usize) -> I,
+    I: Iterator<Item = [u32; 4]>,
     F: Fn(usize) -> u32,
 {
     let h = header_len(k);
@@ -235,7 +237,8 @@ where
     let mut at = h;
     for s in 0..STREAMS {
         let (start, end) = ((s * q).min(n), ((s + 1) * q).min(n));
-        let len = encode_stream(start, end, &quad, &one, out.get_mut(at..)?)?;
+        let whole = start + (end - start) / 4 * 4;
+        let len = encode_stream(quads(start, whole), whole, end, &one, out.get_mut(at..)?)?;
         if s < STREAMS - 1 {
             let l = u32::try_from(len).ok()?;
             let t = k.div_ceil(2) + 4 * s;
@@ -246,20 +249,18 @@ where
     Some(at)
 }
 
-/// One stream: symbols `start..end`; returns its bytes.
+/// One stream: the symbols of `quads`, then `whole..end` one at a time; returns its bytes.
 #[inline(always)]
-fn encode_stream<Q, F>(start: usize, end: usize, quad: &Q, one: &F, out: &mut [u8]) -> Option<usize>
+fn encode_stream<I, F>(quads: I, whole: usize, end: usize, one: &F, out: &mut [u8]) -> Option<usize>
 where
-    Q: Fn(usize) -> [u32; 4],
+    I: Iterator<Item = [u32; 4]>,
     F: Fn(usize) -> u32,
 {
     let (mut acc, mut nbits, mut pos) = (0u64, 0u32, 0usize);
-    let mut i = start;
     // Four codes (≤ 48 bits) on top of < 8 pending bits fit the accumulator.
-    while i + 4 <= end {
+    for c in quads {
         // Offsets by a prefix sum, so the four shifts do not wait on each other and the
         // loop carries only the accumulator and a 3-bit count.
-        let c = quad(i);
         let o1 = nbits + (c[0] >> 16);
         let o2 = o1 + (c[1] >> 16);
         let o3 = o2 + (c[2] >> 16);
@@ -272,13 +273,11 @@ where
         pos += bytes as usize;
         acc >>= 8 * bytes;
         nbits = total & 7;
-        i += 4;
     }
-    while i < end {
+    for i in whole..end {
         let c = one(i);
         acc |= u64::from(c & 0xffff) << nbits;
         nbits += c >> 16;
-        i += 1;
     }
     let bytes = nbits.div_ceil(8) as usize;
     out.get_mut(pos..pos + bytes)?
@@ -625,9 +624,13 @@ mod tests {
         assert_eq!(kraft, 1 << MAX_BITS, "complete code");
         let mut out = [0u8; 2 * N];
         let codes = enc.codes;
-        let quad = |i: usize| core::array::from_fn(|j| codes[usize::from(syms[i + j])]);
+        let quads = |i: usize, j: usize| {
+            syms[i..j]
+                .chunks_exact(4)
+                .map(move |q| core::array::from_fn(|j| codes[usize::from(q[j])]))
+        };
         let one = |i: usize| codes[usize::from(syms[i])];
-        let len = encode(syms.len(), k, &enc, quad, one, &mut out).unwrap();
+        let len = encode(syms.len(), k, &enc, quads, one, &mut out).unwrap();
         let data_bits: u64 = syms
             .iter()
             .map(|&s| u64::from(enc.lens[usize::from(s)]))
@@ -698,9 +701,13 @@ mod tests {
         build(&syms, 41, &mut enc);
         let mut out = [0u8; 12_000];
         let codes = enc.codes;
-        let quad = |i: usize| core::array::from_fn(|j| codes[usize::from(syms[i + j])]);
+        let quads = |i: usize, j: usize| {
+            syms[i..j]
+                .chunks_exact(4)
+                .map(move |q| core::array::from_fn(|j| codes[usize::from(q[j])]))
+        };
         let one = |i: usize| codes[usize::from(syms[i])];
-        let len = encode(syms.len(), 41, &enc, quad, one, &mut out).unwrap();
+        let len = encode(syms.len(), 41, &enc, quads, one, &mut out).unwrap();
         let values = [0u16; 256];
         let mut t = HuffDecoder::new();
         let mut back = [0u8; 10_000];

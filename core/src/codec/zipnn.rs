@@ -1154,14 +1154,24 @@ fn encode_elements<const SIZE: usize>(
         let codes = &scratch.wide_code;
         let code_of =
             |e: &[u8]| codes[usize::from(top::<SIZE>(e) >> SPLIT_WIDE) & (WIDE_VALUES - 1)];
-        // One bounds check per four elements.
-        let quad = |i: usize| {
-            let q = &body[i * SIZE..(i + 4) * SIZE];
-            core::array::from_fn(|j| code_of(&q[j * SIZE..j * SIZE + SIZE]))
+        // Fixed-size pieces: no index checks while coding.
+        let quads = |i: usize, j: usize| {
+            body[i * SIZE..j * SIZE]
+                .chunks_exact(4 * SIZE)
+                .map(move |q| core::array::from_fn(|j| code_of(&q[j * SIZE..j * SIZE + SIZE])))
         };
         let one = |i: usize| code_of(&body[i * SIZE..i * SIZE + SIZE]);
         let coded = fits
-            .then(|| huffman::encode(n, distinct, &scratch.huff, quad, one, &mut out[at + 1..end]))
+            .then(|| {
+                huffman::encode(
+                    n,
+                    distinct,
+                    &scratch.huff,
+                    quads,
+                    one,
+                    &mut out[at + 1..end],
+                )
+            })
             .flatten();
         if let Some(len) = coded {
             out[at] = MODE_HUFFMAN;

@@ -925,16 +925,40 @@ fn merge_wide2(vals: &[u8], raw: &[u8], body: &mut [u8]) -> usize {
         .zip(vals.chunks_exact(32))
         .zip(raw.chunks_exact(GROUP16_BYTES));
     for ((out, v), r) in pieces.take(groups) {
-        let mut rb = [0u8; 16];
-        rb[..GROUP16_BYTES].copy_from_slice(r);
-        let w = raw_words::<true>(&rb);
-        for k in 0..16 {
-            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK) | w[k];
+        let s0 = &SIGN_SPREAD[usize::from(r[8])];
+        let s1 = &SIGN_SPREAD[usize::from(r[9])];
+        for k in 0..8 {
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] & 15)
+                | s0[k];
             out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+        for k in 0..8 {
+            let j = k + 8;
+            let t = (u16::from_le_bytes([v[2 * j], v[2 * j + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] >> 4)
+                | s1[k];
+            out[2 * j..2 * j + 2].copy_from_slice(&t.to_le_bytes());
         }
     }
     groups
 }
+
+/// Each sign byte of a [`LAYOUT_WIDE16`] group spread to eight 16-bit lanes (bit `k` to bit
+/// 15 of lane `k`): one load instead of a broadcast and a multiply.
+static SIGN_SPREAD: [[u16; 8]; 256] = {
+    let mut t = [[0u16; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            t[b][k] = ((b >> k) as u16 & 1) << 15;
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// [`merge_wide2`] for 16-bit elements with the 8-bit split: dictionary indices and one stored
 /// raw byte per element (FP16's big chunks).
@@ -966,13 +990,22 @@ fn merge_wide4(vals: &[u8], raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
         .zip(raw.chunks_exact(GROUP16_BYTES))
         .zip(low.chunks_exact(32));
     for (((out, v), r), l) in pieces.take(groups) {
-        let mut rb = [0u8; 16];
-        rb[..GROUP16_BYTES].copy_from_slice(r);
-        let w = raw_words::<true>(&rb);
-        for k in 0..16 {
-            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK) | w[k];
+        let s0 = &SIGN_SPREAD[usize::from(r[8])];
+        let s1 = &SIGN_SPREAD[usize::from(r[9])];
+        for k in 0..8 {
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] & 15)
+                | s0[k];
             out[4 * k..4 * k + 2].copy_from_slice(&l[2 * k..2 * k + 2]);
             out[4 * k + 2..4 * k + 4].copy_from_slice(&t.to_le_bytes());
+        }
+        for k in 0..8 {
+            let j = k + 8;
+            let t = (u16::from_le_bytes([v[2 * j], v[2 * j + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] >> 4)
+                | s1[k];
+            out[4 * j..4 * j + 2].copy_from_slice(&l[2 * j..2 * j + 2]);
+            out[4 * j + 2..4 * j + 4].copy_from_slice(&t.to_le_bytes());
         }
     }
     groups

@@ -201,7 +201,7 @@ pub struct EncoderScratch {
     /// Value → byte index under that mapping.
     pub(super) wide_map: [u8; WIDE_VALUES],
     /// Value → Huffman code of its index (ZipNN's large chunks).
-    pub(super) wide_code: [u32; WIDE_VALUES],
+    pub(super) wide_code: [u64; WIDE_VALUES],
     /// Huffman code construction.
     pub(super) huff: HuffEncoder,
 }

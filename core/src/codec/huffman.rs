@@ -25,9 +25,11 @@
 //!   their dependency chains. Bits are read LSB first from a 64-bit window refilled without a
 //!   branch: a marker bit above the window's data tells, by its leading zeros, how many bits
 //!   were consumed (four lookups of at most 12 bits fit the 56 bits a refill guarantees).
-//! - The encoder takes each symbol's `(code, length)` from a closure (ZipNN maps the element's
-//!   value to it directly, no index pass) and keeps a 64-bit accumulator, storing 8 bytes
-//!   every four symbols.
+//! - The encoder takes each symbol's code from the caller, four at a time as an iterator (ZipNN
+//!   maps the element's value to it directly, no index pass). Codes are top-aligned in a u64
+//!   with the length in the low byte, so a code enters the 64-bit accumulator with one shift
+//!   (by the code's own low byte) and one OR; four are joined before they touch it, and it
+//!   stores 8 bytes every four symbols.
 //!
 //! # Block format
 //!
@@ -79,8 +81,9 @@ pub const fn header_len(k: usize) -> usize {
 pub struct HuffEncoder {
     /// Code length of each symbol.
     pub lens: [u8; MAX_SYMBOLS],
-    /// Each symbol's code, bit-reversed for LSB-first output, with its length at bits 16..
-    pub codes: [u32; MAX_SYMBOLS],
+    /// Each symbol's code for the encoder: bit-reversed for LSB-first output and top-aligned
+    /// (its first bit at bit `64 − len`), its length in the low byte (see [`encode`]).
+    pub codes: [u64; MAX_SYMBOLS],
     order: [u8; MAX_SYMBOLS],
     weights: [[u64; 2 * MAX_SYMBOLS]; 2],
     is_package: [[bool; 2 * MAX_SYMBOLS]; MAX_BITS as usize],
@@ -171,7 +174,8 @@ impl HuffEncoder {
         canonical(&self.lens[..k], &mut rev);
         let mut bits = 0u64;
         for s in 0..k {
-            self.codes[s] = u32::from(rev[s]) | u32::from(self.lens[s]) << 16;
+            let len = u32::from(self.lens[s]);
+            self.codes[s] = u64::from(rev[s]) << (64 - len) | u64::from(len);
             bits += u64::from(counts[s]) * u64::from(self.lens[s]);
         }
         bits
@@ -225,8 +229,8 @@ pub fn encode<Q, I, F>(
 ) -> Option<usize>
 where
     Q: Fn(usize, usize) -> I,
-    I: Iterator<Item = [u32; 4]>,
-    F: Fn(usize) -> u32,
+    I: Iterator<Item = [u64; 4]>,
+    F: Fn(usize) -> u64,
 {
     let h = header_len(k);
     if out.len() < h {
@@ -253,35 +257,39 @@ where
 #[inline(always)]
 fn encode_stream<I, F>(quads: I, whole: usize, end: usize, one: &F, out: &mut [u8]) -> Option<usize>
 where
-    I: Iterator<Item = [u32; 4]>,
-    F: Fn(usize) -> u32,
+    I: Iterator<Item = [u64; 4]>,
+    F: Fn(usize) -> u64,
 {
-    let (mut acc, mut nbits, mut pos) = (0u64, 0u32, 0usize);
-    // Four codes (≤ 48 bits) on top of < 8 pending bits fit the accumulator.
-    for c in quads {
-        // Offsets by a prefix sum, so the four shifts do not wait on each other and the
-        // loop carries only the accumulator and a 3-bit count.
-        let o1 = nbits + (c[0] >> 16);
-        let o2 = o1 + (c[1] >> 16);
-        let o3 = o2 + (c[2] >> 16);
-        let total = o3 + (c[3] >> 16);
-        let v = |j: usize| u64::from(c[j] & 0xffff);
-        acc |= (v(0) << nbits) | (v(1) << o1) | (v(2) << o2) | (v(3) << o3);
+    // The accumulator's top `n` bits are the pending ones, oldest lowest: a code enters at the
+    // top as the older bits shift down, one shift and one OR, and the codes' length bytes
+    // stay below the pending bits (n ≤ 55) where nothing reads them. Shift counts are taken
+    // mod 64 (`wrapping_shr`), as the hardware does, so a code's low byte is its own count.
+    let (mut acc, mut n, mut pos) = (0u64, 0u32, 0usize);
+    let len = |c: u64| (c & 0xff) as u32;
+    for [c0, c1, c2, c3] in quads {
+        // Four codes (≤ 48 bits) joined off the accumulator's chain, which then takes one
+        // shift and one OR per four symbols.
+        let (l23, l) = (len(c2) + len(c3), len(c0) + len(c1) + len(c2) + len(c3));
+        let quad =
+            (c0.wrapping_shr(len(c1)) | c1).wrapping_shr(l23) | c2.wrapping_shr(len(c3)) | c3;
+        acc = acc.wrapping_shr(l) | quad;
+        n += l;
+        // The pending bits, oldest first, at the bottom of 8 bytes (n ≥ 4 here).
+        let bits = acc.wrapping_shr(64 - n);
         out.get_mut(pos..pos + 8)?
-            .copy_from_slice(&acc.to_le_bytes());
-        let bytes = total >> 3;
-        pos += bytes as usize;
-        acc >>= 8 * bytes;
-        nbits = total & 7;
+            .copy_from_slice(&bits.to_le_bytes());
+        pos += (n >> 3) as usize;
+        n &= 7;
     }
     for i in whole..end {
         let c = one(i);
-        acc |= u64::from(c & 0xffff) << nbits;
-        nbits += c >> 16;
+        acc = acc.wrapping_shr(len(c)) | c;
+        n += len(c);
     }
-    let bytes = nbits.div_ceil(8) as usize;
+    let bytes = n.div_ceil(8) as usize;
+    let bits = if n == 0 { 0 } else { acc.wrapping_shr(64 - n) };
     out.get_mut(pos..pos + bytes)?
-        .copy_from_slice(&acc.to_le_bytes()[..bytes]);
+        .copy_from_slice(&bits.to_le_bytes()[..bytes]);
     Some(pos + bytes)
 }
 

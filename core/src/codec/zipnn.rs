@@ -379,7 +379,7 @@ fn top<const SIZE: usize>(e: &[u8]) -> u16 {
 fn count_wide<const SIZE: usize>(
     body: &[u8],
     hist: &mut [u32; WIDE_VALUES],
-    spare: &mut [u32; WIDE_VALUES],
+    spare: &mut [u64; WIDE_VALUES],
 ) {
     hist.fill(0);
     spare.fill(0);
@@ -393,7 +393,8 @@ fn count_wide<const SIZE: usize>(
         hist[idx(e)] += 1;
     }
     for (h, &x) in hist.iter_mut().zip(spare.iter()) {
-        *h += x;
+        // At most the element count, which the hist holds.
+        *h += x as u32;
     }
 }
 

@@ -718,16 +718,18 @@ fn raw16<const SIZE: usize>(body: &[u8], raw: &mut [u8]) -> bool {
             tops4::<SIZE>(g, 3),
         ];
         for &w in &t {
-            any |= w & W;
-            all &= w & W;
+            any |= w;
+            all &= w;
         }
         // Low nibbles of elements j and j + 8 side by side, then the even bytes gathered.
         let lo = gather_even_bytes((t[0] & M4) | (t[2] & M4) << 4);
         let hi = gather_even_bytes((t[1] & M4) | (t[3] & M4) << 4);
         r[..8].copy_from_slice(&(lo | hi << 32).to_le_bytes());
-        let sign = signs4(t[0]) | signs4(t[1]) << 4 | signs4(t[2]) << 8 | signs4(t[3]) << 12;
-        r[8..].copy_from_slice(&(sign as u16).to_le_bytes());
+        let sign = signs8(t[0], t[1]) | signs8(t[2], t[3]) << 8;
+        r[8..].copy_from_slice(&sign.to_le_bytes());
     }
+    // Only the raw bits (sign, low nibble) of the accumulated words count.
+    let (any, all) = (any & W, all & W);
     let mut any16 = (0..4).fold(0u16, |a, k| a | (any >> (16 * k)) as u16);
     let mut all16 = (0..4).fold(u16::MAX, |a, k| a & (all >> (16 * k)) as u16);
     let rest = groups.remainder();
@@ -776,6 +778,15 @@ fn gather_even_bytes(x: u64) -> u64 {
 fn signs4(w: u64) -> u32 {
     let s = (w >> 15) & 0x0001_0001_0001_0001;
     (s.wrapping_mul(1 << 48 | 1 << 33 | 1 << 18 | 1 << 3) >> 48) as u32 & 15
+}
+
+/// The sign bits of the lanes of `a` (bits 0..4, lane 0 lowest) and of `b` (bits 4..8): each
+/// lane's two signs side by side at bits 0 and 4, then one multiply gathers the lanes at
+/// bits 48..56 (no two partial products meet there, and none carries into them).
+#[inline(always)]
+fn signs8(a: u64, b: u64) -> u16 {
+    let s = (a >> 15) & 0x0001_0001_0001_0001 | (b >> 11) & 0x0010_0010_0010_0010;
+    (s.wrapping_mul(1 << 48 | 1 << 33 | 1 << 18 | 1 << 3) >> 48) as u16 & 0xff
 }
 
 /// The [`LAYOUT_WIDE16`] raw bytes of 16 elements' upper halves (a last partial group).
@@ -1616,6 +1627,22 @@ mod tests {
     use super::*;
 
     use crate::test_rng::Rng;
+
+    /// The one-multiply gathering of eight lanes' signs against gathering four at a time, for
+    /// every sign pattern, whatever the lanes' other bits.
+    #[test]
+    fn eight_signs_gather_as_four_and_four() {
+        let mut rng = Rng(8);
+        for pattern in 0..256u64 {
+            let lanes = |bits: u64, noise: u64| {
+                let spread = (0..4).fold(0, |w, k| w | ((bits >> k) & 1) << (16 * k + 15));
+                spread | noise & 0x7fff_7fff_7fff_7fff
+            };
+            let (a, b) = (lanes(pattern, rng.next()), lanes(pattern >> 4, rng.next()));
+            assert_eq!(u32::from(signs8(a, b)), signs4(a) | signs4(b) << 4);
+            assert_eq!(u64::from(signs8(a, b)), pattern);
+        }
+    }
 
     #[test]
     fn grouping_is_a_bijection_and_codes_the_exponent() {

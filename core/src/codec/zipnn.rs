@@ -925,37 +925,6 @@ fn merge<const SIZE: usize, const WIDE: bool, V: Values>(vals: &V, s: &Sections,
     }
 }
 
-/// [`merge`] of the whole groups of 16-bit elements from Huffman-decoded values and stored
-/// [`LAYOUT_WIDE16`] raw groups (BF16's every big chunk): fixed-size pieces only, so the loop
-/// has no bounds checks and vectorises. Returns the groups done.
-fn merge_wide2(vals: &[u8], raw: &[u8], body: &mut [u8]) -> usize {
-    let groups = (body.len() / 32)
-        .min(vals.len() / 32)
-        .min(raw.len() / GROUP16_BYTES);
-    let pieces = body
-        .chunks_exact_mut(32)
-        .zip(vals.chunks_exact(32))
-        .zip(raw.chunks_exact(GROUP16_BYTES));
-    for ((out, v), r) in pieces.take(groups) {
-        let s0 = &SIGN_SPREAD[usize::from(r[8])];
-        let s1 = &SIGN_SPREAD[usize::from(r[9])];
-        for k in 0..8 {
-            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK)
-                | u16::from(r[k] & 15)
-                | s0[k];
-            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
-        }
-        for k in 0..8 {
-            let j = k + 8;
-            let t = (u16::from_le_bytes([v[2 * j], v[2 * j + 1]]) & huffman::VALUE_MASK)
-                | u16::from(r[k] >> 4)
-                | s1[k];
-            out[2 * j..2 * j + 2].copy_from_slice(&t.to_le_bytes());
-        }
-    }
-    groups
-}
-
 /// Each sign byte of a [`LAYOUT_WIDE16`] group spread to eight 16-bit lanes (bit `k` to bit
 /// 15 of lane `k`): one load instead of a broadcast and a multiply.
 static SIGN_SPREAD: [[u16; 8]; 256] = {
@@ -990,7 +959,37 @@ fn merge_byte2(idx: &[u8], values: &[u16; 256], raw: &[u8], body: &mut [u8]) -> 
     groups
 }
 
-/// [`merge_wide2`] for FP32 with stored low halves.
+/// [`merge`] of the whole groups of 16-bit elements whose Huffman-decoded values are already
+/// in `body`, with stored [`LAYOUT_WIDE16`] raw groups (BF16's every big chunk), in place:
+/// fixed-size pieces only, so the loop has no bounds checks and vectorises. Returns the groups
+/// done.
+fn merge_wide2(raw: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 32).min(raw.len() / GROUP16_BYTES);
+    let pieces = body
+        .chunks_exact_mut(32)
+        .zip(raw.chunks_exact(GROUP16_BYTES));
+    for (out, r) in pieces.take(groups) {
+        let s0 = &SIGN_SPREAD[usize::from(r[8])];
+        let s1 = &SIGN_SPREAD[usize::from(r[9])];
+        let v: [u8; 32] = core::array::from_fn(|i| out[i]);
+        for k in 0..8 {
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] & 15)
+                | s0[k];
+            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+        for k in 0..8 {
+            let j = k + 8;
+            let t = (u16::from_le_bytes([v[2 * j], v[2 * j + 1]]) & huffman::VALUE_MASK)
+                | u16::from(r[k] >> 4)
+                | s1[k];
+            out[2 * j..2 * j + 2].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
+/// [`merge_wide2`] for FP32, from the values in `vals` and the stored low halves.
 fn merge_wide4(vals: &[u8], raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
     let groups = (body.len() / 64)
         .min(vals.len() / 32)
@@ -1380,7 +1379,24 @@ fn decode_elements<const SIZE: usize>(
         low,
         low_stride,
     };
-    if block.first() == Some(&MODE_HUFFMAN) {
+    if block.first() == Some(&MODE_HUFFMAN) && SIZE == 2 && split == SPLIT_WIDE && raw_stride != 0 {
+        // BF16's big chunks: the values go straight into the output (it has their layout),
+        // the raw bits are merged in place.
+        let vals = &tables.values;
+        huffman::decode(&block[1..], n, distinct, vals, &mut tables.huff, body)
+            .map_err(|_| "index block does not decode")?;
+        // Every whole group: the raw section was read with one group per 16 elements.
+        let g = merge_wide2(raw, body);
+        let rest = &mut body[32 * g..];
+        debug_assert!(rest.len() < 32);
+        let mut last = [0u8; 32];
+        last[..rest.len()].copy_from_slice(rest);
+        let sections = Sections {
+            raw: &raw[g * GROUP16_BYTES..],
+            ..sections
+        };
+        merge::<SIZE, true, _>(&Decoded(&last), &sections, rest);
+    } else if block.first() == Some(&MODE_HUFFMAN) {
         let vals = planes
             .get_mut(..2 * n)
             .ok_or("scratch smaller than the chunk")?;
@@ -1393,16 +1409,9 @@ fn decode_elements<const SIZE: usize>(
             vals,
         )
         .map_err(|_| "index block does not decode")?;
-        if split == SPLIT_WIDE
-            && sections.raw_stride != 0
-            && (SIZE == 2 || sections.low_stride != 0)
-        {
-            // The common case first, in its own plain loop; the generic merge does the rest.
-            let g = if SIZE == 2 {
-                merge_wide2(vals, sections.raw, body)
-            } else {
-                merge_wide4(vals, sections.raw, sections.low, body)
-            };
+        if SIZE == 4 && split == SPLIT_WIDE && raw_stride != 0 && low_stride != 0 {
+            // FP32's big chunks first, in their own plain loop; the generic merge does the rest.
+            let g = merge_wide4(vals, sections.raw, sections.low, body);
             let rest = Sections {
                 raw: &sections.raw[g * GROUP16_BYTES..],
                 low: sections.low.get(g * sections.low_stride..).unwrap_or(&[]),

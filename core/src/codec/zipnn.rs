@@ -28,7 +28,10 @@
 //! The index stream of a big chunk with the 11-bit split is coded with [`huffman`] (four
 //! streams, two indices per table lookup, values written straight out; ~0.7% larger than rANS,
 //! about twice as fast to decode); other chunks use an [`entropy`] (rANS) block. Decoding
-//! writes each element's value, then one vectorised pass merges in the raw bits.
+//! writes each element's value, then one vectorised pass merges in the raw bits (and FP32's
+//! low halves). Huffman-coded BF16 values are written straight into the output and merged in
+//! place; FP32 values go to the output's upper half, which the merge overwrites from the front
+//! only after reading them: no separate value buffer passes through the cache.
 //!
 //! This module owns the container format (see `docs/format/zipnn.md`): a header with the
 //! segment table, then CRC-protected chunk records. Everything works in caller-lent buffers; the
@@ -989,18 +992,25 @@ fn merge_wide2(raw: &[u8], body: &mut [u8]) -> usize {
     groups
 }
 
-/// [`merge_wide2`] for FP32, from the values in `vals` and the stored low halves.
-fn merge_wide4(vals: &[u8], raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
-    let groups = (body.len() / 64)
-        .min(vals.len() / 32)
+/// [`merge_wide2`] for FP32, the values in the upper half of `body` (u16 LE each, from byte
+/// `body.len() / 2`) and the low halves stored: group `g` is written over bytes
+/// `64g .. 64g + 64`, which hold no value of a later group. Returns the groups done.
+fn merge_wide4(raw: &[u8], low: &[u8], body: &mut [u8]) -> usize {
+    let half = body.len() / 2;
+    let groups = (half / 32)
         .min(raw.len() / GROUP16_BYTES)
         .min(low.len() / 32);
-    let pieces = body
-        .chunks_exact_mut(64)
-        .zip(vals.chunks_exact(32))
-        .zip(raw.chunks_exact(GROUP16_BYTES))
-        .zip(low.chunks_exact(32));
-    for (((out, v), r), l) in pieces.take(groups) {
+    let pieces = raw.chunks_exact(GROUP16_BYTES).zip(low.chunks_exact(32));
+    for (g, (r, l)) in pieces.take(groups).enumerate() {
+        let Some(v) = body
+            .get(half + 32 * g..half + 32 * g + 32)
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        else {
+            return g;
+        };
+        let Some(out) = body.get_mut(64 * g..64 * g + 64) else {
+            return g;
+        };
         let s0 = &SIGN_SPREAD[usize::from(r[8])];
         let s1 = &SIGN_SPREAD[usize::from(r[9])];
         for k in 0..8 {
@@ -1396,6 +1406,36 @@ fn decode_elements<const SIZE: usize>(
             ..sections
         };
         merge::<SIZE, true, _>(&Decoded(&last), &sections, rest);
+    } else if block.first() == Some(&MODE_HUFFMAN)
+        && SIZE == 4
+        && split == SPLIT_WIDE
+        && raw_stride != 0
+        && low_stride != 0
+    {
+        // FP32's big chunks: the values are decoded into the output's upper half, which the
+        // merge overwrites from the front only after reading them.
+        let half = 2 * n;
+        let vals = &tables.values;
+        huffman::decode(
+            &block[1..],
+            n,
+            distinct,
+            vals,
+            &mut tables.huff,
+            &mut body[half..],
+        )
+        .map_err(|_| "index block does not decode")?;
+        let g = merge_wide4(raw, low, body);
+        let tops = &body[half + 32 * g..];
+        debug_assert!(tops.len() < 32);
+        let mut last = [0u8; 32];
+        last[..tops.len()].copy_from_slice(tops);
+        let sections = Sections {
+            raw: &raw[g * GROUP16_BYTES..],
+            low: &low[32 * g..],
+            ..sections
+        };
+        merge::<SIZE, true, _>(&Decoded(&last), &sections, &mut body[64 * g..]);
     } else if block.first() == Some(&MODE_HUFFMAN) {
         let vals = planes
             .get_mut(..2 * n)
@@ -1409,19 +1449,6 @@ fn decode_elements<const SIZE: usize>(
             vals,
         )
         .map_err(|_| "index block does not decode")?;
-        if SIZE == 4 && split == SPLIT_WIDE && raw_stride != 0 && low_stride != 0 {
-            // FP32's big chunks first, in their own plain loop; the generic merge does the rest.
-            let g = merge_wide4(vals, sections.raw, sections.low, body);
-            let rest = Sections {
-                raw: &sections.raw[g * GROUP16_BYTES..],
-                low: sections.low.get(g * sections.low_stride..).unwrap_or(&[]),
-                ..sections
-            };
-            let body = &mut body[16 * SIZE * g..];
-            merge::<SIZE, true, _>(&Decoded(&vals[32 * g..]), &rest, body);
-            tail.copy_from_slice(&payload[block_end..]);
-            return Ok(());
-        }
         let vals = Decoded(vals);
         if split == SPLIT_WIDE {
             merge::<SIZE, true, _>(&vals, &sections, body);

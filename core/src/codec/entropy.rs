@@ -434,10 +434,11 @@ fn log2_q16(x: u32) -> u32 {
     let mut frac = 0u32;
     for bit in (0..16).rev() {
         y = (y * y) >> 31;
-        if y >= 1 << 32 {
-            y >>= 1;
-            frac |= 1 << bit;
-        }
+        // y < 2^33: its bit 32 is the next bit of the fraction. Taken without a branch (which
+        // would be a coin toss per bit).
+        let b = (y >> 32) as u32;
+        y >>= b;
+        frac |= b << bit;
     }
     (int << 16) | frac
 }

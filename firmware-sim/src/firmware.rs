@@ -1029,18 +1029,21 @@ impl Runner<'_> {
             let lba = Lba((at / BLOCK) as u32);
             let skip = (at % BLOCK) as usize;
             let take = (SLOT_BYTES - skip).min(data.len() - done);
-            if skip == 0 && take == SLOT_BYTES {
-                let src: &[u8; SLOT_BYTES] =
-                    data[done..done + SLOT_BYTES].try_into().expect("4 KiB");
-                self.ftl.write(lba, src).map_err(io)?;
-            } else {
-                // Read-modify-write of a partial block, inside the device.
-                let buf: &mut [u8; SLOT_BYTES] =
-                    self.block.as_mut_slice().try_into().expect("4 KiB");
-                self.ftl.read(lba, buf).map_err(io)?;
-                buf[skip..skip + take].copy_from_slice(&data[done..done + take]);
-                self.ftl.write(lba, buf).map_err(io)?;
+            let whole = (data.len() - done) / SLOT_BYTES * SLOT_BYTES;
+            if skip == 0 && whole > 0 {
+                // The aligned blocks in one call: the FTL treats a run covering whole groups
+                // as the sequential stream it is (see `Ftl::write_blocks`).
+                self.ftl
+                    .write_blocks(lba, &data[done..done + whole])
+                    .map_err(io)?;
+                done += whole;
+                continue;
             }
+            // Read-modify-write of a partial block, inside the device.
+            let buf: &mut [u8; SLOT_BYTES] = self.block.as_mut_slice().try_into().expect("4 KiB");
+            self.ftl.read(lba, buf).map_err(io)?;
+            buf[skip..skip + take].copy_from_slice(&data[done..done + take]);
+            self.ftl.write(lba, buf).map_err(io)?;
             done += take;
         }
         Ok(())

@@ -328,3 +328,82 @@ fn pinned_costs_coded_blocks() {
     assert_eq!(pages[0], [0, 0, 16, 1], "64 plain writes + flush");
     assert_eq!(pages[1], [0, 0, 5, 1], "64 coded writes + flush");
 }
+
+/// A run of blocks covering a whole node group (a sequential stream) is written whole: no base
+/// is read and no delta kept, so the old blocks die whole instead of living on as bases. A run
+/// that covers no whole group, and the blocks of a run outside the groups it covers, still try
+/// deltas.
+#[test]
+fn a_run_covering_a_whole_group_is_written_whole() {
+    // The one-slot geometry of the tests above: 1024 LBAs = 4 groups of 256.
+    let logical = 1024;
+    let geo: Geometry = small_geometry(1, 32, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut c = NandCounters::default();
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, true);
+    let run = |first: u32, count: u32, v: u32| -> Vec<u8> {
+        (first..first + count)
+            .flat_map(|lba| content_small(lba, v))
+            .collect()
+    };
+    // Groups 0 and 1 written once (first versions: no base, nothing to try).
+    ftl.write_blocks(Lba(0), &run(0, 512, 1)).unwrap();
+    ftl.flush().unwrap();
+    delta(&ftl, &mut c);
+
+    // LBAs 16..528: group 1 (256..512) is covered, the 240 LBAs of group 0 and the 16 of
+    // group 2 are not. Group 0's updates read their bases and become deltas; group 1's are
+    // written whole without a read; group 2 was never written (no base).
+    ftl.write_blocks(Lba(16), &run(16, 512, 2)).unwrap();
+    let st = *ftl.stats();
+    assert_eq!(st.reads[nandbox_core::Cause::Delta as usize], 240);
+    assert_eq!(
+        st.deltas_inlined + st.deltas_refused + st.deltas_too_large,
+        240,
+        "a delta attempt for each uncovered update, none for the covered group"
+    );
+    assert!(st.deltas_inlined > 0);
+    assert_eq!(st.host_writes, 512 + 512);
+    ftl.flush().unwrap();
+
+    // The same blocks one at a time (no run covers a group): every update with a base tries.
+    for lba in 256..272 {
+        ftl.write(Lba(lba), &content_small(lba, 3)).unwrap();
+    }
+    let st2 = *ftl.stats();
+    assert_eq!(
+        st2.reads[nandbox_core::Cause::Delta as usize]
+            - st.reads[nandbox_core::Cause::Delta as usize],
+        16
+    );
+
+    // A length that is not whole blocks is refused, and changes nothing.
+    assert!(ftl.write_blocks(Lba(0), &[0u8; 100]).is_err());
+    assert!(ftl.write_blocks(Lba(1020), &run(1020, 8, 1)).is_err());
+
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..528 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let want = match lba {
+            256..272 => 3,
+            16.. => 2,
+            _ => 1,
+        };
+        assert_eq!(version_of(lba, &buf), Some(want), "LBA {lba}");
+    }
+    // Unclean stop after a flush: everything comes back.
+    ftl.flush().unwrap();
+    let nand = ftl.into_nand();
+    let mut ftl = Ftl::mount(nand, mem.lend()).unwrap();
+    for lba in 0..528 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let want = match lba {
+            256..272 => 3,
+            16.. => 2,
+            _ => 1,
+        };
+        assert_eq!(version_of(lba, &buf), Some(want), "LBA {lba} after remount");
+    }
+}

@@ -229,13 +229,28 @@ impl Server {
         // uninitialised capacity, so a write payload is not zero-filled before it is received.
         match stream {
             Stream::Tcp(s) => {
-                transmission::serve(s.try_clone()?, s.try_clone()?, device, neg, limits)
+                let direct = try_send(s.try_clone()?);
+                transmission::serve(s.try_clone()?, s.try_clone()?, direct, device, neg, limits)
             }
             Stream::Unix(s) => {
-                transmission::serve(s.try_clone()?, s.try_clone()?, device, neg, limits)
+                let direct = try_send(s.try_clone()?);
+                transmission::serve(s.try_clone()?, s.try_clone()?, direct, device, neg, limits)
             }
         }
     }
+}
+
+/// A send on `socket` that never blocks (`MSG_DONTWAIT`) and never raises SIGPIPE, for
+/// replies sent from the device's thread: a client that stops reading fills its socket and
+/// gets its replies from its own writer thread, never stalling the device.
+fn try_send<S: std::os::fd::AsFd + Send + Sync + 'static>(
+    socket: S,
+) -> Option<transmission::TrySend> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+    Some(Box::new(move |iov: &[io::IoSlice<'_>]| {
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        sendmsg(&socket, iov, &mut SendAncillaryBuffer::default(), flags).map_err(io::Error::from)
+    }))
 }
 
 fn accept_error(e: io::Error) {
@@ -453,8 +468,14 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            let _ =
-                transmission::serve(Cursor::new(input), &mut out, &disk, neg, Limits::default());
+            let _ = transmission::serve(
+                Cursor::new(input),
+                &mut out,
+                None,
+                &disk,
+                neg,
+                Limits::default(),
+            );
             // With structured replies the output is self-describing: every message must parse
             // and they must tile the output exactly. (Simple READ replies carry unframed data.)
             if structured {
@@ -506,7 +527,7 @@ mod tests {
             inflight_requests: 8,
         };
         let mut out = Vec::new();
-        transmission::serve(Cursor::new(input), &mut out, &disk, neg, limits).unwrap();
+        transmission::serve(Cursor::new(input), &mut out, None, &disk, neg, limits).unwrap();
         // Four 16-byte write replies and four read replies of 16 bytes + 20 MiB, in some order.
         assert_eq!(out.len(), 8 * 16 + 4 * 20 * mib);
         let d = disk.0.lock().unwrap();
@@ -629,7 +650,15 @@ mod tests {
         }
         let started = std::time::Instant::now();
         let mut out = Vec::new();
-        transmission::serve(Cursor::new(input), &mut out, &disk, neg, Limits::default()).unwrap();
+        transmission::serve(
+            Cursor::new(input),
+            &mut out,
+            None,
+            &disk,
+            neg,
+            Limits::default(),
+        )
+        .unwrap();
         // No reply left before its modelled completion time.
         assert!(started.elapsed() >= hold);
         assert_eq!(out.len(), 16 * (16 + 4096));
@@ -643,5 +672,91 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (100..116).collect::<Vec<_>>());
+    }
+
+    /// A socket shared by the writer thread and a direct, non-blocking send: every write
+    /// appends to the same stream.
+    #[derive(Clone)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn direct_sends_the_socket_takes_in_part_are_finished_by_the_writer() {
+        // The direct send takes at most 1,000 bytes a call and refuses every other call, as a
+        // full socket would: the writer must send each rest before any other reply, so the
+        // stream still tiles into whole replies, each with the data of its request.
+        let disk = VecDisk(Mutex::new(
+            (0..1u32 << 20).map(|i| (i % 251) as u8).collect(),
+        ));
+        let neg = Negotiated {
+            structured: true,
+            base_allocation: false,
+            block_size_agreed: false,
+            tx_flags: super::handshake::transmission_flags(false, true),
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut input = Vec::new();
+        let mut asked = std::collections::HashMap::new();
+        for cookie in 0..300u64 {
+            let len = 1 + rng.below(9000) as u32;
+            let offset = rng.below((1 << 20) - len as u64);
+            asked.insert(cookie, (offset, len));
+            input.extend_from_slice(&Request::build(0, cmd::READ, cookie, offset, len));
+        }
+        let sink = Shared(std::sync::Arc::new(Mutex::new(Vec::new())));
+        let direct_sink = sink.clone();
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let direct: transmission::TrySend = Box::new(move |iov: &[std::io::IoSlice<'_>]| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 1 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut out = direct_sink.0.lock().unwrap();
+            let mut room = 1000;
+            for s in iov {
+                let n = s.len().min(room);
+                out.extend_from_slice(&s[..n]);
+                room -= n;
+            }
+            Ok(1000 - room)
+        });
+        transmission::serve(
+            Cursor::new(input),
+            sink.clone(),
+            Some(direct),
+            &disk,
+            neg,
+            Limits::default(),
+        )
+        .unwrap();
+        let out = sink.0.lock().unwrap();
+        let d = disk.0.lock().unwrap();
+        let mut at = 0;
+        while at < out.len() {
+            let magic = u32::from_be_bytes(out[at..at + 4].try_into().unwrap());
+            assert_eq!(magic, super::wire::magic::STRUCTURED_REPLY, "at byte {at}");
+            let kind = u16::from_be_bytes(out[at + 6..at + 8].try_into().unwrap());
+            assert_eq!(kind, super::wire::chunk::TYPE_OFFSET_DATA);
+            let cookie = u64::from_be_bytes(out[at + 8..at + 16].try_into().unwrap());
+            let len = u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
+            let (offset, want) = asked.remove(&cookie).expect("one reply per request");
+            let body = &out[at + 20..at + 20 + len];
+            assert_eq!(u64::from_be_bytes(body[..8].try_into().unwrap()), offset);
+            assert_eq!(len - 8, want as usize);
+            assert_eq!(
+                &body[8..],
+                &d[offset as usize..offset as usize + want as usize]
+            );
+            at += 20 + len;
+        }
+        assert!(asked.is_empty(), "{} requests unanswered", asked.len());
     }
 }

@@ -161,8 +161,8 @@ pub trait NandFault: fmt::Debug + fmt::Display {
 /// - **Bad blocks.** [`Nand::is_bad`] reports blocks marked bad at the factory or by
 ///   [`Nand::mark_bad`]; the firmware never programs or erases them.
 ///
-/// `data` must be exactly `page_bytes` long and `spare` exactly `spare_bytes` long for
-/// [`Nand::read`], [`Nand::read_slot`] and [`Nand::program`].
+/// `data` (and `page_buf`) must be exactly `page_bytes` long and `spare` exactly `spare_bytes`
+/// long for [`Nand::read`], [`Nand::read_slot`], [`Nand::read_slot_into`] and [`Nand::program`].
 pub trait Nand {
     /// The backend's error.
     type Error: NandFault;
@@ -191,6 +191,27 @@ pub trait Nand {
     ) -> Result<(), Self::Error> {
         let _ = slot;
         self.read(page, data, spare)
+    }
+
+    /// [`Nand::read_slot`] with the slot's bytes delivered straight into `dst`: the same one
+    /// page read in every respect (counted, timed, torn, flipped), minus the trip through a page
+    /// buffer, which a host read would otherwise copy out of again. `page_buf` is a whole page
+    /// buffer, as `data` is for [`Nand::read_slot`]; its contents are unspecified afterwards.
+    /// The default reads the slot into `page_buf` and copies it.
+    fn read_slot_into(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        dst: &mut [u8; SLOT_BYTES],
+        page_buf: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), Self::Error> {
+        self.read_slot(page, slot, page_buf, spare)?;
+        let at = slot as usize * SLOT_BYTES;
+        if let Some(src) = page_buf.get(at..at + SLOT_BYTES) {
+            dst.copy_from_slice(src);
+        }
+        Ok(())
     }
 
     /// Programs one page's data and spare area. See the contract above.

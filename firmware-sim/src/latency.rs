@@ -28,7 +28,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use nandbox_core::nand::{BlockId, Geometry, Nand, PageId};
+use nandbox_core::nand::{BlockId, Geometry, Nand, PageId, SLOT_BYTES};
 
 use crate::profile::Profile;
 
@@ -272,6 +272,20 @@ impl<N: Nand> Nand for Timed<N> {
             m.read(page, (data.len() + spare.len()) as u64);
         }
         self.inner.read_slot(page, slot, data, spare)
+    }
+
+    fn read_slot_into(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        dst: &mut [u8; SLOT_BYTES],
+        page_buf: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), N::Error> {
+        if let Some(m) = &mut self.model {
+            m.read(page, (page_buf.len() + spare.len()) as u64);
+        }
+        self.inner.read_slot_into(page, slot, dst, page_buf, spare)
     }
 
     fn read_spare(&mut self, page: PageId, spare: &mut [u8]) -> Result<(), N::Error> {

@@ -420,6 +420,23 @@ impl SimNand {
         }
     }
 
+    /// [`Self::flip_on_read`] for a slot read delivered into `dst` (the bytes of `slot` of a
+    /// page of `page_len` bytes): the same draws, so both reads meet the same faults.
+    fn flip_on_slot_read(&mut self, page_len: usize, slot: u32, dst: &mut [u8], spare: &mut [u8]) {
+        if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
+            let bits = (page_len + spare.len()) as u64 * 8;
+            let bit = self.rng.next_u64() % bits;
+            let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
+            let start = slot as usize * SLOT_BYTES;
+            match byte.checked_sub(page_len) {
+                None if (start..start + SLOT_BYTES).contains(&byte) => dst[byte - start] ^= mask,
+                None => {}
+                Some(i) => spare[i] ^= mask,
+            }
+            self.counters.injected_bit_flips += 1;
+        }
+    }
+
     /// What a torn or failed program leaves: a prefix of the new bytes, then a few garbage
     /// bytes, then erased bytes — an interrupted program sequence.
     fn torn_image(&mut self, raw: &[u8]) -> Vec<u8> {
@@ -490,6 +507,52 @@ impl Nand for SimNand {
             Store::Image(_) | Store::Overlay(..) => self.load(page, data, spare)?,
         }
         self.flip_on_read(data, spare, range);
+        Ok(())
+    }
+
+    fn read_slot_into(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        dst: &mut [u8; SLOT_BYTES],
+        page_buf: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), SimError> {
+        if !matches!(self.store, Store::Ram(_)) {
+            // Image pages are read whole anyway (see `read_slot`).
+            self.read_slot(page, slot, page_buf, spare)?;
+            let at = slot as usize * SLOT_BYTES;
+            dst.copy_from_slice(&page_buf[at..at + SLOT_BYTES]);
+            return Ok(());
+        }
+        self.check_page(page)?;
+        self.check_lengths(page_buf.len(), spare.len())?;
+        if slot >= self.geometry.slots_per_page() {
+            return Err(SimError::Contract(format!(
+                "slot {slot} of page {} out of range ({} slots)",
+                page.0,
+                self.geometry.slots_per_page()
+            )));
+        }
+        if self.power_step()? {
+            return Err(SimError::PowerLoss);
+        }
+        self.counters.reads += 1;
+        let at = slot as usize * SLOT_BYTES;
+        let page_bytes = page_buf.len();
+        if let Store::Ram(pages) = &self.store {
+            match &pages[page.0 as usize] {
+                Some(bytes) => {
+                    dst.copy_from_slice(&bytes[at..at + SLOT_BYTES]);
+                    spare.copy_from_slice(&bytes[page_bytes..]);
+                }
+                None => {
+                    dst.fill(0xFF);
+                    spare.fill(0xFF);
+                }
+            }
+        }
+        self.flip_on_slot_read(page_bytes, slot, dst, spare);
         Ok(())
     }
 

@@ -156,6 +156,64 @@ fn slot_reads_match_page_reads_in_bytes_counts_and_faults() {
     assert_eq!(e.kind(), FaultKind::PowerLoss);
 }
 
+/// A slot read into a slot-sized buffer is the slot read it replaces: the same bytes, counts
+/// and faults (the same seed flips the same bits), and the same refusals.
+#[test]
+fn slot_reads_into_a_slot_buffer_match_slot_reads() {
+    let geo = profile::TLC.geometry(4);
+    let (pb, sb) = (geo.page_bytes as usize, geo.spare_bytes as usize);
+    let data: Vec<u8> = (0..pb).map(|i| (i / 4096 * 0x40 + i % 61) as u8).collect();
+    let spare: Vec<u8> = (0..sb).map(|i| i as u8 ^ 0x33).collect();
+    let faults = FaultConfig {
+        seed: 11,
+        bit_flip_per_read: 1.0,
+        ..Default::default()
+    };
+    let mut sliced = SimNand::with_faults(geo, faults);
+    let mut direct = SimNand::with_faults(geo, faults);
+    for sim in [&mut sliced, &mut direct] {
+        sim.program(PageId(0), &data, &spare).unwrap();
+    }
+    let mut landed = 0;
+    for round in 0..400 {
+        let slot = round % 4;
+        let (mut d1, mut s1) = (vec![0u8; pb], vec![0u8; sb]);
+        let (mut page_buf, mut s2) = (vec![0u8; pb], vec![0u8; sb]);
+        let mut dst = [0u8; 4096];
+        sliced
+            .read_slot(PageId(0), slot as u32, &mut d1, &mut s1)
+            .unwrap();
+        direct
+            .read_slot_into(PageId(0), slot as u32, &mut dst, &mut page_buf, &mut s2)
+            .unwrap();
+        let r = slot * 4096..(slot + 1) * 4096;
+        assert_eq!(d1[r.clone()], dst[..], "round {round}");
+        assert_eq!(s1, s2, "round {round}");
+        landed += usize::from(dst[..] != data[r] || s2 != spare);
+    }
+    assert!((60..250).contains(&landed), "{landed} flips landed");
+    assert_eq!(sliced.counters(), direct.counters());
+
+    let mut sim = SimNand::new_ram(geo);
+    let (mut d, mut s, mut dst) = (vec![0u8; pb], vec![0u8; sb], [0u8; 4096]);
+    sim.read_slot_into(PageId(1), 3, &mut dst, &mut d, &mut s)
+        .unwrap();
+    assert!(dst.iter().chain(&s).all(|&b| b == 0xFF), "erased");
+    let e = sim
+        .read_slot_into(PageId(1), 4, &mut dst, &mut d, &mut s)
+        .unwrap_err();
+    assert_eq!(e.kind(), FaultKind::ContractViolation);
+    let e = sim
+        .read_slot_into(PageId(1), 0, &mut dst, &mut d[..4096], &mut s)
+        .unwrap_err();
+    assert_eq!(e.kind(), FaultKind::ContractViolation);
+    sim.power_cut_after(0);
+    let e = sim
+        .read_slot_into(PageId(1), 0, &mut dst, &mut d, &mut s)
+        .unwrap_err();
+    assert_eq!(e.kind(), FaultKind::PowerLoss);
+}
+
 #[test]
 fn injected_faults_follow_the_seed() {
     let faults = FaultConfig {

@@ -544,12 +544,63 @@ impl<'a, N: Nand> Ftl<'a, N> {
             buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
             return Ok(());
         }
+        if self.pack_refs.get(p.0 as usize) == Some(&0)
+            && self.read_data_slot_into(p, lba.0, buf)?
+        {
+            return Ok(());
+        }
         if self.read_mapped_slot(p, lba.0, SCRATCH, Cause::Data)? == SlotKind::Packed {
             return self.read_packed_scratch(p, lba.0, buf);
         }
         let at = self.slot_offset(SCRATCH, p.0 % self.spp);
         buf.copy_from_slice(&self.bufs[at..at + SLOT_BYTES]);
         Ok(())
+    }
+
+    /// Reads plain data slot `p` of `lba` straight into `buf`, checked as
+    /// [`Ftl::read_mapped_slot`] checks it (record, owner, data CRC, retried reads), without the
+    /// copy out of a page buffer. `Ok(false)` (nothing read into `buf` that counts) when the
+    /// slot's record says it is packed after all: only damage gets there, and the caller's
+    /// page-buffer path sorts it out.
+    fn read_data_slot_into(
+        &mut self,
+        p: Ppa,
+        lba: u32,
+        buf: &mut [u8; SLOT_BYTES],
+    ) -> R<bool, N::Error> {
+        if p.0 >= self.total_slots {
+            return Err(Error::Corrupted(corrupted(
+                "slot address out of range",
+                p.0,
+            )));
+        }
+        let (page, slot) = (p.0 / self.spp, p.0 % self.spp);
+        let mut why = "";
+        for attempt in 0..READ_ATTEMPTS {
+            let start = SCRATCH * self.stride;
+            let (data, spare) =
+                self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
+            self.nand
+                .read_slot_into(PageId(page), slot, buf, data, spare)
+                .map_err(Error::Nand)?;
+            self.stats.reads[Cause::Data as usize] += 1;
+            let sp = self.spare_offset(SCRATCH) + slot as usize * SPARE;
+            match SpareRecord::parse(&self.bufs[sp..sp + SPARE]) {
+                Ok(r) if r.kind == SlotKind::Packed => return Ok(false),
+                Ok(r) if r.kind != SlotKind::Data => why = "slot holds another kind of record",
+                Ok(r) if r.owner != lba => why = "slot belongs to another block",
+                Ok(r) if crc32(&[&buf[..]]) != r.data_crc => why = "data CRC mismatch",
+                Ok(_) => {
+                    if attempt > 0 {
+                        self.stats.read_retries += 1;
+                    }
+                    return Ok(true);
+                }
+                Err(crate::format::RecordError::Erased) => why = "slot reads erased",
+                Err(crate::format::RecordError::Damaged) => why = "spare record damaged",
+            }
+        }
+        Err(Error::Corrupted(corrupted(why, p.0)))
     }
 
     /// Writes one logical block. On return the data is in the FTL's write buffer (volatile,

@@ -246,6 +246,27 @@ fn surely_too_large(new: &[u8], base: &[u8], width: usize, cap: usize) -> bool {
     false
 }
 
+/// Whether every encoding surely exceeds `cap`: runs carry each nonzero byte of the XOR as a
+/// literal, planes spend at least one and a half bytes on it, so more nonzero bytes than `cap`
+/// rule both out. Counted eight bytes at a time and stopped as soon as it is proved: an
+/// overwrite with unrelated data (most host writes) is refused after about `cap` bytes read a
+/// word at a time, where the run encoder walked them byte by byte before both plane bounds ran.
+fn surely_too_large_both(new: &[u8], base: &[u8], cap: usize) -> bool {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let mut nonzero = 0usize;
+    for (a, b) in new.chunks_exact(8).zip(base.chunks_exact(8)) {
+        let (mut wa, mut wb) = ([0u8; 8], [0u8; 8]);
+        wa.copy_from_slice(a);
+        wb.copy_from_slice(b);
+        let d = u64::from_le_bytes(wa) ^ u64::from_le_bytes(wb);
+        nonzero += ((((d & LOW7) + LOW7) | d) & !LOW7).count_ones() as usize;
+        if nonzero > cap {
+            return true;
+        }
+    }
+    false
+}
+
 /// Bytes of `v` as a varint.
 #[inline(always)]
 fn varint_len(mut v: usize) -> usize {
@@ -339,6 +360,9 @@ pub fn encode_best(
     out: &mut [u8],
     scratch: &mut [u8],
 ) -> Result<usize, DeltaError> {
+    if surely_too_large_both(new, base, out.len()) {
+        return Err(DeltaError::TooLarge);
+    }
     let runs = xor::encode(new, base, out);
     let mut best = match runs {
         Ok(n) if n <= PLANES_WORTH_TRYING => return Ok(n),
@@ -449,6 +473,51 @@ mod tests {
                     assert_eq!(e, DeltaError::TooLarge);
                     assert!(runs.is_err(), "seed {seed}: runs fit but best refused");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn refusal_by_the_nonzero_count_matches_trying_every_encoding() {
+        // Blocks with k changed bytes (scattered, or one run), k around each cap (a run of
+        // `cap - 4` bytes is the largest that fits): `encode_best` must size
+        // exactly what the smallest fitting encoding (runs, planes of 2 or 4) takes, and refuse
+        // exactly when none fits.
+        let mut rng = Rng(0xC0FF_EE00);
+        for cap in [300usize, 1012] {
+            for k in (0..1400).step_by(23).chain(cap - 8..cap + 2) {
+                let mut base = [0u8; 4096];
+                for b in base.iter_mut() {
+                    *b = rng.next() as u8;
+                }
+                let mut new = base;
+                if k % 2 == 0 {
+                    for _ in 0..k {
+                        let at = (rng.next() % 4096) as usize;
+                        new[at] ^= 1 + (rng.next() % 255) as u8;
+                    }
+                } else {
+                    // One contiguous run: its encoding (4 + k bytes) is as close to the count
+                    // of changed bytes as any gets.
+                    let at = (rng.next() % (4096 - k as u64)) as usize;
+                    for b in &mut new[at..at + k] {
+                        *b ^= 1 + (rng.next() % 255) as u8;
+                    }
+                }
+                let (mut out, mut scratch) = ([0u8; 1012], [0u8; 1012]);
+                let (out, scratch) = (&mut out[..cap], &mut scratch[..cap]);
+                let got = encode_best(&new, &base, out, scratch).ok();
+                let mut big = [0u8; 8192];
+                let want = [
+                    xor::encode(&new, &base, &mut big).ok(),
+                    encode(&new, &base, 2, &mut big).ok(),
+                    encode(&new, &base, 4, &mut big).ok(),
+                ]
+                .into_iter()
+                .flatten()
+                .filter(|&n| n <= cap)
+                .min();
+                assert_eq!(got, want, "cap {cap}, {k} changes");
             }
         }
     }

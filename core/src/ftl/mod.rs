@@ -12,7 +12,8 @@
 //! - checkpoints in rotating packs and roll-forward recovery from spare records ([`checkpoint`],
 //!   [`recovery`]);
 //! - the delta engine's glue (`delta`): updates kept as inline deltas in the node page, their
-//!   eviction to compact pages or rebuilt full pages, and idle restores;
+//!   eviction to compact pages or rebuilt full pages, and idle restores (a host write covering
+//!   a whole group is no update of single blocks: [`Ftl::write_blocks`] writes it whole);
 //! - coded blocks (`packed`): float-weight blocks stored ZipNN-coded, packed as a byte stream
 //!   over slots so a page holds more blocks than it has slots.
 //!

@@ -6,7 +6,10 @@
 //! which turns them into replies; a writer thread sends what has gathered, many replies per
 //! system call, matched by cookie and possibly out of order. A burst of requests thus costs a
 //! few thread wake-ups, not several per request, which on a small machine is most of the cost of
-//! a 4 KiB request.
+//! a 4 KiB request. Where the socket allows a non-blocking send, small bursts of replies skip
+//! the writer too: the device's thread sends them itself when it flushes its completions, and
+//! leaves to the writer only what the socket does not take at once (so a client that stops
+//! reading never stalls the device).
 //!
 //! Memory is bounded per connection by a budget of in-flight payload bytes and requests that the
 //! reader takes *before* it allocates a buffer, so a header that claims a huge length costs

@@ -60,6 +60,10 @@ const NONE: u32 = u32::MAX;
 const SPARE: usize = crate::format::spare::LEN;
 
 /// Log and buffer indices.
+/// Free blocks at or below which a run covering a whole group is written whole (see
+/// [`Ftl::write_blocks`]): three times the level at which host writes start GC.
+pub const STREAM_SHORT_FREE: u32 = 3 * GC_LOW;
+
 const HOT: usize = 0;
 const COLD: usize = 1;
 const NODE: usize = 2;
@@ -612,14 +616,15 @@ impl<'a, N: Nand> Ftl<'a, N> {
     }
 
     /// Writes consecutive logical blocks from `first`; `data` is a whole number of blocks
-    /// (anything else is `OutOfRange`). Like [`Ftl::write`] for each block, except that the
-    /// blocks of a group of [`LBAS_PER_NODE`] LBAs that `data` covers entirely are written
-    /// whole, with no delta attempt: a host rewriting a whole group at once (a sequential
-    /// stream) would otherwise keep every old block alive as a base, so GC copies them and
-    /// compaction moves the deltas, while the group's inline area holds a dozen deltas at most.
-    /// On a 1 MiB sequential rewrite that made the NAND bytes per host byte 1.86 with deltas
-    /// and 1.005 without (`bench/nbd.sh` seqwrite), and the delta attempts were most of the
-    /// firmware's time.
+    /// (anything else is `OutOfRange`). Like [`Ftl::write`] for each block, except that, on a
+    /// device short of space (at most [`STREAM_SHORT_FREE`] free blocks), the blocks of a group
+    /// of [`LBAS_PER_NODE`] LBAs that `data` covers entirely are written whole, with no delta
+    /// attempt. A host rewriting a whole group at once (a sequential stream) would otherwise
+    /// keep every old block alive as a base, and on a full device GC must copy them: on a
+    /// 1 MiB sequential rewrite of a full 1 GiB device the NAND bytes per host byte were 1.86
+    /// with deltas and 1.005 without (`bench/nbd.sh` seqwrite), and the delta attempts were most
+    /// of the firmware's time. With room to spare the deltas stay: a fine-tuned checkpoint
+    /// rewritten in 1 MiB requests costs 0.05 of coding it whole (`bench/zipnn-device.sh`).
     pub fn write_blocks(&mut self, first: Lba, data: &[u8]) -> R<(), N::Error> {
         let count = u32::try_from(data.len() / SLOT_BYTES).unwrap_or(u32::MAX);
         if !data.len().is_multiple_of(SLOT_BYTES) {
@@ -635,8 +640,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
             let lba = first.0 + i as u32;
             let g = lba / LBAS_PER_NODE;
             let covered = g * LBAS_PER_NODE >= first.0 && (g + 1) * LBAS_PER_NODE <= end;
+            let stream = covered && self.free_count <= STREAM_SHORT_FREE;
             let block: &[u8; SLOT_BYTES] = block.try_into().expect("chunks of SLOT_BYTES");
-            self.write_one(lba, block, self.delta_on && !covered)?;
+            self.write_one(lba, block, self.delta_on && !stream)?;
         }
         Ok(())
     }

@@ -341,6 +341,30 @@ impl SimNand {
         Ok(())
     }
 
+    /// What every slot read starts with: the contract checks, the power-cut step and the count.
+    fn start_slot_read(
+        &mut self,
+        page: PageId,
+        slot: u32,
+        data: usize,
+        spare: usize,
+    ) -> Result<(), SimError> {
+        self.check_page(page)?;
+        self.check_lengths(data, spare)?;
+        if slot >= self.geometry.slots_per_page() {
+            return Err(SimError::Contract(format!(
+                "slot {slot} of page {} out of range ({} slots)",
+                page.0,
+                self.geometry.slots_per_page()
+            )));
+        }
+        if self.power_step()? {
+            return Err(SimError::PowerLoss);
+        }
+        self.counters.reads += 1;
+        Ok(())
+    }
+
     /// Reads a page's data and spare; erased pages read 0xFF.
     fn load(&mut self, page: PageId, data: &mut [u8], spare: &mut [u8]) -> Result<(), SimError> {
         match &mut self.store {
@@ -477,19 +501,7 @@ impl Nand for SimNand {
         data: &mut [u8],
         spare: &mut [u8],
     ) -> Result<(), SimError> {
-        self.check_page(page)?;
-        self.check_lengths(data.len(), spare.len())?;
-        if slot >= self.geometry.slots_per_page() {
-            return Err(SimError::Contract(format!(
-                "slot {slot} of page {} out of range ({} slots)",
-                page.0,
-                self.geometry.slots_per_page()
-            )));
-        }
-        if self.power_step()? {
-            return Err(SimError::PowerLoss);
-        }
-        self.counters.reads += 1;
+        self.start_slot_read(page, slot, data.len(), spare.len())?;
         let range = slot as usize * SLOT_BYTES..(slot as usize + 1) * SLOT_BYTES;
         let page_bytes = data.len();
         match &mut self.store {
@@ -525,19 +537,7 @@ impl Nand for SimNand {
             dst.copy_from_slice(&page_buf[at..at + SLOT_BYTES]);
             return Ok(());
         }
-        self.check_page(page)?;
-        self.check_lengths(page_buf.len(), spare.len())?;
-        if slot >= self.geometry.slots_per_page() {
-            return Err(SimError::Contract(format!(
-                "slot {slot} of page {} out of range ({} slots)",
-                page.0,
-                self.geometry.slots_per_page()
-            )));
-        }
-        if self.power_step()? {
-            return Err(SimError::PowerLoss);
-        }
-        self.counters.reads += 1;
+        self.start_slot_read(page, slot, page_buf.len(), spare.len())?;
         let at = slot as usize * SLOT_BYTES;
         let page_bytes = page_buf.len();
         if let Store::Ram(pages) = &self.store {

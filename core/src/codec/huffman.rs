@@ -604,6 +604,18 @@ mod tests {
 
     const N: usize = 60_000;
 
+    /// Codes a plain array of symbols (as ZipNN codes its planes, one code per element).
+    fn encode_syms(syms: &[u8], k: usize, enc: &HuffEncoder, out: &mut [u8]) -> Option<usize> {
+        let codes = &enc.codes;
+        let quads = |i: usize, j: usize| {
+            syms[i..j]
+                .chunks_exact(4)
+                .map(move |q| core::array::from_fn(|j| codes[usize::from(q[j])]))
+        };
+        let one = |i: usize| codes[usize::from(syms[i])];
+        encode(syms.len(), k, enc, quads, one, out)
+    }
+
     fn build(syms: &[u8], k: usize, enc: &mut HuffEncoder) -> u64 {
         let mut counts = [0u32; 256];
         for &s in syms {
@@ -631,14 +643,7 @@ mod tests {
         }
         assert_eq!(kraft, 1 << MAX_BITS, "complete code");
         let mut out = [0u8; 2 * N];
-        let codes = enc.codes;
-        let quads = |i: usize, j: usize| {
-            syms[i..j]
-                .chunks_exact(4)
-                .map(move |q| core::array::from_fn(|j| codes[usize::from(q[j])]))
-        };
-        let one = |i: usize| codes[usize::from(syms[i])];
-        let len = encode(syms.len(), k, &enc, quads, one, &mut out).unwrap();
+        let len = encode_syms(syms, k, &enc, &mut out).unwrap();
         let data_bits: u64 = syms
             .iter()
             .map(|&s| u64::from(enc.lens[usize::from(s)]))
@@ -708,14 +713,7 @@ mod tests {
         let mut enc = HuffEncoder::new();
         build(&syms, 41, &mut enc);
         let mut out = [0u8; 12_000];
-        let codes = enc.codes;
-        let quads = |i: usize, j: usize| {
-            syms[i..j]
-                .chunks_exact(4)
-                .map(move |q| core::array::from_fn(|j| codes[usize::from(q[j])]))
-        };
-        let one = |i: usize| codes[usize::from(syms[i])];
-        let len = encode(syms.len(), 41, &enc, quads, one, &mut out).unwrap();
+        let len = encode_syms(&syms, 41, &enc, &mut out).unwrap();
         let values = [0u16; 256];
         let mut t = HuffDecoder::new();
         let mut back = [0u8; 10_000];

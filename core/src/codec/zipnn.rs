@@ -1899,6 +1899,36 @@ mod tests {
         }
     }
 
+    /// Damages chunk record `m[..len]` (chunk `index`) one of three ways (a bit flipped
+    /// anywhere, a byte replaced among the first `head` payload bytes, where the tables sit, or
+    /// the record cut short) and re-seals it with a fresh length and CRC, as a buggy or hostile
+    /// writer would; returns the new length.
+    fn damage_and_reseal(
+        rng: &mut Rng,
+        m: &mut [u8],
+        len: usize,
+        index: u64,
+        head: usize,
+    ) -> usize {
+        let mut l = len;
+        match rng.next() % 3 {
+            0 => {
+                let i = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN);
+                m[i] ^= 1 << (rng.next() % 8);
+            }
+            1 => {
+                let i = CHUNK_HEADER_LEN + (rng.next() as usize) % head;
+                m[i] = rng.next() as u8;
+            }
+            _ => l = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN),
+        }
+        let payload_len = (l - CHUNK_HEADER_LEN) as u32;
+        let crc = chunk_crc(index, payload_len, &m[CHUNK_HEADER_LEN..l]);
+        m[field::CHUNK_PAYLOAD_LEN].copy_from_slice(&payload_len.to_le_bytes());
+        m[field::CHUNK_CRC].copy_from_slice(&crc.to_le_bytes());
+        l
+    }
+
     /// A Huffman-coded record damaged behind a valid CRC: an error naming the chunk or the
     /// original, never a panic.
     #[test]
@@ -1916,23 +1946,8 @@ mod tests {
         let mut errors = 0;
         for _ in 0..2000 {
             let mut m = rec;
-            let mut l = len;
-            match rng.next() % 3 {
-                0 => {
-                    let i = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN);
-                    m[i] ^= 1 << (rng.next() % 8);
-                }
-                1 => {
-                    // The code lengths and stream table sit in the first few hundred bytes.
-                    let i = CHUNK_HEADER_LEN + (rng.next() as usize) % 400;
-                    m[i] = rng.next() as u8;
-                }
-                _ => l = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN),
-            }
-            let payload_len = (l - CHUNK_HEADER_LEN) as u32;
-            let crc = chunk_crc(7, payload_len, &m[CHUNK_HEADER_LEN..l]);
-            m[field::CHUNK_PAYLOAD_LEN].copy_from_slice(&payload_len.to_le_bytes());
-            m[field::CHUNK_CRC].copy_from_slice(&crc.to_le_bytes());
+            // The code lengths and stream table sit in the first few hundred bytes.
+            let l = damage_and_reseal(&mut rng, &mut m, len, 7, 400);
             match decode_chunk(Dtype::Bf16, 7, &m[..l], &mut planes, &mut back, &mut tables) {
                 Err(ZipnnError::CorruptedChunk { chunk: 7, .. }) => errors += 1,
                 Err(e) => panic!("unexpected error {e:?}"),
@@ -2046,22 +2061,7 @@ mod tests {
             let (mut errors, mut same) = (0, 0);
             for _ in 0..3000 {
                 let mut m = out;
-                let mut l = rec;
-                match rng.next() % 3 {
-                    0 => {
-                        let i = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN);
-                        m[i] ^= 1 << (rng.next() % 8);
-                    }
-                    1 => {
-                        let i = CHUNK_HEADER_LEN + (rng.next() as usize) % 40.min(l - 9);
-                        m[i] = rng.next() as u8;
-                    }
-                    _ => l = CHUNK_HEADER_LEN + (rng.next() as usize) % (l - CHUNK_HEADER_LEN),
-                }
-                let payload_len = (l - CHUNK_HEADER_LEN) as u32;
-                let crc = chunk_crc(5, payload_len, &m[CHUNK_HEADER_LEN..l]);
-                m[field::CHUNK_PAYLOAD_LEN].copy_from_slice(&payload_len.to_le_bytes());
-                m[field::CHUNK_CRC].copy_from_slice(&crc.to_le_bytes());
+                let l = damage_and_reseal(&mut rng, &mut m, rec, 5, 40.min(rec - 9));
                 match decode_chunk(dtype, 5, &m[..l], &mut planes, &mut back, &mut tables) {
                     Err(ZipnnError::CorruptedChunk { chunk: 5, .. }) => errors += 1,
                     Err(e) => panic!("{dtype:?}: unexpected error {e:?}"),

@@ -26,7 +26,7 @@ use nandbox_core::ftl::{blocks_for_capacity, Error as FtlError, Ftl, FtlConfig, 
 use nandbox_core::nand::{Geometry, Nand, SLOT_BYTES};
 use nandbox_core::stats::Stats;
 
-use crate::latency::{LatencyMode, LatencyModel, Timed, Wait};
+use crate::latency::{CausalClock, LatencyMode, LatencyModel, Timed, Wait};
 use crate::memory::OwnedFtlMemory;
 use crate::profile::Profile;
 use crate::trace::{RecordKind, TraceWriter};
@@ -619,6 +619,8 @@ struct Runner<'a> {
     ftl: Ftl<'a, Dev>,
     config: FirmwareConfig,
     started: Instant,
+    /// Virtual time in `virtual` latency mode (see [`CausalClock`]).
+    clock: CausalClock,
     reads: LatencyLog,
     writes: LatencyLog,
     block: Vec<u8>,
@@ -713,6 +715,7 @@ fn run_thread(
         ftl,
         config,
         started: Instant::now(),
+        clock: CausalClock::default(),
         reads: LatencyLog::new(),
         writes: LatencyLog::new(),
         block: vec![0; SLOT_BYTES],
@@ -869,17 +872,30 @@ impl Runner<'_> {
 
     /// Starts the latency clock for a request submitted at `submitted`.
     fn begin(&mut self, submitted: Instant) -> u64 {
-        let now = submitted.saturating_duration_since(self.started).as_nanos() as u64;
+        let mut now = self.wall_ns(submitted);
+        if self.config.latency == LatencyMode::Virtual {
+            now = self.clock.now(now);
+        }
         if let Some(m) = self.ftl.nand_mut().model() {
             m.begin(now);
         }
         now
     }
 
+    /// Nanoseconds from the device's start to `at`.
+    fn wall_ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_nanos() as u64
+    }
+
     /// Ends a request: records its modelled latency and says when its reply may go out.
     fn end(&mut self, began: u64, wait: Wait) -> Option<Instant> {
         let done = self.ftl.nand_mut().model().map(|m| m.complete(wait))?;
         let latency = done.saturating_sub(began);
+        if self.config.latency == LatencyMode::Virtual {
+            // The reply goes out now (it never waits in this mode).
+            let wall = self.wall_ns(Instant::now());
+            self.clock.replied(wall, done);
+        }
         if wait == Wait::AllOps {
             self.reads.record(latency)
         } else {

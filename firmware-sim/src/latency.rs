@@ -12,6 +12,11 @@
 //! superblock made of one physical block per die; charging every die for every modelled block
 //! would make erases `dies` times too frequent.
 //!
+//! A die keeps the page it last sensed in its page register until its next program or erase: a
+//! read of that page again (the next block of a multi-block read, a slot beside one just read)
+//! moves the bytes over the channel without sensing again, as a controller does with a
+//! change-read-column command.
+//!
 //! Writes go through a DRAM write buffer of [`WRITE_BUFFER_PAGES_PER_DIE`] pages per die, as in
 //! an SSD controller: a host write completes once its data has room in the buffer, and a page's
 //! room is given back when its program finishes. While the buffer has room, writes complete at
@@ -21,12 +26,15 @@
 //!
 //! The virtual clock is anchored to the caller: when a host request is submitted the firmware
 //! takes `now` (nanoseconds since the device started, from the wall clock), and after running it
-//! asks the model when the request completes. In `virtual` mode that time is only accounted (an
-//! open-loop model: the host is never slowed, so a host faster than the flash sees the modelled
-//! queues grow); in `real` mode the reply waits for it.
+//! asks the model when the request completes. In `real` mode the reply waits for that time. In
+//! `virtual` mode nothing waits, so the host runs ahead of the flash; [`CausalClock`] keeps the
+//! accounting honest: a request sent after the host had a reply starts no earlier than that
+//! reply's modelled completion, as it would in `real` mode. Without it a synchronous host
+//! (SQLite's point reads, a replayed trace) would be charged for queues it could never build:
+//! its next read would land on dies still busy with the reads it had already waited for.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use nandbox_core::nand::{BlockId, Geometry, Nand, PageId, SLOT_BYTES};
 
@@ -61,6 +69,9 @@ impl LatencyMode {
 /// busy host, as a real drive's buffer rides out a bursty host.
 pub const WRITE_BUFFER_PAGES_PER_DIE: usize = 8;
 
+/// No page in a die's page register.
+const NO_PAGE: u32 = u32::MAX;
+
 /// Which completion a request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
@@ -78,6 +89,8 @@ pub struct LatencyModel {
     profile: Profile,
     page_bytes: u64,
     die_free_at: Vec<u64>,
+    /// The page each die's page register holds ([`NO_PAGE`]: none).
+    die_page: Vec<u32>,
     channel_free_at: Vec<u64>,
     now: u64,
     /// Latest completion of any operation of the current request.
@@ -99,6 +112,7 @@ impl LatencyModel {
         LatencyModel {
             page_bytes: geometry.page_bytes as u64,
             die_free_at: vec![0; profile.dies() as usize],
+            die_page: vec![NO_PAGE; profile.dies() as usize],
             channel_free_at: vec![0; profile.channels as usize],
             profile,
             now: 0,
@@ -116,6 +130,7 @@ impl LatencyModel {
     /// device's clock starts (a drive is formatted at the factory, not on the host's time).
     pub fn reset(&mut self) {
         self.die_free_at.fill(0);
+        self.die_page.fill(NO_PAGE);
         self.channel_free_at.fill(0);
         self.buffered.clear();
         self.admitted_at = 0;
@@ -182,7 +197,11 @@ impl LatencyModel {
     pub fn read(&mut self, page: PageId, bytes: u64) {
         let die = self.die_of(page.0);
         let ch = self.channel_of(die);
-        let sensed = self.now.max(self.die_free_at[die]) + self.profile.read_ns;
+        let mut sensed = self.now.max(self.die_free_at[die]);
+        if self.die_page[die] != page.0 {
+            sensed += self.profile.read_ns;
+            self.die_page[die] = page.0;
+        }
         let done = sensed.max(self.channel_free_at[ch]) + self.profile.transfer_ns(bytes);
         self.die_free_at[die] = done;
         self.channel_free_at[ch] = done;
@@ -198,6 +217,7 @@ impl LatencyModel {
             self.now.max(self.channel_free_at[ch]) + self.profile.transfer_ns(self.page_bytes);
         self.channel_free_at[ch] = moved;
         let done = moved.max(self.die_free_at[die]) + self.profile.program_ns;
+        self.die_page[die] = NO_PAGE;
         self.die_free_at[die] = done;
         self.finish(done);
         self.buffered.push(Reverse(done));
@@ -208,8 +228,48 @@ impl LatencyModel {
     pub fn erase(&mut self, block: BlockId) {
         let die = block.0 as usize % self.die_free_at.len();
         let done = self.now.max(self.die_free_at[die]) + self.profile.erase_ns;
+        self.die_page[die] = NO_PAGE;
         self.die_free_at[die] = done;
         self.finish(done);
+    }
+}
+
+/// The virtual time of `virtual` mode: the wall clock, moved on by the waits for replies that a
+/// host in `real` mode would have had.
+///
+/// Times are nanoseconds since the device started. Virtual time is wall time plus `skew`, the
+/// waiting the host skipped so far. A reply handed to the host at wall time `w` with modelled
+/// completion `d` means that every request sent after `w` may depend on it, so it starts no
+/// earlier than `d`; that raises `skew` when the host came back sooner than the flash would
+/// have let it. Requests sent before the reply went out (queue depth above one) are not held.
+#[derive(Clone, Debug, Default)]
+pub struct CausalClock {
+    skew: u64,
+    /// (wall time a reply went out, its modelled completion), oldest first: the replies that
+    /// requests yet to start may have waited for.
+    replied: VecDeque<(u64, u64)>,
+}
+
+impl CausalClock {
+    /// The virtual time of a request sent at wall time `wall_ns`.
+    pub fn now(&mut self, wall_ns: u64) -> u64 {
+        while let Some(&(at, done)) = self.replied.front() {
+            if at > wall_ns {
+                break;
+            }
+            self.replied.pop_front();
+            self.skew = self.skew.max(done.saturating_sub(wall_ns));
+        }
+        wall_ns + self.skew
+    }
+
+    /// A reply completing at virtual time `done_ns` went out at wall time `wall_ns`.
+    pub fn replied(&mut self, wall_ns: u64, done_ns: u64) {
+        match self.replied.back_mut() {
+            // Replies of one burst: the latest completion stands for them all.
+            Some((at, done)) if *at == wall_ns => *done = (*done).max(done_ns),
+            _ => self.replied.push_back((wall_ns, done_ns)),
+        }
     }
 }
 
@@ -398,5 +458,43 @@ mod tests {
         m.begin(1_000_000);
         m.read(PageId(6), 4096);
         assert_eq!(m.complete(Wait::AllOps), 1_000_000 + 75_000 + 5_120);
+    }
+
+    #[test]
+    fn a_page_still_in_the_die_register_is_not_sensed_again() {
+        let geo = TLC.geometry(64);
+        let mut m = LatencyModel::new(TLC, &geo);
+        m.begin(0);
+        m.read(PageId(5), 4096);
+        m.read(PageId(5), 4096);
+        // One sense, two transfers.
+        assert_eq!(m.complete(Wait::AllOps), 75_000 + 2 * 5_120);
+        // Another page on the same die is sensed; then page 5 is gone from the register.
+        m.begin(1_000_000);
+        m.read(PageId(5 + 32), 4096);
+        m.read(PageId(5), 4096);
+        assert_eq!(m.complete(Wait::AllOps), 1_000_000 + 2 * (75_000 + 5_120));
+        // A program on the die overwrites the register too.
+        m.begin(2_000_000);
+        m.program(PageId(5 + 64));
+        m.begin(3_000_000);
+        m.read(PageId(5), 4096);
+        assert_eq!(m.complete(Wait::AllOps), 3_000_000 + 75_000 + 5_120);
+    }
+
+    #[test]
+    fn the_causal_clock_holds_a_request_sent_after_a_reply_to_that_reply() {
+        let mut c = CausalClock::default();
+        assert_eq!(c.now(1_000), 1_000);
+        // Its reply went out at wall 2 µs, modelled to complete at 100 µs.
+        c.replied(2_000, 100_000);
+        // Sent before the reply (queue depth 2): not held.
+        assert_eq!(c.now(1_500), 1_500);
+        // Sent after it: starts at the completion, and the host's later time moves with it.
+        assert_eq!(c.now(3_000), 100_000);
+        assert_eq!(c.now(4_000), 101_000);
+        // A reply that completed long ago in virtual time changes nothing.
+        c.replied(5_000, 50_000);
+        assert_eq!(c.now(6_000), 103_000);
     }
 }

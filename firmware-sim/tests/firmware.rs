@@ -100,6 +100,27 @@ fn virtual_latency_is_accounted() {
 }
 
 #[test]
+fn virtual_latency_of_a_synchronous_host_has_no_queue() {
+    // A host that waits for each reply before the next read never finds the die busy with its
+    // own earlier reads, however much faster than the flash it runs in wall time.
+    let mut config = FirmwareConfig::new(profile::TLC, 64 * MIB);
+    config.latency = LatencyMode::Virtual;
+    let fw = Firmware::start(config).unwrap();
+    fw.write(0, vec![1; 4096], true).unwrap();
+    for _ in 0..200 {
+        fw.read(0, 4096).unwrap();
+    }
+    let s = fw.snapshot().unwrap();
+    assert_eq!(s.latency.reads, 200);
+    let one = profile::TLC.read_ns + profile::TLC.transfer_ns(16384 + 256);
+    assert!(
+        s.latency.read_p99_ns <= one + one / 10,
+        "a read waited for earlier ones: {:?}, one read {one} ns",
+        s.latency
+    );
+}
+
+#[test]
 fn an_image_keeps_flushed_data_across_restarts() {
     let dir = std::env::temp_dir().join(format!("nandbox-fw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

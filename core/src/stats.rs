@@ -113,6 +113,8 @@ pub struct Stats {
     pub pages_restored: u64,
     /// Host reads served by applying a delta to a base.
     pub delta_reads: u64,
+    /// Compact slot reads served by the compact cache instead of NAND.
+    pub compact_cache_hits: u64,
     /// Host writes of a block whose current version was still in the write buffer: it was
     /// replaced there, costing no NAND program.
     pub buffer_overwrites: u64,

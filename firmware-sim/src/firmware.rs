@@ -27,7 +27,7 @@ use nandbox_core::nand::{Geometry, Nand, SLOT_BYTES};
 use nandbox_core::stats::Stats;
 
 use crate::latency::{CausalClock, LatencyMode, LatencyModel, Timed, Wait};
-use crate::memory::OwnedFtlMemory;
+use crate::memory::{OwnedFtlMemory, DEFAULT_COMPACT_CACHE_SLOTS};
 use crate::profile::Profile;
 use crate::trace::{RecordKind, TraceWriter};
 use crate::SimNand;
@@ -47,6 +47,8 @@ pub struct FirmwareConfig {
     pub latency: LatencyMode,
     /// Node pages kept in RAM (used at format; an image keeps the count it was formatted with).
     pub node_cache_slots: u32,
+    /// Compact page slots cached in RAM, 4 KiB each (0: none); not kept in an image.
+    pub compact_cache_slots: u32,
     /// Keep updates as inline deltas (MedFS); `--delta on|off`.
     pub delta: bool,
     /// Store float-weight blocks ZipNN-coded and packed; `--compress on|off`.
@@ -78,6 +80,7 @@ impl FirmwareConfig {
             image: None,
             latency: LatencyMode::Off,
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
+            compact_cache_slots: DEFAULT_COMPACT_CACHE_SLOTS as u32,
             delta: true,
             compress: true,
             node_cache_policy: CachePolicy::Score,
@@ -674,7 +677,8 @@ fn run_thread(
             node_cache_slots: config.node_cache_slots.min(slots_per_block),
         }
     };
-    let mut memory = OwnedFtlMemory::new(&geometry, &ftl_config);
+    let mut memory = OwnedFtlMemory::new(&geometry, &ftl_config)
+        .with_compact_cache(config.compact_cache_slots as usize);
     let ftl = if existing {
         Ftl::mount(nand, memory.lend()).map_err(|e| FirmwareError::Io(format!("mount: {e}")))
     } else {

@@ -2,7 +2,9 @@
 //! [`FtlMemory::required`] asks for and lends it to `Ftl::format` / `Ftl::mount`.
 
 use nandbox_core::codec::weights::WeightsMemory;
-use nandbox_core::ftl::{BlockInfo, CacheSlot, FtlConfig, FtlMemory, MemoryRequirements};
+use nandbox_core::ftl::{
+    BlockInfo, CacheSlot, FtlConfig, FtlMemory, MemoryRequirements, COMPACT_CACHE_ENTRY_BYTES,
+};
 use nandbox_core::nand::{Geometry, SLOT_BYTES};
 
 /// Every RAM table of one FTL, owned.
@@ -15,8 +17,13 @@ pub struct OwnedFtlMemory {
     valid_bits: Vec<u32>,
     page_buffers: Vec<u8>,
     pack_refs: Vec<u8>,
+    compact_cache: Vec<u8>,
     weights: Box<WeightsMemory>,
 }
+
+/// Compact page slots a host-side FTL caches unless told otherwise (256 KiB, as much as 64
+/// node-cache slots).
+pub const DEFAULT_COMPACT_CACHE_SLOTS: usize = 64;
 
 impl OwnedFtlMemory {
     /// Allocates what `config` on `geometry` needs.
@@ -35,8 +42,15 @@ impl OwnedFtlMemory {
             valid_bits: vec![0; req.bitmap_words],
             page_buffers: vec![0; req.page_buffer_bytes],
             pack_refs: vec![0; req.slots],
+            compact_cache: vec![0; DEFAULT_COMPACT_CACHE_SLOTS * COMPACT_CACHE_ENTRY_BYTES],
             weights: Box::default(),
         }
+    }
+
+    /// Sets the compact page cache to `slots` entries (0: none).
+    pub fn with_compact_cache(mut self, slots: usize) -> OwnedFtlMemory {
+        self.compact_cache = vec![0; slots * COMPACT_CACHE_ENTRY_BYTES];
+        self
     }
 
     /// Lends the tables to an FTL for as long as it lives.
@@ -50,6 +64,7 @@ impl OwnedFtlMemory {
             valid_bits: &mut self.valid_bits,
             page_buffers: &mut self.page_buffers,
             pack_refs: &mut self.pack_refs,
+            compact_cache: &mut self.compact_cache,
             weights: Some(&mut self.weights),
         }
     }

@@ -18,6 +18,7 @@ struct DeltaTotals {
     delta_reads: u64,
     coded: u64,
     coded_reads: u64,
+    compact_cache_hits: u64,
 }
 
 impl DeltaTotals {
@@ -29,11 +30,12 @@ impl DeltaTotals {
         self.delta_reads += s.delta_reads;
         self.coded += s.blocks_coded;
         self.coded_reads += s.coded_reads;
+        self.compact_cache_hits += s.compact_cache_hits;
     }
 }
 
 fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
-    run_with(seed, geo, logical, cache, ops, false, false);
+    run_with(seed, geo, logical, cache, ops, false, false, 0);
 }
 
 fn run_with(
@@ -44,9 +46,10 @@ fn run_with(
     ops: u32,
     delta: bool,
     compress: bool,
+    compact_cache: usize,
 ) -> DeltaTotals {
     let cfg = config(logical, cache);
-    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg).with_compact_cache(compact_cache);
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
     set_delta(&mut ftl, delta);
     ftl.set_compress(compress);
@@ -180,17 +183,24 @@ fn model_four_slot_pages() {
 #[test]
 fn model_delta_on() {
     let mut all = DeltaTotals::default();
-    for (seed, slots, ppb, logical, cache) in [(41, 1, 32, 1024, 3), (42, 4, 16, 2048, 4)] {
+    // A one-entry compact cache churns: each entry must be dropped as its block is erased.
+    for (seed, slots, ppb, logical, cache, ccache) in [
+        (41, 1, 32, 1024, 3, 1),
+        (42, 4, 16, 2048, 4, 0),
+        (43, 4, 16, 2048, 4, 8),
+    ] {
         let geo = small_geometry(slots, ppb, logical);
-        let t = run_with(seed, geo, logical, cache, 10_000, true, false);
+        let t = run_with(seed, geo, logical, cache, 10_000, true, false, ccache);
         eprintln!("seed {seed}: {t:?}");
         all.inlined += t.inlined;
         all.rebuilt += t.rebuilt;
         all.compact_pages += t.compact_pages;
         all.restored += t.restored;
         all.delta_reads += t.delta_reads;
+        all.compact_cache_hits += t.compact_cache_hits;
     }
     assert!(all.inlined > 1000, "{all:?}");
+    assert!(all.compact_cache_hits > 0, "{all:?}");
     assert!(all.rebuilt > 0 && all.delta_reads > 0, "{all:?}");
     assert!(all.compact_pages > 0, "{all:?}");
 }
@@ -206,7 +216,7 @@ fn model_compress_on() {
         (53, 4, 16, 2048, 4, true),
     ] {
         let geo = small_geometry(slots, ppb, logical);
-        let t = run_with(seed, geo, logical, cache, 10_000, delta, true);
+        let t = run_with(seed, geo, logical, cache, 10_000, delta, true, 4);
         eprintln!("seed {seed}: {t:?}");
         all.coded += t.coded;
         all.coded_reads += t.coded_reads;

@@ -54,6 +54,9 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     if let Some(n) = opts.node_cache_slots {
         config.node_cache_slots = n;
     }
+    if let Some(n) = opts.compact_cache_slots {
+        config.compact_cache_slots = n;
+    }
     let firmware = Firmware::start(config).context("starting the device")?;
     Ok(Arc::new(FirmwareDevice {
         firmware: Arc::new(firmware),
@@ -293,6 +296,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "full_pages_rebuilt": st.pages_rebuilt,
         "restored_at_idle": st.pages_restored,
         "reads_through_delta": st.delta_reads,
+        "compact_cache_hits": st.compact_cache_hits,
     });
     // Not the delta engine's: rewrites the write buffer absorbed (with or without it).
     let write_buffer = json!({ "overwrites": st.buffer_overwrites });

@@ -234,6 +234,8 @@ pub struct DeviceOptions {
     pub node_cache: String,
     /// Node cache slots, when not the default (used when the device is formatted).
     pub node_cache_slots: Option<u32>,
+    /// Compact page cache slots, when not the default.
+    pub compact_cache_slots: Option<u32>,
     /// Record every request to this block trace.
     pub trace: Option<PathBuf>,
     /// Spend idle time on background work (off for a replay, which runs the trace's own steps).

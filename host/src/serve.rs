@@ -131,6 +131,10 @@ pub struct FirmwareArgs {
     /// Node pages cached in RAM, 4 KiB each [default: 1024]; used when the device is formatted.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=65535))]
     pub node_cache_slots: Option<u32>,
+    /// Compact page slots (packed deltas) cached in RAM, 4 KiB each; 0 reads every compacted
+    /// delta from flash [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=65535))]
+    pub compact_cache_slots: Option<u32>,
 }
 
 impl FirmwareArgs {
@@ -148,6 +152,7 @@ impl FirmwareArgs {
             compress: self.compress == OnOff::On,
             node_cache: format!("{:?}", self.node_cache).to_lowercase(),
             node_cache_slots: self.node_cache_slots,
+            compact_cache_slots: self.compact_cache_slots,
             trace: None,
             background: true,
         }

@@ -182,6 +182,9 @@ impl CacheSlot {
     }
 }
 
+/// Bytes of one entry of [`FtlMemory::compact_cache`].
+pub const COMPACT_CACHE_ENTRY_BYTES: usize = super::compact_cache::ENTRY_BYTES;
+
 /// Sizes of the RAM tables, in elements of each [`FtlMemory`] field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRequirements {
@@ -230,6 +233,9 @@ pub struct FtlMemory<'a> {
     /// Per slot: how many mapped LBAs a packed slot of coded blocks serves (see
     /// `ftl::packed`); 0 or 1 for other slots.
     pub pack_refs: &'a mut [u8],
+    /// A cache of compact page slots (see `ftl::compact_cache`): whole entries of
+    /// [`COMPACT_CACHE_ENTRY_BYTES`] are used; empty for none.
+    pub compact_cache: &'a mut [u8],
     /// Memory for coding float-weight blocks (`Ftl::set_compress`). Without it blocks are never
     /// stored coded, and reading one already on flash is an error.
     pub weights: Option<&'a mut WeightsMemory>,

@@ -274,13 +274,19 @@ impl<N: Nand> Ftl<'_, N> {
                 g * LBAS_PER_NODE + e.off as u32,
             )));
         }
-        Ok(match self.buffered_log(cp) {
-            Some(log) => self.slot_offset(log, cp.0 % self.spp),
-            None => {
-                self.read_slot_checked(cp, SlotKind::Compact, g, SCRATCH, cause)?;
-                self.slot_offset(SCRATCH, cp.0 % self.spp)
-            }
-        })
+        if let Some(log) = self.buffered_log(cp) {
+            return Ok(self.slot_offset(log, cp.0 % self.spp));
+        }
+        let at = self.slot_offset(SCRATCH, cp.0 % self.spp);
+        let ec = self.blocks[(cp.0 / (self.spp * self.ppb)) as usize].erase_count;
+        if let Some(copy) = self.ccache.get(cp.0, ec) {
+            self.bufs[at..at + SLOT_BYTES].copy_from_slice(copy);
+            self.stats.compact_cache_hits += 1;
+            return Ok(at);
+        }
+        self.read_slot_checked(cp, SlotKind::Compact, g, SCRATCH, cause)?;
+        self.ccache.put(cp.0, ec, &self.bufs[at..at + SLOT_BYTES]);
+        Ok(at)
     }
 
     /// Writes the open delta log slot into the hot log (a no-op when it is empty).

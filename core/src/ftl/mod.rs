@@ -13,7 +13,8 @@
 //!   [`recovery`]);
 //! - the delta engine's glue (`delta`): updates kept as inline deltas in the node page, their
 //!   eviction to compact pages or rebuilt full pages, and idle restores (a host write covering
-//!   a whole group is no update of single blocks: [`Ftl::write_blocks`] writes it whole);
+//!   a whole group is no update of single blocks: [`Ftl::write_blocks`] writes it whole), and
+//!   a RAM cache of compact page slots in memory the caller may lend (`compact_cache`);
 //! - coded blocks (`packed`): float-weight blocks stored ZipNN-coded, packed as a byte stream
 //!   over slots so a page holds more blocks than it has slots.
 //!
@@ -34,6 +35,7 @@ pub mod config;
 pub mod error;
 
 mod checkpoint;
+mod compact_cache;
 mod delta;
 mod gc;
 mod packed;
@@ -49,7 +51,7 @@ pub use cache::CachePolicy;
 use cache::EvictionPolicy;
 pub use config::{
     blocks_for_capacity, min_blocks, BlockInfo, CacheSlot, FtlConfig, FtlMemory, Lba,
-    MemoryRequirements, CP_AREA_BLOCKS, LBAS_PER_NODE,
+    MemoryRequirements, COMPACT_CACHE_ENTRY_BYTES, CP_AREA_BLOCKS, LBAS_PER_NODE,
 };
 use config::{CP_RESERVE, GC_LOW, MAX_SLOTS_PER_PAGE};
 use delta::Dropped;
@@ -209,6 +211,8 @@ pub struct Ftl<'a, N: Nand> {
     /// Store float-weight blocks ZipNN-coded in packed slots.
     compress_on: bool,
     weights: Option<&'a mut crate::codec::weights::WeightsMemory>,
+    /// Compact slots read lately (see [`compact_cache`]).
+    ccache: compact_cache::CompactCache<'a>,
     /// Mapped LBAs per packed slot (see [`packed`]).
     pack_refs: &'a mut [u8],
     /// The packed slot being filled in the hot and cold logs' buffers.
@@ -255,6 +259,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             valid_bits,
             page_buffers,
             pack_refs,
+            compact_cache,
             weights,
         } = mem;
         let total_slots = geo.total_pages() * spp;
@@ -297,6 +302,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             dlog_blocks: heapless::Vec::new(),
             compress_on: false,
             weights,
+            ccache: compact_cache::CompactCache::new(compact_cache),
             pack_refs,
             pack: [None, None],
             logs: [Log::CLOSED; 3],
@@ -509,6 +515,11 @@ impl<'a, N: Nand> Ftl<'a, N> {
             });
         }
         Ok(())
+    }
+
+    /// Compact page slots the compact cache holds at most (0: no cache).
+    pub fn compact_cache_slots(&self) -> usize {
+        self.ccache.capacity()
     }
 
     /// Reads one logical block. Never-written and trimmed blocks read as zeros; a block whose

@@ -62,6 +62,8 @@ impl FtlRam {
             valid_bits: &mut self.valid_bits,
             page_buffers: &mut self.page_buffers,
             pack_refs: &mut self.pack_refs,
+            // No compact page cache: compacted deltas are read from flash each time.
+            compact_cache: &mut [],
             // No coded blocks on this board: the codec's 54 KiB are not spent.
             weights: None,
         }

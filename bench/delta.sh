@@ -36,7 +36,9 @@
 #               then LAT_SELECTS random point SELECTs with the page cache dropped (the updates
 #               themselves read almost nothing from the device): mean virtual read latency of
 #               the SELECTs, delta on / off, and node-cache hit rate and NAND node page reads,
-#               score against lru (delta on), at CACHE_SLOTS slots (64 and 8).
+#               score against lru (delta on), at CACHE_SLOTS slots (64 and 8). The delta-on
+#               score run records a trace, replayed with delta off and on (and on without the
+#               compact cache): the same requests, a host that waits for each reply, no noise.
 set -euo pipefail
 
 PARTS=${PARTS:-"controlled fio sqlite latency"}
@@ -298,10 +300,30 @@ latency_part() {
     export SELECTS=$LAT_SELECTS
     sqlite_run lat-off WAL --latency virtual --node-cache-slots 64 --node-cache score --delta off >/dev/null
     for n in $CACHE_SLOTS; do
-        sqlite_run "lat-score-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache score --delta on >/dev/null
+        if [ "$n" = 64 ]; then
+            RECORD=1 sqlite_run "lat-score-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache score --delta on >/dev/null
+        else
+            sqlite_run "lat-score-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache score --delta on >/dev/null
+        fi
         sqlite_run "lat-lru-$n" WAL --latency virtual --node-cache-slots "$n" --node-cache lru --delta on >/dev/null
     done
     unset SELECTS
+    if [ -n "${TRACE_DIR:-}" ]; then
+        for f in "$work"/lat-*.trace "$work"/lat-*-?.json; do [ -e "$f" ] && cp "$f" "$TRACE_DIR/"; done
+    fi
+    # The same SELECTs replayed: snapshots at the trace records where the live run took c and d.
+    local c d
+    c=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['trace_records'])" "$work/lat-score-64-c.json")
+    d=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['trace_records'])" "$work/lat-score-64-d.json")
+    for v in "off --delta off" "on --delta on" "on-nocc --delta on --compact-cache-slots 0"; do
+        # shellcheck disable=SC2086
+        set -- $v
+        local tag=$1; shift
+        "$NANDBOX" replay "$work/lat-score-64.trace" --profile "$PROFILE" --compress "$COMPRESS" \
+            --latency virtual --node-cache-slots 64 --node-cache score "$@" \
+            --snapshot "$c=$work/rp-$tag-c.json" --snapshot "$d=$work/rp-$tag-d.json" >/dev/null
+    done
+    rm -f "$work/lat-score-64.trace"
     "$PY" - "$work" $CACHE_SLOTS <<'EOF'
 import json, sys
 w = sys.argv[1]
@@ -314,6 +336,13 @@ def phase(n):
     return ((d["read_mean_ns"] * d["reads"] - c["read_mean_ns"] * c["reads"]) / k if k else 0, k)
 (m_off, k_off), (m_on, k_on) = phase("lat-off"), phase("lat-score-64")
 print(f"64 slots, score: mean virtual read latency of the SELECTs: delta off {m_off/1000:.1f} us ({k_off} reads), on {m_on/1000:.1f} us ({k_on} reads), on/off = {m_on / m_off if m_off else 0:.3f}")
+(r_off, _), (r_on, _), (r_nc, _) = phase("rp-off"), phase("rp-on"), phase("rp-on-nocc")
+def cc(n):
+    c, d = load(n, "c"), load(n, "d")
+    k = d["host_reads"] - c["host_reads"]
+    return (d["nand_read_pages"] - c["nand_read_pages"]) / k if k else 0
+print(f"the same SELECTs replayed from the delta-on run's trace: delta off {r_off/1000:.1f} us, on {r_on/1000:.1f} us, on/off = {r_on / r_off if r_off else 0:.3f}; on without the compact cache {r_nc/1000:.1f} us, {r_nc / r_off if r_off else 0:.3f}")
+print(f"NAND reads per host read in the SELECTs (replayed): off {cc('rp-off'):.3f}, on {cc('rp-on'):.3f}, on without the compact cache {cc('rp-on-nocc'):.3f}")
 off, on = load("lat-off"), load("lat-score-64")
 print(f"up to the end of the updates (few reads reach the device): mean off {off['latency']['read_mean_ns']/1000:.1f} us ({off['latency']['reads']} reads), on {on['latency']['read_mean_ns']/1000:.1f} us ({on['latency']['reads']} reads)")
 print(f"NAND reads per host read (whole run): off {load('lat-off', 'd')['nand_reads_per_host_read']:.3f}, on {load('lat-score-64', 'd')['nand_reads_per_host_read']:.3f}")

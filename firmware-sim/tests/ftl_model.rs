@@ -35,7 +35,16 @@ impl DeltaTotals {
 }
 
 fn run(seed: u64, geo: Geometry, logical: u32, cache: u32, ops: u32) {
-    run_with(seed, geo, logical, cache, ops, false, false, 0);
+    run_with(seed, geo, logical, cache, ops, Switches::default());
+}
+
+/// The FTL's switches for a model run.
+#[derive(Clone, Copy, Default)]
+struct Switches {
+    delta: bool,
+    compress: bool,
+    /// Compact cache entries.
+    compact_cache: usize,
 }
 
 fn run_with(
@@ -44,10 +53,13 @@ fn run_with(
     logical: u32,
     cache: u32,
     ops: u32,
-    delta: bool,
-    compress: bool,
-    compact_cache: usize,
+    sw: Switches,
 ) -> DeltaTotals {
+    let Switches {
+        delta,
+        compress,
+        compact_cache,
+    } = sw;
     let cfg = config(logical, cache);
     let mut mem = OwnedFtlMemory::new(&geo, &cfg).with_compact_cache(compact_cache);
     let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
@@ -190,7 +202,12 @@ fn model_delta_on() {
         (43, 4, 16, 2048, 4, 8),
     ] {
         let geo = small_geometry(slots, ppb, logical);
-        let t = run_with(seed, geo, logical, cache, 10_000, true, false, ccache);
+        let sw = Switches {
+            delta: true,
+            compress: false,
+            compact_cache: ccache,
+        };
+        let t = run_with(seed, geo, logical, cache, 10_000, sw);
         eprintln!("seed {seed}: {t:?}");
         all.inlined += t.inlined;
         all.rebuilt += t.rebuilt;
@@ -216,7 +233,12 @@ fn model_compress_on() {
         (53, 4, 16, 2048, 4, true),
     ] {
         let geo = small_geometry(slots, ppb, logical);
-        let t = run_with(seed, geo, logical, cache, 10_000, delta, true, 4);
+        let sw = Switches {
+            delta,
+            compress: true,
+            compact_cache: 4,
+        };
+        let t = run_with(seed, geo, logical, cache, 10_000, sw);
         eprintln!("seed {seed}: {t:?}");
         all.coded += t.coded;
         all.coded_reads += t.coded_reads;

@@ -68,4 +68,13 @@ impl OwnedFtlMemory {
             weights: Some(&mut self.weights),
         }
     }
+
+    /// Lends the tables without codec memory, as a board without the codec would: coded
+    /// blocks are never written, and one found on flash is an error.
+    pub fn lend_plain(&mut self) -> FtlMemory<'_> {
+        FtlMemory {
+            weights: None,
+            ..self.lend()
+        }
+    }
 }

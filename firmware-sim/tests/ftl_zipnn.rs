@@ -100,6 +100,80 @@ fn fixtures_round_trip_coded() {
     }
 }
 
+/// An FTL lent no codec memory (as the embedded board is) needs no reference counts and four
+/// fewer page buffers: it stores float blocks plain, and an image holding coded blocks mounts or
+/// is refused without a panic, its coded blocks read as errors naming the missing memory while
+/// plain blocks read back.
+#[test]
+fn without_codec_memory_blocks_are_plain_and_coded_ones_are_errors() {
+    let blocks = blocks_of(&payload("minilm-l0l5-bf16.safetensors"));
+    let coded = 256.min(blocks.len());
+    let logical = (coded + 256) as u32;
+    let geo = tlc(logical);
+    let cfg = config(logical, 64);
+    let plain = nandbox_core::ftl::FtlMemory::required_plain(&geo, &cfg);
+    let full = nandbox_core::ftl::FtlMemory::required(&geo, &cfg);
+    assert_eq!(plain.slots, 0);
+    assert!(plain.total_bytes() + 4 * (geo.page_bytes as usize) < full.total_bytes());
+
+    // Compress asked for, but no codec memory: float blocks go plain.
+    let mut mem = OwnedFtlMemory::with_requirements(&plain);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend_plain()).expect("format");
+    assert!(!ftl.set_compress(true));
+    for (i, b) in blocks[..coded].iter().enumerate() {
+        ftl.write(Lba(i as u32), b).unwrap();
+    }
+    ftl.flush().unwrap();
+    assert_eq!(ftl.stats().blocks_coded, 0);
+    read_all(&mut ftl, &blocks[..coded], "plain");
+    assert_eq!(ftl.check().unwrap().problems(), 0);
+
+    // A device that coded them, remounted without codec memory: at once (roll-forward meets
+    // the packed slots), and after enough plain writes for checkpoints to cover them (mount
+    // succeeds, the coded blocks read as errors).
+    let mut outcomes = Vec::new();
+    for rewrites in [0u32, 3000] {
+        let geo = small_geometry(4, 16, logical);
+        let plain = nandbox_core::ftl::FtlMemory::required_plain(&geo, &cfg);
+        let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+        let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).expect("format");
+        assert!(ftl.set_compress(true));
+        for (i, b) in blocks[..coded].iter().enumerate() {
+            ftl.write(Lba(i as u32), b).unwrap();
+        }
+        for v in 0..=rewrites {
+            ftl.write(
+                Lba(coded as u32 + v % 64),
+                &content(coded as u32 + v % 64, v),
+            )
+            .unwrap();
+        }
+        ftl.flush().unwrap();
+        assert!(ftl.stats().blocks_coded > 0);
+        let last = coded as u32 + rewrites % 64;
+        let nand = ftl.into_nand();
+        let mut mem = OwnedFtlMemory::with_requirements(&plain);
+        match Ftl::mount(nand, mem.lend_plain()) {
+            Err(e) => {
+                assert!(e.to_string().contains("no codec memory"), "{e}");
+                outcomes.push("refused");
+            }
+            Ok(mut ftl) => {
+                let mut buf = [0u8; BLOCK];
+                let e = ftl
+                    .read(Lba(0), &mut buf)
+                    .expect_err("a coded block without memory");
+                assert!(e.to_string().contains("no codec memory"), "{e}");
+                ftl.read(Lba(last), &mut buf).unwrap();
+                assert!(buf == content(last, rewrites));
+                assert!(ftl.check().is_ok());
+                outcomes.push("mounted");
+            }
+        }
+    }
+    assert_eq!(outcomes, ["refused", "mounted"]);
+}
+
 /// Random and text-like blocks are never coded, and with compress on they cost exactly what
 /// they cost with it off.
 #[test]

@@ -25,6 +25,8 @@ pub const MAX_SLOTS_PER_PAGE: u32 = 8;
 /// records GC and a program-failure retry move, kept apart because either can run while the
 /// host write's record waits).
 pub const PAGE_BUFFERS: usize = 13;
+/// Page buffers of an FTL lent no codec memory: the last four serve coded blocks only.
+pub const PLAIN_PAGE_BUFFERS: usize = PAGE_BUFFERS - 4;
 
 /// Logical blocks (LBAs) mapped by one node page.
 pub const LBAS_PER_NODE: u32 = node::LBAS;
@@ -253,6 +255,33 @@ impl FtlMemory<'_> {
             page_buffer_bytes: PAGE_BUFFERS
                 * (geometry.page_bytes as usize + geometry.spare_bytes as usize),
             slots: total_slots,
+        }
+    }
+
+    /// What `config` on `geometry` needs when no codec memory is lent (`weights: None`): coded
+    /// blocks are then never written and one found on flash is an error, so neither the
+    /// per-slot reference counts nor the four coded-block page buffers are needed.
+    pub const fn required_plain(geometry: &Geometry, config: &FtlConfig) -> MemoryRequirements {
+        let full = Self::required(geometry, config);
+        MemoryRequirements {
+            page_buffer_bytes: PLAIN_PAGE_BUFFERS
+                * (geometry.page_bytes as usize + geometry.spare_bytes as usize),
+            slots: 0,
+            ..full
+        }
+    }
+
+    /// What this memory must hold for `config` on `geometry`: [`FtlMemory::required`], or
+    /// [`FtlMemory::required_plain`] without codec memory.
+    pub(crate) fn requirements(
+        &self,
+        geometry: &Geometry,
+        config: &FtlConfig,
+    ) -> MemoryRequirements {
+        if self.weights.is_some() {
+            Self::required(geometry, config)
+        } else {
+            Self::required_plain(geometry, config)
         }
     }
 

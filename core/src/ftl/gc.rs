@@ -256,7 +256,7 @@ impl<N: Nand> Ftl<'_, N> {
                     };
                 }
             }
-            let mut only = only.filter(|&s| s < spp && self.pack_refs[first + s as usize] == 0);
+            let mut only = only.filter(|&s| s < spp && self.pack_ref(Ppa(first as u32 + s)) == 0);
             let mut sound = [false; MAX_SLOTS_PER_PAGE as usize];
             for _ in 0..READ_ATTEMPTS {
                 match only {

@@ -247,7 +247,7 @@ type R<T, E> = Result<T, Error<E>>;
 
 impl<'a, N: Nand> Ftl<'a, N> {
     fn assemble(nand: N, geo: Geometry, cfg: FtlConfig, mem: FtlMemory<'a>) -> Self {
-        let req = FtlMemory::required(&geo, &cfg);
+        let req = mem.requirements(&geo, &cfg);
         let spp = geo.slots_per_page();
         let stride = (geo.page_bytes + geo.spare_bytes) as usize;
         let FtlMemory {
@@ -335,7 +335,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
     ) -> Result<Self, FormatError<N::Error>> {
         let geo = nand.geometry();
         config.check(&geo).map_err(FormatError::Config)?;
-        let req = FtlMemory::required(&geo, &config);
+        let req = mem.requirements(&geo, &config);
         if let Err((what, needed)) = mem.fits(&req) {
             return Err(FormatError::BufferTooSmall { what, needed });
         }
@@ -1341,7 +1341,12 @@ impl<'a, N: Nand> Ftl<'a, N> {
                     info.mtime = self.next_seq;
                     let first = (best * self.ppb * self.spp) as usize;
                     self.valid[first..first + (self.ppb * self.spp) as usize].fill(false);
-                    self.pack_refs[first..first + (self.ppb * self.spp) as usize].fill(0);
+                    if let Some(r) = self
+                        .pack_refs
+                        .get_mut(first..first + (self.ppb * self.spp) as usize)
+                    {
+                        r.fill(0);
+                    }
                     self.blocks_since_cp += 1;
                     self.blocks_since_wl = self.blocks_since_wl.saturating_add(1);
                     return Ok(best);

@@ -81,9 +81,30 @@ pub(super) struct PackCheck {
     pub problem: Option<Problem>,
 }
 
+/// Mount: one more LBA maps to slot `p` (no counts without codec memory).
+pub(super) fn count_ref(refs: &mut [u8], p: Ppa) {
+    if let Some(r) = refs.get_mut(p.0 as usize) {
+        *r = (*r + 1).min(0x7F);
+    }
+}
+
+/// Why a coded block cannot be served by an FTL lent no codec memory.
+const NO_CODEC: &str = "coded block on flash, but no codec memory was lent";
+
 impl<N: Nand> Ftl<'_, N> {
     fn bad<T>(what: &'static str, at: u32) -> R<T, N::Error> {
         Err(Error::Corrupted(corrupted(what, at)))
+    }
+
+    /// Whether codec memory was lent: without it there are no reference counts and no
+    /// coded-block buffers, and a coded block found on flash is an error.
+    pub(super) fn coded_memory(&self) -> bool {
+        !self.pack_refs.is_empty()
+    }
+
+    /// References counted for slot `p` (0 without codec memory).
+    pub(super) fn pack_ref(&self, p: Ppa) -> u8 {
+        self.pack_refs.get(p.0 as usize).copied().unwrap_or(0)
     }
 
     /// The LBAs whose entries packed slot `p`, its page in buffer `page`, holds (copied out, so
@@ -277,12 +298,15 @@ impl<N: Nand> Ftl<'_, N> {
                 op.b.kill(&mut self.bufs[at..at + SLOT_BYTES], lba);
             }
         }
-        let r = &mut self.pack_refs[p.0 as usize];
-        if *r & REFS > 1 {
-            *r -= 1;
-            return;
+        match self.pack_refs.get_mut(p.0 as usize) {
+            Some(r) if *r & REFS > 1 => {
+                *r -= 1;
+                return;
+            }
+            Some(r) => *r = 0,
+            // No codec memory: every slot is plain.
+            None => {}
         }
-        *r = 0;
         self.invalidate(p);
     }
 
@@ -376,7 +400,7 @@ impl<N: Nand> Ftl<'_, N> {
         }
         let mut why = "";
         let (page, slot) = (p.0 / self.spp, p.0 % self.spp);
-        let mut whole = self.pack_refs[p.0 as usize] != 0;
+        let mut whole = self.pack_ref(p) != 0;
         for attempt in 0..READ_ATTEMPTS {
             if whole {
                 self.nand_read(page, buf, cause)?;
@@ -385,6 +409,9 @@ impl<N: Nand> Ftl<'_, N> {
             }
             match self.slot_record(buf, slot) {
                 Ok(r) if r.kind == SlotKind::Data && r.owner == lba => {}
+                Ok(r) if r.kind == SlotKind::Packed && !self.coded_memory() => {
+                    return Self::bad(NO_CODEC, p.0);
+                }
                 // Packed after all (references are counted for every mapped packed slot, so
                 // only damage gets here): read again with the whole page.
                 Ok(r) if r.kind == SlotKind::Packed && !whole => {
@@ -429,6 +456,9 @@ impl<N: Nand> Ftl<'_, N> {
         dst: usize,
         cause: Cause,
     ) -> R<Option<(u8, usize)>, N::Error> {
+        if !self.coded_memory() {
+            return Self::bad(NO_CODEC, p.0);
+        }
         let slot = p.0 % self.spp;
         let at = self.slot_offset(page, slot);
         let (e, part) = {
@@ -567,6 +597,9 @@ impl<N: Nand> Ftl<'_, N> {
         zbuf: usize,
         log: usize,
     ) -> R<(), N::Error> {
+        if !self.coded_memory() {
+            return Self::bad(NO_CODEC, p.0);
+        }
         let (lbas, n) = self
             .packed_lbas(p, page)
             .unwrap_or(([0; pk::MAX_ENTRIES], 0));
@@ -606,6 +639,9 @@ impl<N: Nand> Ftl<'_, N> {
     /// Roll-forward of packed slot `p` (sequence `seq`): each entry maps its LBA here unless
     /// the node copy is newer, and drops the LBA's delta as a rewrite does.
     pub(super) fn replay_packed(&mut self, p: Ppa, seq: u64) -> R<(), N::Error> {
+        if !self.coded_memory() {
+            return Self::bad(NO_CODEC, p.0);
+        }
         self.read_slot_checked(p, SlotKind::Packed, 0, PBUF, Cause::Checkpoint)?;
         let (lbas, n) = match self.packed_lbas(p, PBUF) {
             Ok(x) => x,

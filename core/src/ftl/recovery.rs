@@ -389,7 +389,7 @@ pub(super) fn mount<'a, N: Nand>(
         node_cache_slots: loc.header.node_cache_slots,
     };
     cfg.check(&geo).map_err(MountError::Config)?;
-    let req = FtlMemory::required(&geo, &cfg);
+    let req = mem.requirements(&geo, &cfg);
     if let Err((what, needed)) = mem.fits(&req) {
         return Err(MountError::BufferTooSmall { what, needed });
     }
@@ -795,7 +795,7 @@ impl<N: Nand> Ftl<'_, N> {
                     let q = self.ptr(idx as usize, i);
                     if q.is_some() {
                         mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
-                        self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
+                        packed::count_ref(self.pack_refs, q);
                     }
                 }
                 for i in 0..crate::format::node::COMPACT_PAGES {
@@ -830,7 +830,7 @@ impl<N: Nand> Ftl<'_, N> {
                 let q = view.pointer(i);
                 if q.is_some() {
                     mark(self.valid, self.blocks, self.spp, self.ppb, q)?;
-                    self.pack_refs[q.0 as usize] = (self.pack_refs[q.0 as usize] + 1).min(0x7F);
+                    packed::count_ref(self.pack_refs, q);
                 }
             }
             for i in 0..crate::format::node::COMPACT_PAGES {

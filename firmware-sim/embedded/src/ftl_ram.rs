@@ -1,5 +1,5 @@
 //! The RAM the FTL runs in on this board: its configuration and every table it is lent, as
-//! statics sized at build time by `FtlMemory::required`, so they show in `.bss`.
+//! statics sized at build time by `FtlMemory::required_plain` (no codec memory on this board), so they show in `.bss`.
 
 use nandbox_core::{
     ftl::{BlockInfo, CacheSlot, FtlConfig, FtlMemory, MemoryRequirements},
@@ -14,7 +14,7 @@ pub const CONFIG: FtlConfig = FtlConfig {
     node_cache_slots: 2,
 };
 /// What [`CONFIG`] on the board's geometry needs, computed by the core at build time.
-pub const REQ: MemoryRequirements = FtlMemory::required(&GEOMETRY, &CONFIG);
+pub const REQ: MemoryRequirements = FtlMemory::required_plain(&GEOMETRY, &CONFIG);
 // Checked at build time against the whole array; one factory-bad block leaves exactly the
 // minimum, which format checks again at run time.
 const _: () = assert!(CONFIG.check(&GEOMETRY).is_ok());

@@ -8,7 +8,7 @@
 //! never a torn mix, never garbage, never another block's data. Every page written says which block and
 //! generation it is ([`pattern`]), so a read is identified exactly.
 //!
-//! The FTL's RAM is statics sized at build time by `FtlMemory::required`, so it shows in `.bss`.
+//! The FTL's RAM is statics sized at build time by `FtlMemory::required_plain` (no codec memory on this board), so it shows in `.bss`.
 
 use core::mem::size_of;
 
@@ -71,7 +71,7 @@ pub fn print_memory() {
             logical_blocks: 16384,
             node_cache_slots: slots,
         };
-        let req = FtlMemory::required(&FEMU_64MIB, &cfg);
+        let req = FtlMemory::required_plain(&FEMU_64MIB, &cfg);
         let ok = cfg.check(&FEMU_64MIB).is_ok();
         let total = req.total_bytes() + ftl - nand;
         hprintln!(

@@ -962,3 +962,13 @@ pub fn read_u32(b: &[u8], at: usize) -> u32 {
 pub fn write_u32(b: &mut [u8], at: usize, v: u32) {
     put_u32(b, at, v)
 }
+
+/// Reads a little-endian u64 at `at` (callers check bounds first).
+pub fn read_u64(b: &[u8], at: usize) -> u64 {
+    get_u64(b, at)
+}
+
+/// Writes a little-endian u64 at `at`.
+pub fn write_u64(b: &mut [u8], at: usize, v: u64) {
+    put_u64(b, at, v)
+}

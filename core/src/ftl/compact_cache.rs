@@ -16,17 +16,18 @@
 //! Memory layout: entries of [`ENTRY_BYTES`]: a 16-byte header (`ppa + 1` u32 with 0 for empty,
 //! erase count u32, last-use stamp u64) then the slot's 4096 bytes.
 
+use crate::format::{read_u32, read_u64, write_u32, write_u64};
 use crate::nand::SLOT_BYTES;
 
 /// Bytes of one cache entry: header and slot.
 pub const ENTRY_BYTES: usize = HEADER + SLOT_BYTES;
 const HEADER: usize = 16;
 
+/// Header field offsets.
 mod field {
-    use core::ops::Range;
-    pub const PPA_PLUS_ONE: Range<usize> = 0..4;
-    pub const ERASE_COUNT: Range<usize> = 4..8;
-    pub const STAMP: Range<usize> = 8..16;
+    pub const PPA_PLUS_ONE: usize = 0;
+    pub const ERASE_COUNT: usize = 4;
+    pub const STAMP: usize = 8;
 }
 
 /// The cache over its lent memory.
@@ -35,25 +36,13 @@ pub struct CompactCache<'a> {
     clock: u64,
 }
 
-fn u32_at(b: &[u8], r: core::ops::Range<usize>) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[r]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], r: core::ops::Range<usize>) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[r]);
-    u64::from_le_bytes(a)
-}
-
 impl<'a> CompactCache<'a> {
     /// A cache of `mem.len() / ENTRY_BYTES` entries, all empty.
     pub fn new(mem: &'a mut [u8]) -> Self {
         let n = mem.len() / ENTRY_BYTES;
         let mem = &mut mem[..n * ENTRY_BYTES];
         for e in mem.chunks_exact_mut(ENTRY_BYTES) {
-            e[field::PPA_PLUS_ONE].fill(0);
+            write_u32(e, field::PPA_PLUS_ONE, 0);
         }
         CompactCache { mem, clock: 0 }
     }
@@ -68,10 +57,10 @@ impl<'a> CompactCache<'a> {
         self.clock += 1;
         let clock = self.clock;
         let e = self.mem.chunks_exact_mut(ENTRY_BYTES).find(|e| {
-            u32_at(e, field::PPA_PLUS_ONE) == ppa.wrapping_add(1)
-                && u32_at(e, field::ERASE_COUNT) == erase_count
+            read_u32(e, field::PPA_PLUS_ONE) == ppa.wrapping_add(1)
+                && read_u32(e, field::ERASE_COUNT) == erase_count
         })?;
-        e[field::STAMP].copy_from_slice(&clock.to_le_bytes());
+        write_u64(e, field::STAMP, clock);
         Some(&e[HEADER..])
     }
 
@@ -83,9 +72,9 @@ impl<'a> CompactCache<'a> {
         };
         self.clock += 1;
         let e = &mut self.mem[i * ENTRY_BYTES..(i + 1) * ENTRY_BYTES];
-        e[field::PPA_PLUS_ONE].copy_from_slice(&ppa.wrapping_add(1).to_le_bytes());
-        e[field::ERASE_COUNT].copy_from_slice(&erase_count.to_le_bytes());
-        e[field::STAMP].copy_from_slice(&self.clock.to_le_bytes());
+        write_u32(e, field::PPA_PLUS_ONE, ppa.wrapping_add(1));
+        write_u32(e, field::ERASE_COUNT, erase_count);
+        write_u64(e, field::STAMP, self.clock);
         e[HEADER..].copy_from_slice(&slot[..SLOT_BYTES]);
     }
 
@@ -93,11 +82,11 @@ impl<'a> CompactCache<'a> {
         let mut best = None;
         let mut best_stamp = u64::MAX;
         for (i, e) in self.mem.chunks_exact(ENTRY_BYTES).enumerate() {
-            let tag = u32_at(e, field::PPA_PLUS_ONE);
+            let tag = read_u32(e, field::PPA_PLUS_ONE);
             if tag == ppa.wrapping_add(1) || tag == 0 {
                 return Some(i);
             }
-            let stamp = u64_at(e, field::STAMP);
+            let stamp = read_u64(e, field::STAMP);
             if stamp < best_stamp {
                 best_stamp = stamp;
                 best = Some(i);

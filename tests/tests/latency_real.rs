@@ -17,14 +17,15 @@ fn stats(server: &Server) -> serde_json::Value {
 #[test]
 fn real_latency_replies_wait_for_the_model_and_are_counted() {
     let server = Server::start_unix(&["--size", "16MiB", "--latency", "real"]);
-    // One 64 KiB write, a flush (so the reads come from NAND, not the write buffer), then 20
-    // 4 KiB reads one at a time; the client times the reads.
+    // One 512 KiB write of random bytes (which nothing codes or packs), a flush (so the reads come from NAND, not the write buffer), then 20
+    // 4 KiB reads one at a time, each of another page (a page still in its die's register would
+    // cost only its transfer); the client times the reads.
     let out = run_ok(
         Command::new("/usr/bin/python3").args([
             "-c",
-            "import sys, time, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
-             h.pwrite(b'\\x5a' * 65536, 0)\nh.flush()\nt = time.monotonic()\n\
-             for i in range(20):\n    assert h.pread(4096, (i % 16) * 4096) == b'\\x5a' * 4096\n\
+            "import os, sys, time, nbd\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             d = os.urandom(524288)\nh.pwrite(d, 0)\nh.flush()\nt = time.monotonic()\n\
+             for i in range(20):\n    o = i * 4 * 4096\n    assert h.pread(4096, o) == d[o:o + 4096]\n\
              print(time.monotonic() - t)",
             &server.uri(),
         ]),

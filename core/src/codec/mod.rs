@@ -15,6 +15,7 @@ use core::fmt;
 pub mod entropy;
 pub mod huffman;
 pub mod qstore;
+pub mod tans;
 pub mod weights;
 pub mod zipnn;
 

@@ -42,6 +42,7 @@
 
 use super::entropy::{self, DecoderTables, EncoderScratch, WIDE_VALUES};
 use super::huffman;
+use super::tans;
 use super::CodecError;
 use core::fmt;
 
@@ -57,9 +58,9 @@ pub const MAX_SEGMENTS: u32 = 1 << 20;
 
 /// Container magic: "NBZN".
 pub const MAGIC: [u8; 4] = *b"NBZN";
-/// Container format version written.
-pub const VERSION: u16 = 3;
-/// Oldest container format version read (version 3 only added chunk encodings).
+/// Container format version written (4: FP16's big chunks carry tANS index blocks).
+pub const VERSION: u16 = 4;
+/// Oldest container format version read (versions 3 and 4 only added chunk encodings).
 pub const MIN_VERSION: u16 = 2;
 /// Header flag: the original file was a safetensors file (segment 0 is its header).
 pub const FLAG_SAFETENSORS: u16 = 1;
@@ -351,6 +352,14 @@ const GROUP16_BYTES: usize = 10;
 /// Index block mode (after the entropy block modes 0..=3): canonical Huffman in four streams
 /// ([`huffman`]), the block's first byte.
 const MODE_HUFFMAN: u8 = 4;
+/// Index block mode: tANS in four lanes ([`tans`]), the block's first byte, then a 12-bit
+/// frequency table as rANS has. Version 4 writers use it for big 8-bit-split chunks (FP16).
+const MODE_TANS: u8 = 5;
+/// Smallest chunk (elements) whose 8-bit indices are tANS coded: below it (4 KiB device blocks)
+/// rANS stays, and so do the records on existing images.
+const TANS_MIN_ELEMENTS: usize = 8192;
+/// The bits of a 16-bit element that hold its 8-bit-split value (bits 14..7).
+const BYTE_VALUE_MASK: u16 = 0x7f80;
 /// Smallest chunk (elements) whose 11-bit indices are Huffman coded: below it the code lengths
 /// cost more than the speed is worth, and device blocks keep rANS's tighter coding.
 const HUFFMAN_MIN_ELEMENTS: usize = 8192;
@@ -962,6 +971,25 @@ fn merge_byte2(idx: &[u8], values: &[u16; 256], raw: &[u8], body: &mut [u8]) -> 
     groups
 }
 
+/// [`merge_byte2`] in place: the tANS-decoded values (bits [`BYTE_VALUE_MASK`]) already in
+/// `body`, one stored raw byte per element (sign above 7 low bits). Fixed-size pieces only, so
+/// the loop vectorises. Returns the groups of 16 done.
+fn merge_byte2_inplace(raw: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 32).min(raw.len() / 16);
+    let pieces = body.chunks_exact_mut(32).zip(raw.chunks_exact(16));
+    for (out, r) in pieces.take(groups) {
+        let v: [u8; 32] = core::array::from_fn(|i| out[i]);
+        for k in 0..16 {
+            let b = u16::from(r[k]);
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & BYTE_VALUE_MASK)
+                | (b & 0x7f)
+                | (b << 8 & 0x8000);
+            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
 /// [`merge`] of the whole groups of 16-bit elements whose Huffman-decoded values are already
 /// in `body`, with stored [`LAYOUT_WIDE16`] raw groups (BF16's every big chunk), in place:
 /// fixed-size pieces only, so the loop has no bounds checks and vectorises. Returns the groups
@@ -1235,10 +1263,38 @@ fn encode_elements<const SIZE: usize>(
         }
         index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
     }
+    if !wide && n >= TANS_MIN_ELEMENTS && distinct >= 2 {
+        let end = out.len() - tail.len();
+        if let Some(len) = encode_tans(planes, n, &counts, &mut out[at..end], scratch) {
+            at += len;
+            out[at..at + tail.len()].copy_from_slice(tail);
+            return Ok(Some(at + tail.len()));
+        }
+    }
     let idx = &planes[..n];
     at += entropy::encode_with_counts(idx, &counts, &mut out[at..], scratch).map_err(encode_err)?;
     out[at..at + tail.len()].copy_from_slice(tail);
     Ok(Some(at + tail.len()))
+}
+
+/// A tANS index block of the `n` indices in `planes[..n]` (with `counts`, over at least two
+/// indices), the rest of `planes` holding the lanes while they are written; `None` when it
+/// does not fit `out` (the caller then writes rANS, or stores the chunk).
+fn encode_tans(
+    planes: &mut [u8],
+    n: usize,
+    counts: &[u32; 256],
+    out: &mut [u8],
+    scratch: &mut EncoderScratch,
+) -> Option<usize> {
+    let (idx, lanes) = planes.split_at_mut(n);
+    let mut freqs = [0u16; 256];
+    entropy::normalize(counts, &mut freqs, tans::TABLE_LOG);
+    *out.first_mut()? = MODE_TANS;
+    let t = entropy::write_table(&freqs, out.get_mut(1..)?)?;
+    scratch.tans.build(&freqs);
+    let len = tans::encode(idx, &scratch.tans, lanes, out.get_mut(1 + t..)?)?;
+    Some(1 + t + len)
 }
 
 /// Payload length declared by a chunk record's header, checked against the largest record a
@@ -1454,6 +1510,40 @@ fn decode_elements<const SIZE: usize>(
             merge::<SIZE, true, _>(&vals, &sections, body);
         } else {
             merge::<SIZE, false, _>(&vals, &sections, body);
+        }
+    } else if block.first() == Some(&MODE_TANS) {
+        if split != SPLIT_BYTE {
+            return Err("tANS index block in an 11-bit chunk");
+        }
+        let mut freqs = [0u16; 256];
+        let (t, last) = entropy::read_freqs(&block[1..], tans::TABLE_LOG, &mut freqs)
+            .map_err(|_| "bad tANS frequency table")?;
+        if last >= distinct {
+            return Err("index outside the dictionary");
+        }
+        tans::build_decoder(&freqs, &tables.values, &mut tables.slots);
+        let coded = &block[1 + t..];
+        if SIZE == 2 && raw_stride != 0 {
+            // FP16's big chunks: the values go straight into the output, the raw bytes are
+            // merged in place.
+            tans::decode(coded, n, &tables.slots, body)
+                .map_err(|_| "index block does not decode")?;
+            let g = merge_byte2_inplace(raw, body);
+            let rest = &mut body[32 * g..];
+            let mut last = [0u8; 32];
+            last[..rest.len()].copy_from_slice(rest);
+            let sections = Sections {
+                raw: &raw[16 * g..],
+                ..sections
+            };
+            merge::<SIZE, false, _>(&Decoded(&last), &sections, rest);
+        } else {
+            let vals = planes
+                .get_mut(..2 * n)
+                .ok_or("scratch smaller than the chunk")?;
+            tans::decode(coded, n, &tables.slots, vals)
+                .map_err(|_| "index block does not decode")?;
+            merge::<SIZE, false, _>(&Decoded(vals), &sections, body);
         }
     } else {
         let idx = planes

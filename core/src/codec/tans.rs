@@ -195,6 +195,38 @@ impl EncLane {
     }
 }
 
+/// The lockstep rounds of two lanes (`syms` a whole number of rounds each, the same count),
+/// backwards: symbols 3, 2, 1, 0 of a round take states 1, 0, 1, 0.
+#[inline(always)]
+fn encode_pair(
+    lanes: [&mut EncLane; 2],
+    syms: [&[u8]; 2],
+    regions: [&mut [u8]; 2],
+    enc: &TansEncoder,
+) -> Option<()> {
+    // The lanes in locals (the compiler keeps them in registers, not behind a reference).
+    let (mut a, mut b) = (*lanes[0], *lanes[1]);
+    let [ra, rb] = regions;
+    let ga = syms[0].chunks_exact(ROUND).rev();
+    let gb = syms[1].chunks_exact(ROUND).rev();
+    for (qa, qb) in ga.zip(gb) {
+        let qa: &[u8; ROUND] = qa.try_into().ok()?;
+        let qb: &[u8; ROUND] = qb.try_into().ok()?;
+        a.step::<1>(qa[3], enc);
+        b.step::<1>(qb[3], enc);
+        a.step::<0>(qa[2], enc);
+        b.step::<0>(qb[2], enc);
+        a.step::<1>(qa[1], enc);
+        b.step::<1>(qb[1], enc);
+        a.step::<0>(qa[0], enc);
+        b.step::<0>(qb[0], enc);
+        a.flush(ra)?;
+        b.flush(rb)?;
+    }
+    (*lanes[0], *lanes[1]) = (a, b);
+    Some(())
+}
+
 /// Encodes `idx` (symbols with non-zero frequency in the table `enc` was built for) as a block
 /// into `out`; returns its length. `scratch` holds the lanes while they are written backwards
 /// (a quarter each); `None` when a lane does not fit its quarter or the block does not fit
@@ -224,46 +256,22 @@ pub fn encode(idx: &[u8], enc: &TansEncoder, scratch: &mut [u8], out: &mut [u8])
             lane.flush(regions[s])?;
         }
     }
-    // The lanes in locals (the compiler keeps them in registers, not behind a reference).
-    let [mut l0, mut l1, mut l2, mut l3] = lanes;
-    let [g0, g1, g2, g3] = syms.map(|s| s[..ROUND * rounds].chunks_exact(ROUND).rev());
-    for (((a, b), c), d) in g0.zip(g1).zip(g2).zip(g3) {
-        let (a, b, c, d): (&[u8; ROUND], &[u8; ROUND], &[u8; ROUND], &[u8; ROUND]) = (
-            a.try_into().ok()?,
-            b.try_into().ok()?,
-            c.try_into().ok()?,
-            d.try_into().ok()?,
-        );
-        // Symbols 3, 2, 1, 0 of the round: states 1, 0, 1, 0.
-        l0.step::<1>(a[3], enc);
-        l1.step::<1>(b[3], enc);
-        l2.step::<1>(c[3], enc);
-        l3.step::<1>(d[3], enc);
-        l0.step::<0>(a[2], enc);
-        l1.step::<0>(b[2], enc);
-        l2.step::<0>(c[2], enc);
-        l3.step::<0>(d[2], enc);
-        l0.step::<1>(a[1], enc);
-        l1.step::<1>(b[1], enc);
-        l2.step::<1>(c[1], enc);
-        l3.step::<1>(d[1], enc);
-        l0.step::<0>(a[0], enc);
-        l1.step::<0>(b[0], enc);
-        l2.step::<0>(c[0], enc);
-        l3.step::<0>(d[0], enc);
-        l0.flush(regions[0])?;
-        l1.flush(regions[1])?;
-        l2.flush(regions[2])?;
-        l3.flush(regions[3])?;
-    }
-    let mut lanes = [l0, l1, l2, l3];
+    // Two lanes at a time (four state chains in flight): all four at once would not fit the
+    // registers, and their spills cost more than the lost overlap.
+    let [l0, l1, l2, l3] = &mut lanes;
+    let [s0, s1, s2, s3] = syms.map(|s| &s[..ROUND * rounds]);
+    let [r0, r1, r2, r3] = regions;
+    encode_pair([l0, l1], [s0, s1], [&mut *r0, &mut *r1], enc)?;
+    encode_pair([l2, l3], [s2, s3], [&mut *r2, &mut *r3], enc)?;
+    let regions = [r0, r1, r2, r3];
     // The earliest bits (fewer than 8) start each lane, padded below.
     let mut at = HEADER_LEN;
     for (s, lane) in lanes.iter_mut().enumerate() {
         let mut pad = 0;
         if lane.nbits > 0 {
             lane.pos = lane.pos.checked_sub(1)?;
-            regions[s][lane.pos] = lane.first_byte();
+            let b = lane.first_byte();
+            regions[s][lane.pos] = b;
             pad = 8 - lane.nbits;
         }
         let stream = &regions[s][lane.pos..];
@@ -413,6 +421,12 @@ fn interleaved(lanes: &mut [Lane; LANES], table: &[u32; L], block: &[u8], out: &
     // the lanes' positions, how many rounds surely have their input; those run unchecked, then
     // the count is taken again (a round of real data reads far less than its bound).
     const IN_STEP: usize = 6;
+    // Each lane's own output (its symbols are a contiguous run), so a round stores each value
+    // as soon as it is decoded, into four fixed windows.
+    let (o0, rest) = out.split_at_mut((2 * lanes[0].stop).min(out.len()));
+    let (o1, rest) = rest.split_at_mut((2 * (lanes[1].stop - lanes[0].stop)).min(rest.len()));
+    let (o2, o3) = rest.split_at_mut((2 * (lanes[2].stop - lanes[1].stop)).min(rest.len()));
+    let firsts = [0, lanes[0].stop, lanes[1].stop, lanes[2].stop];
     let [a, b, c, d] = lanes;
     let refill = |l: &mut Lane| {
         let used = l.bits.leading_zeros();
@@ -423,6 +437,15 @@ fn interleaved(lanes: &mut [Lane; LANES], table: &[u32; L], block: &[u8], out: &
         l.bits = (w | 1 << 63) >> (used & 7);
         l.bp = p;
     };
+    #[inline(always)]
+    fn win<'a>(o: &'a mut [u8], l: &Lane, first: usize) -> Option<&'a mut [u8; 2 * ROUND]> {
+        let at = 2 * (l.next - first);
+        o.get_mut(at..at + 2 * ROUND)?.try_into().ok()
+    }
+    #[inline(always)]
+    fn put(o: &mut [u8; 2 * ROUND], j: usize, e: u32) {
+        o[2 * j..2 * j + 2].copy_from_slice(&(e as u16).to_le_bytes());
+    }
     loop {
         let mut rounds = usize::MAX;
         for l in [&*a, &*b, &*c, &*d] {
@@ -440,39 +463,37 @@ fn interleaved(lanes: &mut [Lane; LANES], table: &[u32; L], block: &[u8], out: &
         let ([mut a0, mut a1], [mut b0, mut b1]) = (a.x, b.x);
         let ([mut c0, mut c1], [mut d0, mut d1]) = (c.x, d.x);
         for _ in 0..rounds {
+            let (Some(oa), Some(ob), Some(oc), Some(od)) = (
+                win(o0, a, firsts[0]),
+                win(o1, b, firsts[1]),
+                win(o2, c, firsts[2]),
+                win(o3, d, firsts[3]),
+            ) else {
+                return;
+            };
             refill(a);
             refill(b);
             refill(c);
             refill(d);
             let (mut wa, mut wb, mut wc, mut wd) = (a.bits, b.bits, c.bits, d.bits);
-            let mut ea = [0u32; ROUND];
-            let mut eb = [0u32; ROUND];
-            let mut ec = [0u32; ROUND];
-            let mut ed = [0u32; ROUND];
-            ea[0] = step(table, &mut a0, &mut wa);
-            eb[0] = step(table, &mut b0, &mut wb);
-            ec[0] = step(table, &mut c0, &mut wc);
-            ed[0] = step(table, &mut d0, &mut wd);
-            ea[1] = step(table, &mut a1, &mut wa);
-            eb[1] = step(table, &mut b1, &mut wb);
-            ec[1] = step(table, &mut c1, &mut wc);
-            ed[1] = step(table, &mut d1, &mut wd);
-            ea[2] = step(table, &mut a0, &mut wa);
-            eb[2] = step(table, &mut b0, &mut wb);
-            ec[2] = step(table, &mut c0, &mut wc);
-            ed[2] = step(table, &mut d0, &mut wd);
-            ea[3] = step(table, &mut a1, &mut wa);
-            eb[3] = step(table, &mut b1, &mut wb);
-            ec[3] = step(table, &mut c1, &mut wc);
-            ed[3] = step(table, &mut d1, &mut wd);
+            put(oa, 0, step(table, &mut a0, &mut wa));
+            put(ob, 0, step(table, &mut b0, &mut wb));
+            put(oc, 0, step(table, &mut c0, &mut wc));
+            put(od, 0, step(table, &mut d0, &mut wd));
+            put(oa, 1, step(table, &mut a1, &mut wa));
+            put(ob, 1, step(table, &mut b1, &mut wb));
+            put(oc, 1, step(table, &mut c1, &mut wc));
+            put(od, 1, step(table, &mut d1, &mut wd));
+            put(oa, 2, step(table, &mut a0, &mut wa));
+            put(ob, 2, step(table, &mut b0, &mut wb));
+            put(oc, 2, step(table, &mut c0, &mut wc));
+            put(od, 2, step(table, &mut d0, &mut wd));
+            put(oa, 3, step(table, &mut a1, &mut wa));
+            put(ob, 3, step(table, &mut b1, &mut wb));
+            put(oc, 3, step(table, &mut c1, &mut wc));
+            put(od, 3, step(table, &mut d1, &mut wd));
             (a.bits, b.bits, c.bits, d.bits) = (wa, wb, wc, wd);
-            for (l, e) in [(&mut *a, ea), (&mut *b, eb), (&mut *c, ec), (&mut *d, ed)] {
-                let at = 2 * l.next;
-                if let Some(dst) = out.get_mut(at..at + 2 * ROUND) {
-                    for (o, e) in dst.chunks_exact_mut(2).zip(e) {
-                        o.copy_from_slice(&(e as u16).to_le_bytes());
-                    }
-                }
+            for l in [&mut *a, &mut *b, &mut *c, &mut *d] {
                 l.next += ROUND;
             }
         }

@@ -1190,11 +1190,17 @@ fn encode_elements<const SIZE: usize>(
         n
     };
     let raw = &mut out[at..at + raw_len];
+    // FP16's big chunks are tANS coded by value (no dictionary index per element), so their
+    // values and raw bytes come from plain byte operations.
+    let by_value = !wide && SIZE == 2 && n >= TANS_MIN_ELEMENTS && distinct >= 2;
     let constant = if wide {
         if huff_bits.is_none() {
             index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
         }
         raw16::<SIZE>(body, raw)
+    } else if by_value {
+        let vals = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
+        split_byte2(body, vals, raw)
     } else {
         let idx = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
         group::<SIZE, 7>(body, &scratch.wide_map, idx, raw)
@@ -1268,10 +1274,22 @@ fn encode_elements<const SIZE: usize>(
     }
     if !wide && n >= TANS_MIN_ELEMENTS && distinct >= 2 {
         let end = out.len() - tail.len();
-        if let Some(len) = encode_tans(planes, n, &counts, &mut out[at..end], scratch) {
+        // Symbols: the values themselves (FP16) or dictionary indices.
+        let sym_counts = if by_value {
+            let mut c = [0u32; 256];
+            c.copy_from_slice(&scratch.wide_hist[..256]);
+            c
+        } else {
+            counts
+        };
+        if let Some(len) = encode_tans(planes, n, &sym_counts, &mut out[at..end], scratch) {
             at += len;
             out[at..at + tail.len()].copy_from_slice(tail);
             return Ok(Some(at + tail.len()));
+        }
+        if by_value {
+            // rANS codes indices.
+            index::<SIZE, 7>(body, &scratch.wide_map, &mut planes[..n]);
         }
     }
     let idx = &planes[..n];
@@ -1280,9 +1298,12 @@ fn encode_elements<const SIZE: usize>(
     Ok(Some(at + tail.len()))
 }
 
-/// A tANS index block of the `n` indices in `planes[..n]` (with `counts`, over at least two
-/// indices), the rest of `planes` holding the lanes while they are written; `None` when it
-/// does not fit `out` (the caller then writes rANS, or stores the chunk).
+/// A tANS index block of the `n` symbols in `planes[..n]`, the rest of `planes` holding the
+/// lanes while they are written; `None` when it does not fit `out` (the caller then writes
+/// rANS, or stores the chunk). The symbols are the indices or the values themselves, `counts`
+/// theirs (at least two present): the present symbols in ascending order are the dictionary's
+/// indices, so the table written over indices is the symbols' with the absent ones left out,
+/// and both spread the same (absent symbols take no position).
 fn encode_tans(
     planes: &mut [u8],
     n: usize,
@@ -1290,14 +1311,53 @@ fn encode_tans(
     out: &mut [u8],
     scratch: &mut EncoderScratch,
 ) -> Option<usize> {
-    let (idx, lanes) = planes.split_at_mut(n);
+    let (syms, lanes) = planes.split_at_mut(n);
     let mut freqs = [0u16; 256];
     entropy::normalize(counts, &mut freqs, tans::TABLE_LOG);
+    let mut by_index = [0u16; 256];
+    for (i, &f) in freqs.iter().filter(|&&f| f > 0).enumerate() {
+        by_index[i] = f;
+    }
     *out.first_mut()? = MODE_TANS;
-    let t = entropy::write_table(&freqs, out.get_mut(1..)?)?;
+    let t = entropy::write_table(&by_index, out.get_mut(1..)?)?;
     scratch.tans.build(&freqs);
-    let len = tans::encode(idx, &scratch.tans, lanes, out.get_mut(1 + t..)?)?;
+    let len = tans::encode(syms, &scratch.tans, lanes, out.get_mut(1 + t..)?)?;
     Some(1 + t + len)
+}
+
+/// FP16's 8-bit split by plain byte operations (the compiler vectorises them): per element
+/// its value (bits 14..7) into `vals` and its raw byte (sign above bits 6..0) into `raw`.
+/// Returns whether all raw bytes are equal.
+#[inline(never)]
+fn split_byte2(body: &[u8], vals: &mut [u8], raw: &mut [u8]) -> bool {
+    // Lane-wise accumulators, folded at the end.
+    let (mut any16, mut all16) = ([0u8; 16], [u8::MAX; 16]);
+    let pieces = body
+        .chunks_exact(32)
+        .zip(vals.chunks_exact_mut(16))
+        .zip(raw.chunks_exact_mut(16));
+    for ((e, v), r) in pieces {
+        // Whole u16 lanes narrowed to bytes: a shape SSE2 has (shifts, masks, a pack).
+        let t: [u16; 16] = core::array::from_fn(|k| u16::from_le_bytes([e[2 * k], e[2 * k + 1]]));
+        for k in 0..16 {
+            v[k] = (t[k] >> 7) as u8;
+            r[k] = ((t[k] & 0x7f) | (t[k] >> 8 & 0x80)) as u8;
+        }
+        for k in 0..16 {
+            any16[k] |= r[k];
+            all16[k] &= r[k];
+        }
+    }
+    let mut any = any16.iter().fold(0, |a, &b| a | b);
+    let mut all = all16.iter().fold(u8::MAX, |a, &b| a & b);
+    let whole = body.len() / 32 * 16;
+    for (k, e) in body.chunks_exact(2).enumerate().skip(whole) {
+        vals[k] = e[1] << 1 | e[0] >> 7;
+        raw[k] = (e[0] & 0x7f) | (e[1] & 0x80);
+        any |= raw[k];
+        all &= raw[k];
+    }
+    any == all
 }
 
 /// Payload length declared by a chunk record's header, checked against the largest record a

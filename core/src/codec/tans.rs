@@ -438,13 +438,9 @@ fn interleaved(lanes: &mut [Lane; LANES], table: &[u32; L], block: &[u8], out: &
         l.bp = p;
     };
     #[inline(always)]
-    fn win<'a>(o: &'a mut [u8], l: &Lane, first: usize) -> Option<&'a mut [u8; 2 * ROUND]> {
+    fn window<'a>(o: &'a mut [u8], l: &Lane, first: usize) -> Option<&'a mut [u8; 2 * ROUND]> {
         let at = 2 * (l.next - first);
         o.get_mut(at..at + 2 * ROUND)?.try_into().ok()
-    }
-    #[inline(always)]
-    fn put(o: &mut [u8; 2 * ROUND], j: usize, e: u32) {
-        o[2 * j..2 * j + 2].copy_from_slice(&(e as u16).to_le_bytes());
     }
     loop {
         let mut rounds = usize::MAX;
@@ -463,37 +459,39 @@ fn interleaved(lanes: &mut [Lane; LANES], table: &[u32; L], block: &[u8], out: &
         let ([mut a0, mut a1], [mut b0, mut b1]) = (a.x, b.x);
         let ([mut c0, mut c1], [mut d0, mut d1]) = (c.x, d.x);
         for _ in 0..rounds {
-            let (Some(oa), Some(ob), Some(oc), Some(od)) = (
-                win(o0, a, firsts[0]),
-                win(o1, b, firsts[1]),
-                win(o2, c, firsts[2]),
-                win(o3, d, firsts[3]),
-            ) else {
-                return;
-            };
             refill(a);
             refill(b);
             refill(c);
             refill(d);
             let (mut wa, mut wb, mut wc, mut wd) = (a.bits, b.bits, c.bits, d.bits);
-            put(oa, 0, step(table, &mut a0, &mut wa));
-            put(ob, 0, step(table, &mut b0, &mut wb));
-            put(oc, 0, step(table, &mut c0, &mut wc));
-            put(od, 0, step(table, &mut d0, &mut wd));
-            put(oa, 1, step(table, &mut a1, &mut wa));
-            put(ob, 1, step(table, &mut b1, &mut wb));
-            put(oc, 1, step(table, &mut c1, &mut wc));
-            put(od, 1, step(table, &mut d1, &mut wd));
-            put(oa, 2, step(table, &mut a0, &mut wa));
-            put(ob, 2, step(table, &mut b0, &mut wb));
-            put(oc, 2, step(table, &mut c0, &mut wc));
-            put(od, 2, step(table, &mut d0, &mut wd));
-            put(oa, 3, step(table, &mut a1, &mut wa));
-            put(ob, 3, step(table, &mut b1, &mut wb));
-            put(oc, 3, step(table, &mut c1, &mut wc));
-            put(od, 3, step(table, &mut d1, &mut wd));
+            // Each lane's four values gathered into one word, stored once.
+            let v = |e: u32, j: u32| u64::from(e & 0xffff) << (16 * j);
+            let mut va = v(step(table, &mut a0, &mut wa), 0);
+            let mut vb = v(step(table, &mut b0, &mut wb), 0);
+            let mut vc = v(step(table, &mut c0, &mut wc), 0);
+            let mut vd = v(step(table, &mut d0, &mut wd), 0);
+            va |= v(step(table, &mut a1, &mut wa), 1);
+            vb |= v(step(table, &mut b1, &mut wb), 1);
+            vc |= v(step(table, &mut c1, &mut wc), 1);
+            vd |= v(step(table, &mut d1, &mut wd), 1);
+            va |= v(step(table, &mut a0, &mut wa), 2);
+            vb |= v(step(table, &mut b0, &mut wb), 2);
+            vc |= v(step(table, &mut c0, &mut wc), 2);
+            vd |= v(step(table, &mut d0, &mut wd), 2);
+            va |= v(step(table, &mut a1, &mut wa), 3);
+            vb |= v(step(table, &mut b1, &mut wb), 3);
+            vc |= v(step(table, &mut c1, &mut wc), 3);
+            vd |= v(step(table, &mut d1, &mut wd), 3);
             (a.bits, b.bits, c.bits, d.bits) = (wa, wb, wc, wd);
-            for l in [&mut *a, &mut *b, &mut *c, &mut *d] {
+            for (o, l, first, vl) in [
+                (&mut *o0, &mut *a, firsts[0], va),
+                (&mut *o1, &mut *b, firsts[1], vb),
+                (&mut *o2, &mut *c, firsts[2], vc),
+                (&mut *o3, &mut *d, firsts[3], vd),
+            ] {
+                if let Some(w) = window(o, l, first) {
+                    *w = vl.to_le_bytes();
+                }
                 l.next += ROUND;
             }
         }

@@ -9,9 +9,15 @@
 //! load and a renormalisation select per symbol, and its four lanes share one word stream, so
 //! each lane's refill waits on the others'. Huffman ([`super::huffman`]) decodes fastest but
 //! loses ~0.6% on FP16's values (FP16 fixture: 0.849 against the 0.848 goal). tANS codes as
-//! close to the entropy as rANS with the same 12-bit frequency table, and decodes with a load,
-//! a mask and an add per symbol: no multiply, no select. Each lane reads its own bit stream
-//! (no chain between lanes) and alternates two states, so eight dependency chains overlap.
+//! close to the entropy as rANS with the same 12-bit frequency table (FP16 fixture 0.8471
+//! against rANS's 0.8470), and decodes with a load, two shifts, a subtract and an add per
+//! symbol: no multiply, no select. Each lane reads its own bit stream (no chain between lanes)
+//! and alternates two states, so eight dependency chains overlap. Measured (criterion, one
+//! FP16 chunk's values, machine under load): decoding 583 MiB/s of symbols against rANS's 491,
+//! encoding 556 against 384; in ZipNN's FP16 path, where the values also go straight into the
+//! output instead of through an index plane, decompression went from ~920 to ~1500 MB/s. That
+//! is still about half of Huffman's speed (two symbols a lookup, no state): whole-bit codes are
+//! what make Huffman fast and what cost it the ratio.
 //!
 //! - States are `0..4096`; a symbol of frequency `f` owns `f` of them, spread over the table by
 //!   a fixed odd step. The decoder's table has one `u32` per state: the bits to read, the
@@ -32,7 +38,8 @@
 //! decoder's initial state; state 0's bits 12..15 the number of padding bits, 0..7, that start
 //! the lane's first byte; every other bit 0); three u32 LE byte lengths of lanes 0, 1, 2; the
 //! lanes (lane 3 takes the rest). Decoding a symbol from state `x`: `s` is the symbol at
-//! position `x` of the spread table, `nb` and `base` as built below; read `nb` bits `b` (LSB
+//! position `x` of the spread table, `nb` and `base` those of position `x` (built as
+//! [`build_decoder`] does and `docs/format/zipnn.md` describes); read `nb` bits `b` (LSB
 //! first); `x ← base + b`. A lane must end with both states 0 and its bytes consumed exactly.
 
 // Indexing fixed tables by symbol reads clearer than zipped iterators.

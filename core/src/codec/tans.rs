@@ -157,7 +157,10 @@ struct EncLane {
 
 impl EncLane {
     /// Encodes `s` with state `ST` (a constant, so the states stay in registers). Every shift
-    /// is by `nb`: the bits leaving the state are `x − ((x >> nb) << nb)`, no mask to build.
+    /// is by `nb`, and no mask is built: the bits leaving the state are `x − (y << nb)` with
+    /// `y = x >> nb`, and `(acc << nb) | (x − (y << nb))` is `((acc − y) << nb) + x` in
+    /// wrapping arithmetic (the low `nb` bits of `acc << nb` are zero, so the OR is a sum, and
+    /// the borrow of `acc − y` is undone by the sum).
     #[inline(always)]
     fn step<const ST: usize>(&mut self, s: u8, enc: &TansEncoder) {
         let e = enc.syms[usize::from(s)];
@@ -165,7 +168,11 @@ impl EncLane {
         let nb = x.wrapping_add(e.dnb) >> 16;
         let y = x >> nb;
         // Earlier stream bits go below the pending ones; nbits + nb ≤ 64.
-        self.acc = self.acc.wrapping_shl(nb) | u64::from(x - (y << nb));
+        self.acc = self
+            .acc
+            .wrapping_sub(u64::from(y))
+            .wrapping_shl(nb)
+            .wrapping_add(u64::from(x));
         self.nbits += nb;
         self.x[ST] = u32::from(enc.states[(y.wrapping_add(e.dfs) as usize) & L_MASK]);
     }

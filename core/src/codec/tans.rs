@@ -127,7 +127,8 @@ impl TansEncoder {
             if f > 0 {
                 // nb = max_bits when x ≥ f << max_bits, else max_bits − 1 (the state keeps
                 // `x >> nb` in [f, 2f)).
-                let max_bits = TABLE_LOG - (31 - f.leading_zeros());
+                // (Saturating: a table not summing to 4096 codes nonsense but never panics.)
+                let max_bits = TABLE_LOG.saturating_sub(31 - f.leading_zeros());
                 let min_state = f << max_bits;
                 self.syms[s] = EncSym {
                     dnb: (max_bits << 16).wrapping_sub(min_state),
@@ -139,7 +140,7 @@ impl TansEncoder {
         for (u, &s) in at.iter().enumerate() {
             let i = &mut next[usize::from(s)];
             self.states[usize::from(*i) & L_MASK] = (L + u) as u16;
-            *i += 1;
+            *i = i.wrapping_add(1);
         }
     }
 }
@@ -316,8 +317,10 @@ pub fn build_decoder(freqs: &[u16; 256], values: &[u16; 256], table: &mut [u32; 
         // x in [f, 2f): nb bits lift it into [L, 2L).
         let x = next[s];
         next[s] += 1;
-        let nb = TABLE_LOG - (31 - x.leading_zeros());
-        let base = (x << nb) - L as u32;
+        // (Saturating and wrapping: a table not summing to 4096, which callers never pass,
+        // builds a table of nonsense, not a panic.)
+        let nb = TABLE_LOG.saturating_sub(31 - x.leading_zeros());
+        let base = (x << nb).wrapping_sub(L as u32) & L_MASK as u32;
         table[u] = nb | u32::from(values[s] & VALUE_MASK) | base << E_BASE_SHIFT;
     }
 }

@@ -2,7 +2,7 @@
 # bench/zipnn.sh — ratio and single-thread speed of `nandbox zipnn` against `zstd -3` (and the
 # zipnn Python package when it is importable) on the fixtures' tensor payloads, in the same run.
 #
-#   bench/zipnn.sh                 # 7 rounds, best time of each
+#   bench/zipnn.sh                 # 7 rounds, best time of each (in-proc: and the median)
 #   ROUNDS=15 bench/zipnn.sh
 #   FIXTURES=/path/to/fixtures bench/zipnn.sh
 #
@@ -31,7 +31,7 @@ cargo build --release -q -p nandbox -p nandbox-bench --bin nandbox --bin zipnn-i
 target=${CARGO_TARGET_DIR:-$here/target}
 
 INPROC=$target/release/zipnn-inproc NANDBOX=$target/release/nandbox FIXTURES=$FIXTURES ROUNDS=$ROUNDS python3 - <<'EOF'
-import os, resource, shutil, struct, subprocess, sys, tempfile, time
+import os, resource, shutil, statistics, struct, subprocess, sys, tempfile, time
 
 nandbox, fixtures, rounds = os.environ["NANDBOX"], os.environ["FIXTURES"], int(os.environ["ROUNDS"])
 inproc = os.environ["INPROC"]
@@ -97,20 +97,25 @@ try:
                 # round trips then differ), so each round gets a fresh bytearray, made outside
                 # the timed region.
                 # Best wall and best CPU time; process-wide, since zipnn codes on worker threads.
-                min_c = min_d = cpu_c = cpu_d = float("inf")
+                min_c = min_d = float("inf")
+                cpus_c, cpus_d = [], []
                 for _ in range(5 * rounds):
                     buf = bytearray(payload)
                     t0, c0 = time.perf_counter(), time.process_time()
                     c = coder.compress(buf)
-                    min_c, cpu_c = min(min_c, time.perf_counter() - t0), min(cpu_c, time.process_time() - c0)
+                    min_c = min(min_c, time.perf_counter() - t0)
+                    cpus_c.append(time.process_time() - c0)
                 for _ in range(5 * rounds):
                     t0, c0 = time.perf_counter(), time.process_time()
                     d = coder.decompress(c)
-                    min_d, cpu_d = min(min_d, time.perf_counter() - t0), min(cpu_d, time.process_time() - c0)
+                    min_d = min(min_d, time.perf_counter() - t0)
+                    cpus_d.append(time.process_time() - c0)
                 if bytes(d) != payload:
                     raise ValueError("its round trip differs from the input")
+                mb = lambda t: size / max(t, 1e-6) / 1e6
                 zp = (len(c) / size, size / min_c / 1e6, size / min_d / 1e6,
-                      size / max(cpu_c, 1e-6) / 1e6, size / max(cpu_d, 1e-6) / 1e6)
+                      mb(min(cpus_c)), mb(min(cpus_d)), mb(statistics.median(cpus_c)),
+                      mb(statistics.median(cpus_d)))
             except Exception as e:  # report, do not hide
                 print(f"zipnn package failed on {dtype}: {e}", file=sys.stderr)
         rows.append((dtype, size, nb, zs, ip, zp))
@@ -120,17 +125,20 @@ finally:
 print("MB/s of original bytes; wall = best wall-clock time; cpu = best CPU time: of the whole")
 print("process for file rows, of the coding thread for nb inproc, of the Python process (its")
 print("coding threads included) for zipnn")
-print(f"{'dtype':5} {'bytes':>9} | {'codec':9} {'ratio':>7} | {'comp wall':>9} {'decomp wall':>11} | {'comp cpu':>8} {'decomp cpu':>10}")
+print("(in-proc rows: also the median CPU time of the rounds)")
+print(f"{'dtype':5} {'bytes':>9} | {'codec':9} {'ratio':>7} | {'comp wall':>9} {'decomp wall':>11} | {'comp cpu':>8} {'decomp cpu':>10} | {'comp med':>8} {'decomp med':>10}")
 for dtype, size, nb, zs, ip, zp in rows:
     for label, r in [("nandbox", nb), ("zstd -3", zs), ("nb inproc", ip), ("zipnn", zp)]:
         if r is None:
             continue
         cpu = f"{r[3]:8.0f} {r[4]:10.0f}" if r[3] else f"{'':8} {'':10}"
-        print(f"{dtype:5} {size:9d} | {label:9} {r[0]:7.4f} | {r[1]:9.0f} {r[2]:11.0f} | {cpu}")
+        med = f" | {r[5]:8.0f} {r[6]:10.0f}" if len(r) > 5 else ""
+        print(f"{dtype:5} {size:9d} | {label:9} {r[0]:7.4f} | {r[1]:9.0f} {r[2]:11.0f} | {cpu}{med}")
     print(f"{dtype:5} {'':9} | nandbox/zstd: ratio {nb[0]/zs[0]:.3f}x; speed wall {nb[1]/zs[1]:.2f}x comp,"
           f" {nb[2]/zs[2]:.2f}x decomp; cpu {nb[3]/zs[3]:.2f}x comp, {nb[4]/zs[4]:.2f}x decomp"
           + (f"; in-proc vs zipnn: wall {ip[1]/zp[1]:.2f}x comp, {ip[2]/zp[2]:.2f}x decomp,"
-             f" cpu {ip[3]/zp[3]:.2f}x comp, {ip[4]/zp[4]:.2f}x decomp" if zp else ""))
+             f" cpu {ip[3]/zp[3]:.2f}x comp, {ip[4]/zp[4]:.2f}x decomp,"
+             f" median cpu {ip[5]/zp[5]:.2f}x comp, {ip[6]/zp[6]:.2f}x decomp" if zp else ""))
 if zipnn is None:
     print("(zipnn package not importable: `pip install zipnn` to compare; it pulls torch)")
 EOF

@@ -1,4 +1,5 @@
-//! Criterion benches of the ZipNN codec and its entropy coder on the BF16 fixture.
+//! Criterion benches of the ZipNN codec and its entropy coders on the fixtures (BF16's index
+//! stream through Huffman and rANS, FP16's value stream through tANS and rANS).
 //!
 //! `cargo bench -p nandbox-bench --bench codec`. Throughput is in original bytes. The reference
 //! peers (zstd -3, the zipnn package) run in `bench/zipnn.sh`, which prints the ratios.
@@ -8,6 +9,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nandbox_core::codec::entropy::{self, DecoderTables, EncoderScratch};
 use nandbox_core::codec::huffman::{self, HuffDecoder, HuffEncoder};
+use nandbox_core::codec::tans::{self, TansEncoder};
 use nandbox_core::codec::zipnn::{self, Dtype, Segment};
 
 fn payload(name: &str) -> Vec<u8> {
@@ -86,6 +88,43 @@ fn bench_entropy(c: &mut Criterion) {
         len,
         entropy::encode(&index, &mut out, &mut EncoderScratch::new()).unwrap()
     );
+    // FP16's 8-bit values (bits 14..7) of one chunk: what ZipNN codes with tANS, against rANS
+    // on the same symbols and table.
+    let p16 = payload("minilm-l0l5-f16.safetensors");
+    let vals: Vec<u8> = p16[..zipnn::DEFAULT_CHUNK_SIZE as usize]
+        .chunks_exact(2)
+        .map(|e| (u16::from_le_bytes([e[0], e[1]]) >> 7) as u8)
+        .collect();
+    let mut scratch = EncoderScratch::new();
+    let mut rans_out = vec![0u8; entropy::max_encoded_len(vals.len())];
+    let rans_len = entropy::encode(&vals, &mut rans_out, &mut scratch).unwrap();
+    let freqs = *scratch.last_freqs();
+    let mut tenc = Box::new(TansEncoder::new());
+    tenc.build(&freqs);
+    let mut lanes = vec![0u8; vals.len()];
+    let mut tout = vec![0u8; 2 * vals.len()];
+    g.throughput(Throughput::Bytes(vals.len() as u64));
+    g.bench_function("encode/fp16-values-tans", |b| {
+        b.iter(|| tans::encode(&vals, &tenc, &mut lanes, &mut tout).unwrap())
+    });
+    let tlen = tans::encode(&vals, &tenc, &mut lanes, &mut tout).unwrap();
+    let values: [u16; 256] = std::array::from_fn(|s| (s as u16) << 7);
+    let mut table = Box::new([0u32; 4096]);
+    tans::build_decoder(&freqs, &values, &mut table);
+    let mut back = vec![0u8; 2 * vals.len()];
+    g.bench_function("decode/fp16-values-tans", |b| {
+        b.iter(|| tans::decode(&tout[..tlen], vals.len(), &table, &mut back).unwrap())
+    });
+    let mut rans_back = vec![0u8; vals.len()];
+    let mut tables = DecoderTables::new();
+    g.bench_function("encode/fp16-values-rans", |b| {
+        b.iter(|| entropy::encode(&vals, &mut rans_out, &mut scratch).unwrap())
+    });
+    let coded = rans_out[..rans_len].to_vec();
+    g.bench_function("decode/fp16-values-rans", |b| {
+        b.iter(|| entropy::decode(&coded, &mut rans_back, &mut tables).unwrap())
+    });
+    println!("fp16 values: tANS {tlen} bytes, rANS {rans_len} bytes");
     for (name, plane) in [("index", &index), ("exponent", &exps), ("mantissa", &mants)] {
         let mut out = vec![0u8; entropy::max_encoded_len(plane.len())];
         let mut scratch = EncoderScratch::new();

@@ -20,7 +20,7 @@
 //!   many small blocks); decoded by [`decode`] as usual.
 //! - [`encode_with_context`] / [`decode_with_context`]: symbol `i` is coded with the table of
 //!   context `lut[keys[i]]` (0..4), where `keys` are bytes both sides already have.
-//! - Memory: [`EncoderScratch`] (~70 KiB) and [`DecoderTables`] (~33 KiB, both with ZipNN's
+//! - Memory: [`EncoderScratch`] (~80 KiB) and [`DecoderTables`] (~33 KiB, both with ZipNN's
 //!   Huffman tables), reusable, `const fn
 //!   new()`; every error is a [`CodecError`], corrupt input never panics.
 //!
@@ -77,6 +77,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::huffman::{HuffDecoder, HuffEncoder};
+use super::tans::TansEncoder;
 use super::CodecError;
 
 /// Probability precision: frequencies sum to `1 << SCALE_BITS`.
@@ -185,7 +186,7 @@ struct EncSym {
     cmpl: u32,
 }
 
-/// Working memory of the encoder (about 70 KiB: a third for per-context tables, a third for
+/// Working memory of the encoder (about 80 KiB: a quarter for per-context tables, a quarter for
 /// ZipNN's wide alphabet and Huffman codes), lent by the caller and reusable.
 #[derive(Clone, Debug)]
 pub struct EncoderScratch {
@@ -204,6 +205,8 @@ pub struct EncoderScratch {
     pub(super) wide_code: [u64; WIDE_VALUES],
     /// Huffman code construction.
     pub(super) huff: HuffEncoder,
+    /// tANS tables (ZipNN's big 8-bit-split chunks).
+    pub(super) tans: TansEncoder,
 }
 
 /// Size of the wide alphabet [`EncoderScratch`] can count (values below 2^11).
@@ -240,6 +243,7 @@ impl EncoderScratch {
             wide_map: [0; WIDE_VALUES],
             wide_code: [0; WIDE_VALUES],
             huff: HuffEncoder::new(),
+            tans: TansEncoder::new(),
         }
     }
 
@@ -262,7 +266,8 @@ impl EncoderScratch {
 #[derive(Clone, Debug)]
 pub struct DecoderTables {
     /// Per slot: the symbol `s` (bits 0..8), `slot − cum[s]` (bits 8..20), `f[s]` (20..32).
-    slots: [u32; SLOTS],
+    /// A tANS block (ZipNN) uses the same memory for its decoding table.
+    pub(super) slots: [u32; SLOTS],
     /// Byte index → wide value, for codecs that map a wide alphabet onto bytes (ZipNN).
     pub(super) values: [u16; 256],
     /// Huffman decoding table (ZipNN's large chunks).
@@ -448,7 +453,7 @@ fn log2_q16(x: u32) -> u32 {
 
 /// Scales counts to frequencies summing to `2^scale_bits`, every present symbol at least 1,
 /// nudging the rounding where it costs the fewest bits. Needs at least two present symbols.
-fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256], scale_bits: u32) {
+pub(super) fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256], scale_bits: u32) {
     let scale = 1u32 << scale_bits;
     let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     let mut sum: u32 = 0;
@@ -497,7 +502,7 @@ fn normalize(counts: &[u32; 256], freqs: &mut [u16; 256], scale_bits: u32) {
 }
 
 /// Writes the table description; returns its length in bytes, `None` when `out` is too small.
-fn write_table(freqs: &[u16; 256], out: &mut [u8]) -> Option<usize> {
+pub(super) fn write_table(freqs: &[u16; 256], out: &mut [u8]) -> Option<usize> {
     let first = freqs.iter().position(|&f| f > 0)? as u32;
     let last = freqs.iter().rposition(|&f| f > 0)? as u32;
     let mut w = BitWriter {
@@ -530,14 +535,13 @@ fn write_table(freqs: &[u16; 256], out: &mut [u8]) -> Option<usize> {
     w.finish()
 }
 
-/// Reads a table description of scale `2^scale_bits` and fills that many slots of `tables` from
-/// `first_slot`; returns the bytes consumed.
-fn read_table(
+/// Reads a table description of scale `2^scale_bits` into `freqs` (symbols outside it 0);
+/// returns the bytes consumed and the last symbol with a frequency.
+pub(super) fn read_freqs(
     input: &[u8],
     scale_bits: u32,
-    tables: &mut DecoderTables,
-    first_slot: usize,
-) -> Result<usize, CodecError> {
+    freqs: &mut [u16; 256],
+) -> Result<(usize, usize), CodecError> {
     let scale = 1u32 << scale_bits;
     let mut r = BitReader {
         input,
@@ -550,15 +554,10 @@ fn read_table(
     if last <= first {
         return Err(CodecError::Corrupted);
     }
+    freqs.fill(0);
     let mut cum = 0u32;
     let mut prev = 0i32;
     let mut avg = 16u32;
-    let mut fill = |sym: u32, f: u32, cum: u32| {
-        for slot in cum..cum + f {
-            let j = first_slot + slot as usize;
-            tables.slots[j] = slot_entry(sym, slot - cum, f);
-        }
-    };
     for s in first..last {
         let k = rice_k(avg);
         let mut q = 0;
@@ -576,15 +575,37 @@ fn read_table(
             return Err(CodecError::Corrupted);
         }
         prev = f;
-        fill(s, f as u32, cum);
+        freqs[s as usize] = f as u16;
         cum += f as u32;
     }
     let f_last = scale - cum;
     if f_last == scale {
         return Err(CodecError::Corrupted);
     }
-    fill(last, f_last, cum);
-    Ok(r.pos)
+    freqs[last as usize] = f_last as u16;
+    Ok((r.pos, last as usize))
+}
+
+/// Reads a table description of scale `2^scale_bits` and fills that many slots of `tables` from
+/// `first_slot`; returns the bytes consumed.
+fn read_table(
+    input: &[u8],
+    scale_bits: u32,
+    tables: &mut DecoderTables,
+    first_slot: usize,
+) -> Result<usize, CodecError> {
+    let mut freqs = [0u16; 256];
+    let (len, _) = read_freqs(input, scale_bits, &mut freqs)?;
+    let mut cum = 0u32;
+    for (sym, &f) in freqs.iter().enumerate() {
+        let f = u32::from(f);
+        for slot in cum..cum + f {
+            let j = first_slot + slot as usize;
+            tables.slots[j] = slot_entry(sym as u32, slot - cum, f);
+        }
+        cum += f;
+    }
+    Ok(len)
 }
 
 fn build_encoder(freqs: &[u16; 256], scale_bits: u32, syms: &mut [EncSym; 256]) {

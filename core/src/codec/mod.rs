@@ -4,9 +4,11 @@
 //!   (raw / constant / coded chosen per block), working only in caller-lent buffers.
 //! - [`huffman`]: length-limited canonical Huffman in four streams, decoding two symbols per
 //!   table lookup: ZipNN's index stream of big chunks, where decoding speed matters most.
+//! - [`tans`]: table-driven ANS in four lanes of two states, as close to the entropy as rANS
+//!   and decoding with a load, two shifts and an add per symbol: ZipNN's FP16 index streams.
 //! - [`zipnn`]: ZipNN grouping of BF16/FP16/FP32 weights (exponent and top mantissa bits
-//!   coded by [`huffman`] or [`entropy`], one symbol per element; sign and low mantissa bits
-//!   raw), in a chunked, CRC-checked container.
+//!   coded by [`huffman`], [`tans`] or [`entropy`], one symbol per element; sign and low
+//!   mantissa bits raw), in a chunked, CRC-checked container.
 //! - `qstore`: one file serving a model at high precision and at INT8.
 //! - [`weights`]: telling 4 KiB blocks of float weights from other data, coding one block.
 
@@ -15,6 +17,7 @@ use core::fmt;
 pub mod entropy;
 pub mod huffman;
 pub mod qstore;
+pub mod tans;
 pub mod weights;
 pub mod zipnn;
 

@@ -27,10 +27,12 @@
 //!
 //! The index stream of a big chunk with the 11-bit split is coded with [`huffman`] (four
 //! streams, two indices per table lookup, values written straight out; ~0.7% larger than rANS,
-//! about twice as fast to decode); other chunks use an [`entropy`] (rANS) block. Decoding
+//! about twice as fast to decode); of a big chunk with the 8-bit split (FP16) with [`tans`]
+//! (as small as rANS, values written straight out, lanes that do not wait on each other);
+//! small chunks (device blocks) use an [`entropy`] (rANS) block. Decoding
 //! writes each element's value, then one vectorised pass merges in the raw bits (and FP32's
-//! low halves). Huffman-coded BF16 values are written straight into the output and merged in
-//! place; FP32 values go to the output's upper half, which the merge overwrites from the front
+//! low halves). Huffman-coded BF16 values and tANS-coded FP16 values are written straight
+//! into the output and merged in place; FP32 values go to the output's upper half, which the merge overwrites from the front
 //! only after reading them: no separate value buffer passes through the cache.
 //!
 //! This module owns the container format (see `docs/format/zipnn.md`): a header with the
@@ -39,9 +41,11 @@
 //!
 //! [`entropy`]: super::entropy
 //! [`huffman`]: super::huffman
+//! [`tans`]: super::tans
 
 use super::entropy::{self, DecoderTables, EncoderScratch, WIDE_VALUES};
 use super::huffman;
+use super::tans;
 use super::CodecError;
 use core::fmt;
 
@@ -57,9 +61,9 @@ pub const MAX_SEGMENTS: u32 = 1 << 20;
 
 /// Container magic: "NBZN".
 pub const MAGIC: [u8; 4] = *b"NBZN";
-/// Container format version written.
-pub const VERSION: u16 = 3;
-/// Oldest container format version read (version 3 only added chunk encodings).
+/// Container format version written (4: FP16's big chunks carry tANS index blocks).
+pub const VERSION: u16 = 4;
+/// Oldest container format version read (versions 3 and 4 only added chunk encodings).
 pub const MIN_VERSION: u16 = 2;
 /// Header flag: the original file was a safetensors file (segment 0 is its header).
 pub const FLAG_SAFETENSORS: u16 = 1;
@@ -351,6 +355,14 @@ const GROUP16_BYTES: usize = 10;
 /// Index block mode (after the entropy block modes 0..=3): canonical Huffman in four streams
 /// ([`huffman`]), the block's first byte.
 const MODE_HUFFMAN: u8 = 4;
+/// Index block mode: tANS in four lanes ([`tans`]), the block's first byte, then a 12-bit
+/// frequency table as rANS has. Version 4 writers use it for big 8-bit-split chunks (FP16).
+const MODE_TANS: u8 = 5;
+/// Smallest chunk (elements) whose 8-bit indices are tANS coded: below it (4 KiB device blocks)
+/// rANS stays, and so do the records on existing images.
+const TANS_MIN_ELEMENTS: usize = 8192;
+/// The bits of a 16-bit element that hold its 8-bit-split value (bits 14..7).
+const BYTE_VALUE_MASK: u16 = 0x7f80;
 /// Smallest chunk (elements) whose 11-bit indices are Huffman coded: below it the code lengths
 /// cost more than the speed is worth, and device blocks keep rANS's tighter coding.
 const HUFFMAN_MIN_ELEMENTS: usize = 8192;
@@ -962,6 +974,25 @@ fn merge_byte2(idx: &[u8], values: &[u16; 256], raw: &[u8], body: &mut [u8]) -> 
     groups
 }
 
+/// [`merge_byte2`] in place: the tANS-decoded values (bits [`BYTE_VALUE_MASK`]) already in
+/// `body`, one stored raw byte per element (sign above 7 low bits). Fixed-size pieces only, so
+/// the loop vectorises. Returns the groups of 16 done.
+fn merge_byte2_inplace(raw: &[u8], body: &mut [u8]) -> usize {
+    let groups = (body.len() / 32).min(raw.len() / 16);
+    let pieces = body.chunks_exact_mut(32).zip(raw.chunks_exact(16));
+    for (out, r) in pieces.take(groups) {
+        let v: [u8; 32] = core::array::from_fn(|i| out[i]);
+        for k in 0..16 {
+            let b = u16::from(r[k]);
+            let t = (u16::from_le_bytes([v[2 * k], v[2 * k + 1]]) & BYTE_VALUE_MASK)
+                | (b & 0x7f)
+                | (b << 8 & 0x8000);
+            out[2 * k..2 * k + 2].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    groups
+}
+
 /// [`merge`] of the whole groups of 16-bit elements whose Huffman-decoded values are already
 /// in `body`, with stored [`LAYOUT_WIDE16`] raw groups (BF16's every big chunk), in place:
 /// fixed-size pieces only, so the loop has no bounds checks and vectorises. Returns the groups
@@ -1159,11 +1190,17 @@ fn encode_elements<const SIZE: usize>(
         n
     };
     let raw = &mut out[at..at + raw_len];
+    // FP16's big chunks are tANS coded by value (no dictionary index per element), so their
+    // values and raw bytes come from plain byte operations.
+    let by_value = !wide && SIZE == 2 && n >= TANS_MIN_ELEMENTS && distinct >= 2;
     let constant = if wide {
         if huff_bits.is_none() {
             index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
         }
         raw16::<SIZE>(body, raw)
+    } else if by_value {
+        let vals = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
+        split_byte2(body, vals, raw)
     } else {
         let idx = planes.get_mut(..n).ok_or(ZipnnError::BufferTooSmall(n))?;
         group::<SIZE, 7>(body, &scratch.wide_map, idx, raw)
@@ -1235,10 +1272,92 @@ fn encode_elements<const SIZE: usize>(
         }
         index::<SIZE, 4>(body, &scratch.wide_map, &mut planes[..n]);
     }
+    if !wide && n >= TANS_MIN_ELEMENTS && distinct >= 2 {
+        let end = out.len() - tail.len();
+        // Symbols: the values themselves (FP16) or dictionary indices.
+        let sym_counts = if by_value {
+            let mut c = [0u32; 256];
+            c.copy_from_slice(&scratch.wide_hist[..256]);
+            c
+        } else {
+            counts
+        };
+        if let Some(len) = encode_tans(planes, n, &sym_counts, &mut out[at..end], scratch) {
+            at += len;
+            out[at..at + tail.len()].copy_from_slice(tail);
+            return Ok(Some(at + tail.len()));
+        }
+        if by_value {
+            // rANS codes indices.
+            index::<SIZE, 7>(body, &scratch.wide_map, &mut planes[..n]);
+        }
+    }
     let idx = &planes[..n];
     at += entropy::encode_with_counts(idx, &counts, &mut out[at..], scratch).map_err(encode_err)?;
     out[at..at + tail.len()].copy_from_slice(tail);
     Ok(Some(at + tail.len()))
+}
+
+/// A tANS index block of the `n` symbols in `planes[..n]`, the rest of `planes` holding the
+/// lanes while they are written; `None` when it does not fit `out` (the caller then writes
+/// rANS, or stores the chunk). The symbols are the indices or the values themselves, `counts`
+/// theirs (at least two present): the present symbols in ascending order are the dictionary's
+/// indices, so the table written over indices is the symbols' with the absent ones left out,
+/// and both spread the same (absent symbols take no position).
+fn encode_tans(
+    planes: &mut [u8],
+    n: usize,
+    counts: &[u32; 256],
+    out: &mut [u8],
+    scratch: &mut EncoderScratch,
+) -> Option<usize> {
+    let (syms, lanes) = planes.split_at_mut(n);
+    let mut freqs = [0u16; 256];
+    entropy::normalize(counts, &mut freqs, tans::TABLE_LOG);
+    let mut by_index = [0u16; 256];
+    for (i, &f) in freqs.iter().filter(|&&f| f > 0).enumerate() {
+        by_index[i] = f;
+    }
+    *out.first_mut()? = MODE_TANS;
+    let t = entropy::write_table(&by_index, out.get_mut(1..)?)?;
+    scratch.tans.build(&freqs);
+    let len = tans::encode(syms, &scratch.tans, lanes, out.get_mut(1 + t..)?)?;
+    Some(1 + t + len)
+}
+
+/// FP16's 8-bit split by plain byte operations (the compiler vectorises them): per element
+/// its value (bits 14..7) into `vals` and its raw byte (sign above bits 6..0) into `raw`.
+/// Returns whether all raw bytes are equal.
+#[inline(never)]
+fn split_byte2(body: &[u8], vals: &mut [u8], raw: &mut [u8]) -> bool {
+    // Lane-wise accumulators, folded at the end.
+    let (mut any16, mut all16) = ([0u8; 16], [u8::MAX; 16]);
+    let pieces = body
+        .chunks_exact(32)
+        .zip(vals.chunks_exact_mut(16))
+        .zip(raw.chunks_exact_mut(16));
+    for ((e, v), r) in pieces {
+        // Whole u16 lanes narrowed to bytes: a shape SSE2 has (shifts, masks, a pack).
+        let t: [u16; 16] = core::array::from_fn(|k| u16::from_le_bytes([e[2 * k], e[2 * k + 1]]));
+        for k in 0..16 {
+            v[k] = (t[k] >> 7) as u8;
+            r[k] = ((t[k] & 0x7f) | (t[k] >> 8 & 0x80)) as u8;
+        }
+        for k in 0..16 {
+            any16[k] |= r[k];
+            all16[k] &= r[k];
+        }
+    }
+    let mut any = any16.iter().fold(0, |a, &b| a | b);
+    let mut all = all16.iter().fold(u8::MAX, |a, &b| a & b);
+    let whole = body.len() / 32 * 16;
+    for (k, e) in body.chunks_exact(2).enumerate().skip(whole) {
+        vals[k] = e[1] << 1 | e[0] >> 7;
+        raw[k] = (e[0] & 0x7f) | (e[1] & 0x80);
+        any |= raw[k];
+        all &= raw[k];
+    }
+    any == all
 }
 
 /// Payload length declared by a chunk record's header, checked against the largest record a
@@ -1454,6 +1573,40 @@ fn decode_elements<const SIZE: usize>(
             merge::<SIZE, true, _>(&vals, &sections, body);
         } else {
             merge::<SIZE, false, _>(&vals, &sections, body);
+        }
+    } else if block.first() == Some(&MODE_TANS) {
+        if split != SPLIT_BYTE {
+            return Err("tANS index block in an 11-bit chunk");
+        }
+        let mut freqs = [0u16; 256];
+        let (t, last) = entropy::read_freqs(&block[1..], tans::TABLE_LOG, &mut freqs)
+            .map_err(|_| "bad tANS frequency table")?;
+        if last >= distinct {
+            return Err("index outside the dictionary");
+        }
+        tans::build_decoder(&freqs, &tables.values, &mut tables.slots);
+        let coded = &block[1 + t..];
+        if SIZE == 2 && raw_stride != 0 {
+            // FP16's big chunks: the values go straight into the output, the raw bytes are
+            // merged in place.
+            tans::decode(coded, n, &tables.slots, body)
+                .map_err(|_| "index block does not decode")?;
+            let g = merge_byte2_inplace(raw, body);
+            let rest = &mut body[32 * g..];
+            let mut last = [0u8; 32];
+            last[..rest.len()].copy_from_slice(rest);
+            let sections = Sections {
+                raw: &raw[16 * g..],
+                ..sections
+            };
+            merge::<SIZE, false, _>(&Decoded(&last), &sections, rest);
+        } else {
+            let vals = planes
+                .get_mut(..2 * n)
+                .ok_or("scratch smaller than the chunk")?;
+            tans::decode(coded, n, &tables.slots, vals)
+                .map_err(|_| "index block does not decode")?;
+            merge::<SIZE, false, _>(&Decoded(vals), &sections, body);
         }
     } else {
         let idx = planes
@@ -1897,6 +2050,285 @@ mod tests {
             decode_chunk(dtype, 3, &rec[..len], &mut planes, &mut back, &mut tables).unwrap();
             assert!(back == *chunk, "{dtype:?} constant sections");
         }
+    }
+
+    /// The mode byte of the index block of a coded 8-bit-split record (header included) of
+    /// `n` elements of `size` bytes.
+    fn byte_index_mode(record: &[u8], n: usize, size: usize) -> u8 {
+        let p = &record[CHUNK_HEADER_LEN..];
+        assert_eq!(p[0], SPLIT_BYTE);
+        let mut at = 2;
+        read_dictionary(p, &mut at, 8, 7, &mut [0; 256]).unwrap();
+        at += if p[1] & FLAG_RAW_CONSTANT != 0 { 1 } else { n };
+        if size == 4 {
+            at += if p[1] & FLAG_LOW_CONSTANT != 0 {
+                2
+            } else {
+                2 * n
+            };
+        }
+        p[at]
+    }
+
+    /// FP32 elements with more than 256 distinct 11-bit values (exponents spread over 64
+    /// binades), so the chunk takes the 8-bit split.
+    fn wide_spread_fp32(rng: &mut Rng, out: &mut [u8]) {
+        for e in out.chunks_exact_mut(4) {
+            let r = rng.next();
+            let v = ((r >> 63) as u32) << 31
+                | (96 + (r % 64) as u32) << 23
+                | (r >> 20) as u32 & 0x7f_ffff;
+            e.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Chunks of at least 8192 elements with the 8-bit split (FP16's, and FP32's with many
+    /// exponents) code their indices with tANS and round-trip: every tail length, lanes of
+    /// unequal length, constant raw bits (merged through scratch, not in place); smaller
+    /// chunks (device blocks) keep rANS.
+    #[test]
+    fn big_byte_split_chunks_are_tans_coded_and_round_trip() {
+        let mut rng = Rng(0x7a45);
+        let mut src = [0u8; 70_003];
+        let mut rec = [0u8; 72_000];
+        let mut planes = [0u8; 65_536];
+        let mut scratch = EncoderScratch::new();
+        let mut tables = DecoderTables::new();
+        for dtype in [Dtype::Fp16, Dtype::Fp32] {
+            match dtype {
+                Dtype::Fp32 => wide_spread_fp32(&mut rng, &mut src),
+                _ => weights(&mut rng, &mut src, dtype),
+            }
+            let size = dtype.size();
+            for (bytes, mode) in [
+                (8192 * size, MODE_TANS),
+                (8191 * size, entropy::MODE_RANS),
+                (4096, entropy::MODE_RANS),
+                (8192 * size + 2 * size + 1, MODE_TANS),
+                (65_536, MODE_TANS),
+            ] {
+                let chunk = &src[..bytes];
+                let len =
+                    encode_chunk(dtype, 1, chunk, &mut planes, &mut rec, &mut scratch).unwrap();
+                assert_eq!(
+                    byte_index_mode(&rec[..len], bytes / size, size),
+                    mode,
+                    "{dtype:?} {bytes}"
+                );
+                let mut back = [0u8; 65_536];
+                let out = &mut back[..bytes];
+                decode_chunk(dtype, 1, &rec[..len], &mut planes, out, &mut tables).unwrap();
+                assert!(*out == *chunk, "{dtype:?} {bytes}");
+            }
+            for l in [
+                16_384,
+                16_385,
+                16_387,
+                32_766,
+                32_767,
+                32_768 + 30,
+                65_536 + 7,
+            ] {
+                let mut out = [0u8; 75_000];
+                let n = compress(
+                    dtype,
+                    32_768,
+                    &src[..l],
+                    &mut planes,
+                    &mut out,
+                    &mut scratch,
+                );
+                let mut back = [0u8; 70_003];
+                let mut segs = [Segment {
+                    dtype: Dtype::Raw,
+                    len: 0,
+                }];
+                let got = decompress(
+                    &out[..n.unwrap()],
+                    &mut planes,
+                    &mut segs,
+                    &mut back,
+                    &mut tables,
+                );
+                assert_eq!(got, Ok(l), "{dtype:?} {l}");
+                assert!(back[..l] == src[..l], "{dtype:?} {l}");
+            }
+        }
+        // Flat values with scratch of the chunk's size, as files lend: a lane may take about a
+        // byte a symbol, what flat 8-bit values need, so the lanes fill their quarters (tANS
+        // gives way to rANS when one does not fit); coding does not pay, the chunk is stored,
+        // and it round-trips.
+        let flat: [u8; 32_768] = core::array::from_fn(|_| rng.next() as u8);
+        for bytes in [16_384, 32_768] {
+            let chunk = &flat[..bytes];
+            let scratch_planes = &mut planes[..bytes];
+            let len = encode_chunk(
+                Dtype::Fp16,
+                3,
+                chunk,
+                scratch_planes,
+                &mut rec,
+                &mut scratch,
+            )
+            .unwrap();
+            let mut back = [0u8; 32_768];
+            let out = &mut back[..bytes];
+            decode_chunk(
+                Dtype::Fp16,
+                3,
+                &rec[..len],
+                scratch_planes,
+                out,
+                &mut tables,
+            )
+            .unwrap();
+            assert!(*out == *chunk, "flat values, {bytes} bytes");
+        }
+        // Constant raw bits (the encoder would take the 11-bit split for them, so the record
+        // is edited by hand): the record's raw bytes become the one byte 0x55, and the chunk
+        // decodes to the elements with those raw bits.
+        weights(&mut rng, &mut src, Dtype::Fp16);
+        let chunk = &src[..32_768];
+        let len = encode_chunk(Dtype::Fp16, 2, chunk, &mut planes, &mut rec, &mut scratch).unwrap();
+        let p = &mut rec[CHUNK_HEADER_LEN..len];
+        let mut at = 2;
+        read_dictionary(p, &mut at, 8, 7, &mut [0; 256]).unwrap();
+        p[1] |= FLAG_RAW_CONSTANT;
+        p[at] = 0x55;
+        p.copy_within(at + 16_384.., at + 1);
+        let len = len - 16_383;
+        let crc = chunk_crc(
+            2,
+            (len - CHUNK_HEADER_LEN) as u32,
+            &rec[CHUNK_HEADER_LEN..len],
+        );
+        rec[field::CHUNK_PAYLOAD_LEN]
+            .copy_from_slice(&((len - CHUNK_HEADER_LEN) as u32).to_le_bytes());
+        rec[field::CHUNK_CRC].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(byte_index_mode(&rec[..len], 16_384, 2), MODE_TANS);
+        let mut back = [0u8; 32_768];
+        decode_chunk(
+            Dtype::Fp16,
+            2,
+            &rec[..len],
+            &mut planes,
+            &mut back,
+            &mut tables,
+        )
+        .unwrap();
+        let mut want = [0u8; 32_768];
+        for (e, w) in chunk.chunks_exact(2).zip(want.chunks_exact_mut(2)) {
+            let t = (u16::from_le_bytes([e[0], e[1]]) & 0x7f80) | 0x55;
+            w.copy_from_slice(&t.to_le_bytes());
+        }
+        assert!(back == want, "constant raw bits");
+    }
+
+    /// A tANS-coded record damaged behind a valid CRC (its table, lane states and lengths sit
+    /// in the first few hundred bytes after the raw bytes): an error naming the chunk or the
+    /// original, never a panic.
+    #[test]
+    fn tans_records_damaged_behind_a_valid_crc_fail_cleanly() {
+        let mut rng = Rng(0x7a46);
+        let mut src = [0u8; 16_384];
+        weights(&mut rng, &mut src, Dtype::Fp16);
+        let mut rec = [0u8; 20_000];
+        let mut planes = [0u8; 16_384];
+        let mut scratch = EncoderScratch::new();
+        let len = encode_chunk(Dtype::Fp16, 4, &src, &mut planes, &mut rec, &mut scratch).unwrap();
+        assert_eq!(byte_index_mode(&rec[..len], 8192, 2), MODE_TANS);
+        let mut back = [0u8; 16_384];
+        let mut tables = DecoderTables::new();
+        let (mut errors, mut table_errors) = (0, 0);
+        for round in 0..2000 {
+            let mut m = rec;
+            let l = if round % 2 == 0 {
+                damage_and_reseal(&mut rng, &mut m, len, 4, 400)
+            } else {
+                // Damage the index block's head (table, states, lengths) only.
+                let head = CHUNK_HEADER_LEN + 8192 + 8;
+                m[head + (rng.next() as usize) % 120] ^= 1 << (rng.next() % 8);
+                let payload_len = (len - CHUNK_HEADER_LEN) as u32;
+                let crc = chunk_crc(4, payload_len, &m[CHUNK_HEADER_LEN..len]);
+                m[field::CHUNK_CRC].copy_from_slice(&crc.to_le_bytes());
+                len
+            };
+            match decode_chunk(Dtype::Fp16, 4, &m[..l], &mut planes, &mut back, &mut tables) {
+                Err(ZipnnError::CorruptedChunk { chunk: 4, .. }) => {
+                    errors += 1;
+                    table_errors += round % 2;
+                }
+                Err(e) => panic!("unexpected error {e:?}"),
+                Ok(()) => {}
+            }
+        }
+        assert!(errors > 1000, "only {errors} errors");
+        assert!(
+            table_errors > 500,
+            "only {table_errors} errors in the block's head"
+        );
+    }
+
+    /// Version 3 chunks of FP16 (8-bit split, rANS indices even when big), as files written
+    /// before version 4 hold them, still decode, in a container whose header says version 3.
+    #[test]
+    fn version_3_rans_coded_big_fp16_chunks_still_decode() {
+        let mut rng = Rng(0x0103);
+        let mut src = [0u8; 32_771];
+        weights(&mut rng, &mut src, Dtype::Fp16);
+        let n = 16_385;
+        let body = &src[..2 * n];
+        // The v3 writer, by hand: layout, flags, dictionary, raw bytes, rANS block, tail.
+        let mut scratch = EncoderScratch::new();
+        count_wide::<2>(body, &mut scratch.wide_hist, &mut scratch.wide_code);
+        let byte_hist: [u32; 256] =
+            core::array::from_fn(|v| scratch.wide_hist[8 * v..8 * v + 8].iter().sum());
+        let mut p = [0u8; 33_000];
+        p[0] = SPLIT_BYTE;
+        let mut at = 2;
+        let mut counts = [0u32; 256];
+        write_dictionary(
+            &byte_hist,
+            &mut scratch.wide_map,
+            &mut counts,
+            &mut p,
+            &mut at,
+        );
+        let mut idx = [0u8; 16_385];
+        assert!(!group::<2, 7>(
+            body,
+            &scratch.wide_map,
+            &mut idx,
+            &mut p[at..at + n]
+        ));
+        at += n;
+        at += entropy::encode_with_counts(&idx, &counts, &mut p[at..], &mut scratch).unwrap();
+        p[at] = src[2 * n];
+        at += 1;
+        // As a one-chunk container (chunk size 32 KiB + 4), version 3.
+        let mut out = [0u8; 34_000];
+        let seg = Segment {
+            dtype: Dtype::Fp16,
+            len: (2 * n + 1) as u64,
+        };
+        let h = ContainerHeader::write(0, 32_772, &[seg], &mut out).unwrap();
+        out[field::VERSION].copy_from_slice(&3u16.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&out[..field::CRC.start]);
+        crc.update(&out[HEADER_LEN..h]);
+        out[field::CRC].copy_from_slice(&crc.finalize().to_le_bytes());
+        let crc = chunk_crc(0, at as u32, &p[..at]);
+        out[h..h + 4].copy_from_slice(&(at as u32).to_le_bytes());
+        out[h + 4..h + 8].copy_from_slice(&crc.to_le_bytes());
+        out[h + 8..h + 8 + at].copy_from_slice(&p[..at]);
+        let len = h + 8 + at;
+        let mut back = [0u8; 32_771];
+        let mut planes = [0u8; 32_772];
+        let mut segs = [seg];
+        let mut tables = DecoderTables::new();
+        let got = decompress(&out[..len], &mut planes, &mut segs, &mut back, &mut tables);
+        assert_eq!(got, Ok(2 * n + 1));
+        assert!(back[..2 * n + 1] == src[..2 * n + 1]);
     }
 
     /// Damages chunk record `m[..len]` (chunk `index`) one of three ways (a bit flipped

@@ -112,8 +112,12 @@ d = {c: b["nand_program_bytes"][c] - a["nand_program_bytes"][c] for c in causes}
 tot = sum(d.values())
 dl = {k: b["delta"][k] - a["delta"].get(k, 0) for k in ("inlined", "too_large", "refused", "full_pages_rebuilt", "compact_pages_written", "restored_at_idle")} if "delta" in b else {}
 writes = b["host_writes"] - a["host_writes"]
+# Without power-loss protection every flush programs at least one whole page: no setting of the
+# delta engine can take NAND/host below this floor.
+flushes = b["host_flushes"] - a["host_flushes"]
+floor = flushes * b["device"]["page_bytes"] / host if host and not b["device"]["plp"] else 0
 print(f"{tot / host if host else 0:.3f}\t" + " ".join(f"{c}={d[c] / host if host else 0:.2f}" for c in causes)
-      + f" [writes={writes} " + " ".join(f"{k}={v}" for k, v in dl.items()) + "]")
+      + f" [writes={writes} flushes={flushes} flush_floor={floor:.2f} " + " ".join(f"{k}={v}" for k, v in dl.items()) + "]")
 EOF
 }
 ratio() { "$PY" -c "import sys; off,on=float(sys.argv[1]),float(sys.argv[2]); print(f'{(1-on/off)*100:.1f}%' if off else '-')" "$1" "$2"; }

@@ -324,7 +324,7 @@ latency_part() {
         set -- $v
         local tag=$1; shift
         "$NANDBOX" replay "$work/lat-score-64.trace" --profile "$PROFILE" --compress "$COMPRESS" \
-            --latency virtual --node-cache-slots 64 --node-cache score "$@" \
+            --plp "$PLP" --latency virtual --node-cache-slots 64 --node-cache score "$@" \
             --snapshot "$c=$work/rp-$tag-c.json" --snapshot "$d=$work/rp-$tag-d.json" >/dev/null
     done
     rm -f "$work/lat-score-64.trace"

@@ -2,12 +2,13 @@
 //!
 //! Two threads per connection, around a queue pair into the device (an NVMe submission and
 //! completion queue, in effect). The connection's own thread reads requests, checks them and
-//! submits them without waiting; the device hands results to the connection's [`Completer`],
-//! which turns them into replies; a writer thread sends what has gathered, many replies per
-//! system call, matched by cookie and possibly out of order. A burst of requests thus costs a
-//! few thread wake-ups, not several per request, which on a small machine is most of the cost of
-//! a 4 KiB request. Where the socket allows a non-blocking send, small bursts of replies skip
-//! the writer too: the device's thread sends them itself when it flushes its completions, and
+//! submits each burst read from the socket at once (the firmware runs it right there, on this
+//! thread, see `Firmware::submit_batch`); the device hands results to the connection's
+//! [`Completer`], which turns them into replies; a writer thread sends what has gathered, many
+//! replies per system call, matched by cookie and possibly out of order. A burst of requests
+//! thus costs few thread wake-ups, not several per request, which on a small machine is most of
+//! the cost of a 4 KiB request. Where the socket allows a non-blocking send, small bursts of replies skip
+//! the writer too: the thread that completes them (the one that ran them) sends them itself, and
 //! leaves to the writer only what the socket does not take at once (so a client that stops
 //! reading never stalls the device).
 //!
@@ -352,7 +353,7 @@ struct Conn {
 /// kind `WouldBlock` when that is nothing) and returns the bytes written.
 pub type TrySend = Box<dyn Fn(&[IoSlice<'_>]) -> io::Result<usize> + Send + Sync>;
 
-/// Replies of at most this many bytes together are sent by the device's thread itself when
+/// Replies of at most this many bytes together are sent by the completing thread itself when
 /// it flushes its completions, sparing the writer thread's wake-up (a futex wake and a context
 /// switch, most of the cost of a 4 KiB request on a small machine). Larger batches (1 MiB
 /// reads) go to the writer, so the device does not spend its time copying them into the socket.
@@ -457,7 +458,7 @@ impl Conn {
         let mut st = self.lock();
         loop {
             if st.sending {
-                // The device's thread is sending: it wakes us if it leaves work.
+                // The completing thread is sending: it wakes us if it leaves work.
                 st.writer_waits = true;
                 st = self.to_writer.wait(st).unwrap_or_else(|p| p.into_inner());
                 st.writer_waits = false;
@@ -559,7 +560,7 @@ impl Conn {
         }
     }
 
-    /// Sends the gathered replies from the calling thread (the device's), without ever
+    /// Sends the gathered replies from the calling thread (the one completing them), without ever
     /// blocking, when nobody else is sending, none waits for a modelled time and they are
     /// small. What the socket does not take at once is left to the writer.
     fn send_direct<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -713,7 +714,7 @@ fn send_all<W: Write>(out: &mut W, batch: &[Reply], skip: usize) -> io::Result<(
 /// Serves requests until the client disconnects, breaks the protocol, or `reader` reaches EOF
 /// (the server shuts the read half down to stop a connection). Waits for every admitted request
 /// to be answered before returning. `direct`, when given, is a non-blocking send on the same socket as `writer`, through which
-/// small replies go out from the device's thread (see [`TrySend`]).
+/// small replies go out from the thread that completes them (see [`TrySend`]).
 pub fn serve<R: Read + Send, W: Write + Send>(
     reader: R,
     mut writer: W,
@@ -788,8 +789,8 @@ fn read_loop<R: Read>(
 }
 
 fn submit(queue: &dyn Queue, burst: &mut Vec<(u64, device::Request)>) {
-    for (tag, req) in burst.drain(..) {
-        queue.submit(tag, req);
+    if !burst.is_empty() {
+        queue.submit_batch(burst);
     }
 }
 

@@ -23,7 +23,7 @@
 //! Every request is checked here against the export (range, flags, read-only) and answered
 //! with the error the protocol names; the device only ever sees valid, in-range requests.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -760,6 +760,9 @@ const WRITER_STACK: usize = 256 << 10;
 /// once it is drained, so they are not copied through it.
 const READ_BUFFER: usize = 256 << 10;
 
+/// Write payloads from this size on are read past the buffer, and so is the header after them.
+const BIG_PAYLOAD: u32 = 64 << 10;
+
 /// Reads, checks and submits requests until DISC, EOF or a broken stream. Requests found in one
 /// read of the socket are submitted together, so the device tends to find them queued at once.
 fn read_loop<R: Read>(
@@ -771,14 +774,21 @@ fn read_loop<R: Read>(
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     let mut burst: Vec<(u64, device::Request)> = Vec::new();
+    // The last request was a write with a payload of at least BIG_PAYLOAD.
+    let mut after_payload = false;
     let result = loop {
         if reader.buffer().len() < Request::<&[u8]>::LEN {
             // Nothing more already received: hand over what we have before we may block.
             submit(queue, &mut burst);
         }
-        match next_request(&mut reader, export, neg, conn, &mut || {
-            submit(queue, &mut burst)
-        }) {
+        match next_request(
+            &mut reader,
+            export,
+            neg,
+            conn,
+            &mut after_payload,
+            &mut || submit(queue, &mut burst),
+        ) {
             Ok(Some(job)) => burst.push(job),
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
@@ -801,11 +811,19 @@ fn next_request<R: Read>(
     export: Export,
     neg: &Negotiated,
     conn: &Conn,
+    after_payload: &mut bool,
     submit_held: &mut dyn FnMut(),
 ) -> io::Result<Option<(u64, device::Request)>> {
     loop {
         let mut header = [0u8; Request::<&[u8]>::LEN];
-        match reader.read_exact(&mut header) {
+        let got = if std::mem::take(after_payload) && reader.buffer().is_empty() {
+            // After a large payload the next request is likely another: its header is read
+            // alone, so the buffer's refill does not take in its payload to be copied out.
+            reader.get_mut().read_exact(&mut header)
+        } else {
+            reader.read_exact(&mut header)
+        };
+        match got {
             Ok(()) => {}
             // The client went away between requests: an ordinary end.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -845,9 +863,16 @@ fn next_request<R: Read>(
                 buf,
             },
             Op::Write { offset, len, fua } => {
+                // What the buffer already holds, then the rest straight from the socket, exactly:
+                // a refill of the buffer would pull the next payload in only to copy it out.
                 // Read into reserved capacity: std sockets fill it without zeroing it first.
                 buf.clear();
-                let got = reader.by_ref().take(u64::from(len)).read_to_end(&mut buf);
+                let held = reader.buffer().len().min(len as usize);
+                buf.extend_from_slice(&reader.buffer()[..held]);
+                reader.consume(held);
+                let rest = u64::from(len) - held as u64;
+                let got = reader.get_mut().take(rest).read_to_end(&mut buf);
+                *after_payload = len >= BIG_PAYLOAD;
                 if got.is_err() || buf.len() != len as usize {
                     // The stream is broken: nothing more is answered.
                     conn.withdraw(tag);

@@ -355,9 +355,12 @@ pub type TrySend = Box<dyn Fn(&[IoSlice<'_>]) -> io::Result<usize> + Send + Sync
 
 /// Replies of at most this many bytes together are sent by the completing thread itself when
 /// it flushes its completions, sparing the writer thread's wake-up (a futex wake and a context
-/// switch, most of the cost of a 4 KiB request on a small machine). Larger batches (1 MiB
-/// reads) go to the writer, so the device does not spend its time copying them into the socket.
-const DIRECT_MAX: usize = 64 << 10;
+/// switch, most of the cost of a 4 KiB request on a small machine). That thread is the
+/// connection's own (the firmware runs each connection's burst on it), so copying even 1 MiB
+/// read replies into the socket delays no other connection: on a 1 MiB sequential read it
+/// beat handing them to the writer (about 2,700 MiB/s against 2,200 on a shared 2-core
+/// machine). The send never blocks: what the socket does not take goes to the writer.
+const DIRECT_MAX: usize = 2 * MAX_PAYLOAD as usize;
 
 impl Conn {
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -13,7 +13,7 @@
 //! every write that was completed before it, whichever connection sent it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -437,6 +437,7 @@ impl Firmware {
         let submitted = Instant::now();
         let mut done = Vec::new();
         self.shared.hosts.fetch_add(1, Ordering::SeqCst);
+        self.shared.bursts.fetch_add(1, Ordering::Relaxed);
         {
             let mut runner = self.shared.lock();
             for (tag, req) in reqs {
@@ -655,6 +656,8 @@ struct Shared {
     runner: Mutex<Option<Runner>>,
     /// Submitters waiting for or holding `runner`: background work steps aside for them.
     hosts: AtomicUsize,
+    /// Bursts run so far: while none comes, the firmware thread looks for work less often.
+    bursts: AtomicU64,
 }
 
 impl Shared {
@@ -681,8 +684,10 @@ struct Runner {
     trace_records: u64,
 }
 
-/// How often the firmware thread looks for background work while the device is idle.
+/// How often the firmware thread looks for background work while the host is active, and
+/// while it has been quiet since the last look.
 const IDLE_POLL: Duration = Duration::from_millis(2);
+const QUIET_POLL: Duration = Duration::from_millis(50);
 /// How long background work waits while a submitter wants the FTL.
 const STEP_ASIDE: Duration = Duration::from_micros(50);
 
@@ -778,6 +783,7 @@ fn run_thread(config: FirmwareConfig, rx: Receiver<Submitted>, ready: SyncSender
     let shared = Arc::new(Shared {
         runner: Mutex::new(Some(runner)),
         hosts: AtomicUsize::new(0),
+        bursts: AtomicU64::new(0),
     });
     if ready
         .send(Ok((logical_bytes, Arc::clone(&shared))))
@@ -793,8 +799,15 @@ fn run_thread(config: FirmwareConfig, rx: Receiver<Submitted>, ready: SyncSender
 fn serve(shared: &Shared, rx: Receiver<Submitted>) {
     let background = shared.lock().as_ref().is_some_and(|r| r.config.background);
     let mut pending = background;
+    let mut seen = u64::MAX;
     loop {
-        let wait = if pending { Duration::ZERO } else { IDLE_POLL };
+        let bursts = shared.bursts.load(Ordering::Relaxed);
+        let wait = match (pending, bursts == seen) {
+            (true, _) => Duration::ZERO,
+            (false, false) => IDLE_POLL,
+            (false, true) => QUIET_POLL,
+        };
+        seen = bursts;
         match rx.recv_timeout(wait) {
             Ok(job) => {
                 let mut guard = shared.lock();

@@ -6,6 +6,7 @@
 #   bench/nbd.sh                    # 1 GiB devices, 3 rounds, 10 s per run
 #   SIZE=512M ROUNDS=5 RUNTIME=20 bench/nbd.sh
 #   EXTRA="--profile femu" bench/nbd.sh   # extra `nandbox serve` options
+#   NANDBOX_BIN=/tmp/nandbox-main bench/nbd.sh   # a prebuilt binary (before/after comparisons)
 #
 # Workloads: 4k random write QD32, 4k random read QD32, 1M sequential write QD8, 1M sequential
 # read QD8. Both devices are filled once with a sequential write first, so reads return data.
@@ -22,10 +23,14 @@ for tool in fio nbdkit python3 cargo; do
 done
 fio --enghelp 2>/dev/null | grep -qx $'\tnbd' || { echo "bench/nbd.sh: fio lacks the nbd engine" >&2; exit 1; }
 
-echo "building nandbox (release)..." >&2
-cargo build --release -q -p nandbox --manifest-path "$here/Cargo.toml"
-target=${CARGO_TARGET_DIR:-$here/target}
-nandbox=$target/release/nandbox
+if [ -n "${NANDBOX_BIN:-}" ]; then
+    nandbox=$NANDBOX_BIN
+else
+    echo "building nandbox (release)..." >&2
+    cargo build --release -q -p nandbox --manifest-path "$here/Cargo.toml"
+    target=${CARGO_TARGET_DIR:-$here/target}
+    nandbox=$target/release/nandbox
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {

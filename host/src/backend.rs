@@ -103,7 +103,7 @@ fn fast_zero_possible(flags: ZeroFlags) -> Result<(), DevError> {
     }
 }
 
-/// A connection's queue pair into the firmware thread.
+/// A connection's queue pair into the firmware: bursts run on the connection's thread.
 struct FirmwareQueue {
     firmware: Arc<Firmware>,
     read_only: bool,
@@ -137,39 +137,70 @@ impl firmware::Completer for Bridge {
     }
 }
 
-impl Queue for FirmwareQueue {
-    fn submit(&self, tag: u64, req: Request) {
+impl FirmwareQueue {
+    /// Why the device refuses `req` before running it, if it does.
+    fn refusal(&self, req: &Request) -> Option<DevError> {
         let writes = matches!(
             req,
             Request::Write { .. } | Request::Trim { .. } | Request::WriteZeroes { .. }
         );
-        let refused = match &req {
+        match req {
             _ if writes && self.read_only => writable(self.read_only).err(),
             Request::WriteZeroes { flags, .. } => fast_zero_possible(*flags).err(),
             _ => None,
-        };
-        if let Some(e) = refused {
+        }
+    }
+}
+
+/// The firmware's form of a request.
+fn firmware_request(req: Request) -> firmware::Request {
+    match req {
+        Request::Read { offset, len, buf } => firmware::Request::Read { offset, len, buf },
+        Request::Write { offset, data, fua } => firmware::Request::Write { offset, data, fua },
+        Request::Flush => firmware::Request::Flush,
+        Request::Trim { offset, len, fua } => firmware::Request::Trim { offset, len, fua },
+        Request::WriteZeroes { offset, len, flags } => firmware::Request::WriteZeroes {
+            offset,
+            len,
+            fua: flags.fua,
+            no_hole: flags.no_hole,
+        },
+        Request::BlockStatus { offset, len } => firmware::Request::Mapping {
+            offset,
+            len: u64::from(len),
+        },
+    }
+}
+
+impl Queue for FirmwareQueue {
+    fn submit(&self, tag: u64, req: Request) {
+        if let Some(e) = self.refusal(&req) {
             self.host.complete(tag, Err(e), None);
             self.host.flush();
             return;
         }
-        let req = match req {
-            Request::Read { offset, len, buf } => firmware::Request::Read { offset, len, buf },
-            Request::Write { offset, data, fua } => firmware::Request::Write { offset, data, fua },
-            Request::Flush => firmware::Request::Flush,
-            Request::Trim { offset, len, fua } => firmware::Request::Trim { offset, len, fua },
-            Request::WriteZeroes { offset, len, flags } => firmware::Request::WriteZeroes {
-                offset,
-                len,
-                fua: flags.fua,
-                no_hole: flags.no_hole,
-            },
-            Request::BlockStatus { offset, len } => firmware::Request::Mapping {
-                offset,
-                len: u64::from(len),
-            },
-        };
-        self.firmware.submit(req, tag, &self.done);
+        self.firmware.submit(firmware_request(req), tag, &self.done);
+    }
+
+    fn submit_batch(&self, burst: &mut Vec<(u64, Request)>) {
+        let mut refused = false;
+        let run: Vec<(u64, firmware::Request)> = burst
+            .drain(..)
+            .filter_map(|(tag, req)| match self.refusal(&req) {
+                Some(e) => {
+                    self.host.complete(tag, Err(e), None);
+                    refused = true;
+                    None
+                }
+                None => Some((tag, firmware_request(req))),
+            })
+            .collect();
+        if refused {
+            self.host.flush();
+        }
+        if !run.is_empty() {
+            self.firmware.submit_batch(run, &self.done);
+        }
     }
 
     fn replied(&self, late: std::time::Duration) {

@@ -120,6 +120,13 @@ pub trait Completer: Send + Sync {
 pub trait Queue: Send + Sync {
     /// Submits request `tag`; its result goes to the queue's completer, exactly once.
     fn submit(&self, tag: u64, req: Request);
+    /// Submits a burst of requests, in order (emptying `burst`). Devices that can take a burst
+    /// at once (one lock, one flush of the completer) override it.
+    fn submit_batch(&self, burst: &mut Vec<(u64, Request)>) {
+        for (tag, req) in burst.drain(..) {
+            self.submit(tag, req);
+        }
+    }
     /// A reply with a modelled due time began to go out `late` after it (for the stats).
     fn replied(&self, late: std::time::Duration) {
         let _ = late;

@@ -15,6 +15,9 @@ use super::*;
 pub const WL_SPREAD: u32 = 8;
 /// Blocks allocated between two wear-levelling moves.
 pub const WL_INTERVAL: u32 = 16;
+/// Victim pages read per background GC step when space is short: about 30 slot moves on tlc,
+/// tens of microseconds, so a host request arriving meanwhile waits little.
+pub const GC_STEP_PAGES: u32 = 8;
 
 impl<N: Nand> Ftl<'_, N> {
     /// Programs every write buffer and writes nodes holding unlogged changes, then releases the
@@ -211,8 +214,15 @@ impl<N: Nand> Ftl<'_, N> {
             return Ok(true);
         }
         let mut victim = retiring;
+        // Space reclaimed in the background is reclaimed a few pages at a time: the host's
+        // requests wait behind each step, and a whole block (a thousand slot moves on tlc, a
+        // few milliseconds) stalled a random-write stream every time its queue ran dry, while
+        // the host side sat idle waiting for the replies. The victim is chosen again at each
+        // step; a block partly moved has fewer valid slots, so it stays the best choice.
+        let mut pages = u32::MAX;
         if victim.is_none() && short {
             victim = self.cost_benefit_victim();
+            pages = GC_STEP_PAGES;
         }
         if victim.is_none() && self.blocks_since_cp >= CP_INTERVAL / 2 {
             self.checkpoint()?;
@@ -224,7 +234,7 @@ impl<N: Nand> Ftl<'_, N> {
         match victim {
             Some(v) => {
                 self.in_gc = true;
-                let r = self.collect(v);
+                let r = self.collect_pages(v, pages);
                 self.in_gc = false;
                 r?;
                 Ok(true)
@@ -235,6 +245,14 @@ impl<N: Nand> Ftl<'_, N> {
 
     /// Moves every valid slot out of block `v`; it becomes prefree (or prebad if retiring).
     pub(super) fn collect(&mut self, v: u32) -> R<(), N::Error> {
+        self.collect_pages(v, u32::MAX)
+    }
+
+    /// Moves the valid slots of at most `pages` pages of block `v` (those holding any, lowest
+    /// first); counts the block as collected once none is left, when it becomes prefree (or
+    /// prebad if retiring). Each slot move stands alone (the owner is checked at the move), so
+    /// host writes may come between two calls.
+    fn collect_pages(&mut self, v: u32, mut pages: u32) -> R<(), N::Error> {
         let spp = self.spp;
         let written = self.blocks[v as usize].written.min(self.ppb);
         for page_in in 0..written {
@@ -243,6 +261,11 @@ impl<N: Nand> Ftl<'_, N> {
             if !self.valid[first..first + spp as usize].any() {
                 continue;
             }
+            if pages == 0 {
+                // Work left for the next call.
+                return Ok(());
+            }
+            pages -= 1;
             // Read until every valid slot's record and data check, or give up after a few
             // reads (then the damage is on flash, not in the read).
             // A page with one valid slot, not a packed one (whose record may start in the slot

@@ -241,7 +241,7 @@ impl Server {
 }
 
 /// A send on `socket` that never blocks (`MSG_DONTWAIT`) and never raises SIGPIPE, for
-/// replies sent from the device's thread: a client that stops reading fills its socket and
+/// replies sent from the thread that completes them: a client that stops reading fills its socket and
 /// gets its replies from its own writer thread, never stalling the device.
 fn try_send<S: std::os::fd::AsFd + Send + Sync + 'static>(
     socket: S,

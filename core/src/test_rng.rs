@@ -11,4 +11,16 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+
+    /// Damages `m[..len]` the way the coders' mutation tests do: one bit flipped, and a quarter
+    /// of the time the record cut short too. Returns the length to decode.
+    pub(crate) fn damage(&mut self, m: &mut [u8], len: usize) -> usize {
+        let i = self.next() as usize % len;
+        m[i] ^= 1 << (self.next() % 8);
+        if self.next() & 3 == 0 {
+            self.next() as usize % len
+        } else {
+            len
+        }
+    }
 }

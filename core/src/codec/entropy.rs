@@ -1384,13 +1384,7 @@ mod tests {
         let mut back = [0u8; 4000];
         for _ in 0..3000 {
             let mut m = coded;
-            let i = (rng.next() as usize) % len;
-            m[i] ^= 1 << (rng.next() % 8);
-            let l = if rng.next() & 3 == 0 {
-                (rng.next() as usize) % len
-            } else {
-                len
-            };
+            let l = rng.damage(&mut m, len);
             let _ = decode_with_context(&m[..l], &keys, &lut, &mut back, &mut tables);
         }
     }

@@ -721,13 +721,7 @@ mod tests {
         for _ in 0..3000 {
             let mut m = [0u8; 12_000];
             m[..len].copy_from_slice(&out[..len]);
-            let i = rng.next() as usize % len;
-            m[i] ^= 1 << (rng.next() % 8);
-            let l = if rng.next() & 3 == 0 {
-                rng.next() as usize % len
-            } else {
-                len
-            };
+            let l = rng.damage(&mut m, len);
             errors +=
                 usize::from(decode(&m[..l], syms.len(), 41, &values, &mut t, &mut back).is_err());
         }

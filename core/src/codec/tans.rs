@@ -650,13 +650,7 @@ mod tests {
         for _ in 0..3000 {
             let mut m = [0u8; 12_000];
             m[..len].copy_from_slice(&out[..len]);
-            let i = rng.next() as usize % len;
-            m[i] ^= 1 << (rng.next() % 8);
-            let l = if rng.next() & 3 == 0 {
-                rng.next() as usize % len
-            } else {
-                len
-            };
+            let l = rng.damage(&mut m, len);
             errors += usize::from(decode(&m[..l], syms.len(), &table, &mut back).is_err());
         }
         // A flipped bit changes the states that follow it, so the end check catches nearly

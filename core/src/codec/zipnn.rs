@@ -1817,6 +1817,38 @@ mod tests {
 
     use crate::test_rng::Rng;
 
+    /// Containers of `src`'s first bytes, at lengths around chunk and element edges, coded in
+    /// chunks of `chunk` bytes, decompress to what was coded.
+    fn containers_round_trip(
+        dtype: Dtype,
+        chunk: u32,
+        src: &[u8],
+        planes: &mut [u8],
+        scratch: &mut EncoderScratch,
+        tables: &mut DecoderTables,
+    ) {
+        for l in [
+            16_384,
+            16_385,
+            16_387,
+            32_766,
+            32_767,
+            32_768 + 30,
+            65_536 + 7,
+        ] {
+            let mut out = [0u8; 75_000];
+            let n = compress(dtype, chunk, &src[..l], planes, &mut out, scratch).unwrap();
+            let mut back = [0u8; 70_003];
+            let mut segs = [Segment {
+                dtype: Dtype::Raw,
+                len: 0,
+            }];
+            let got = decompress(&out[..n], planes, &mut segs, &mut back, tables);
+            assert_eq!(got, Ok(l), "{dtype:?} {chunk} {l}");
+            assert!(back[..l] == src[..l], "{dtype:?} {chunk} {l}");
+        }
+    }
+
     /// The one-multiply gathering of eight lanes' signs against gathering four at a time, for
     /// every sign pattern, whatever the lanes' other bits.
     #[test]
@@ -2007,34 +2039,7 @@ mod tests {
             let mut tables = DecoderTables::new();
             decode_chunk(dtype, 0, &rec[..len], &mut planes, &mut back, &mut tables).unwrap();
             assert!(back == *chunk);
-            for l in [
-                16_384,
-                16_385,
-                16_387,
-                32_766,
-                32_767,
-                32_768 + 30,
-                65_536 + 7,
-            ] {
-                let mut out = [0u8; 75_000];
-                let n = compress(
-                    dtype,
-                    16_384,
-                    &src[..l],
-                    &mut planes,
-                    &mut out,
-                    &mut scratch,
-                )
-                .unwrap();
-                let mut back = [0u8; 70_003];
-                let mut segs = [Segment {
-                    dtype: Dtype::Raw,
-                    len: 0,
-                }];
-                let got = decompress(&out[..n], &mut planes, &mut segs, &mut back, &mut tables);
-                assert_eq!(got, Ok(l), "{dtype:?} {l}");
-                assert!(back[..l] == src[..l], "{dtype:?} {l}");
-            }
+            containers_round_trip(dtype, 16_384, &src, &mut planes, &mut scratch, &mut tables);
             // Constant raw bits (positive, low nibble 5) and, for FP32, constant low halves.
             for e in src.chunks_exact_mut(dtype.size()) {
                 let k = dtype.size();
@@ -2120,39 +2125,7 @@ mod tests {
                 decode_chunk(dtype, 1, &rec[..len], &mut planes, out, &mut tables).unwrap();
                 assert!(*out == *chunk, "{dtype:?} {bytes}");
             }
-            for l in [
-                16_384,
-                16_385,
-                16_387,
-                32_766,
-                32_767,
-                32_768 + 30,
-                65_536 + 7,
-            ] {
-                let mut out = [0u8; 75_000];
-                let n = compress(
-                    dtype,
-                    32_768,
-                    &src[..l],
-                    &mut planes,
-                    &mut out,
-                    &mut scratch,
-                );
-                let mut back = [0u8; 70_003];
-                let mut segs = [Segment {
-                    dtype: Dtype::Raw,
-                    len: 0,
-                }];
-                let got = decompress(
-                    &out[..n.unwrap()],
-                    &mut planes,
-                    &mut segs,
-                    &mut back,
-                    &mut tables,
-                );
-                assert_eq!(got, Ok(l), "{dtype:?} {l}");
-                assert!(back[..l] == src[..l], "{dtype:?} {l}");
-            }
+            containers_round_trip(dtype, 32_768, &src, &mut planes, &mut scratch, &mut tables);
         }
         // Flat values with scratch of the chunk's size, as files lend: a lane may take about a
         // byte a symbol, what flat 8-bit values need, so the lanes fill their quarters (tANS

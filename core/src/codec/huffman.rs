@@ -367,7 +367,7 @@ fn build_table(
 
 /// Eight bytes at `at` as a little-endian word, zeros past the end of `s`.
 #[inline(always)]
-fn load_padded(s: &[u8], at: usize) -> u64 {
+pub(super) fn load_padded(s: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     if let Some(tail) = s.get(at..) {
         let m = tail.len().min(8);

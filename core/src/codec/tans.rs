@@ -45,6 +45,7 @@
 // Indexing fixed tables by symbol reads clearer than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+use super::huffman::load_padded;
 use super::CodecError;
 
 /// log2 of the number of states: the rANS table's precision, so one frequency table serves both.
@@ -323,17 +324,6 @@ pub fn build_decoder(freqs: &[u16; 256], values: &[u16; 256], table: &mut [u32; 
         let base = (x << nb).wrapping_sub(L as u32) & L_MASK as u32;
         table[u] = nb | u32::from(values[s] & VALUE_MASK) | base << E_BASE_SHIFT;
     }
-}
-
-/// Eight bytes at `at` as a little-endian word, zeros past the end of `s`.
-#[inline(always)]
-fn load_padded(s: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(tail) = s.get(at..) {
-        let m = tail.len().min(8);
-        b[..m].copy_from_slice(&tail[..m]);
-    }
-    u64::from_le_bytes(b)
 }
 
 /// A lane being decoded: window (marker bit above its data), byte position of the window,

@@ -1,9 +1,11 @@
 //! The transmission phase of one connection: requests in, replies out, many in flight.
 //!
-//! Two threads per connection, around a queue pair into the device (an NVMe submission and
-//! completion queue, in effect). The connection's own thread reads requests, checks them and
-//! submits each burst read from the socket at once (the firmware runs it right there, on this
-//! thread, see `Firmware::submit_batch`); the device hands results to the connection's
+//! Three threads per connection, around a queue pair into the device (an NVMe submission and
+//! completion queue, in effect). Two readers take turns at the socket: the one whose turn it is
+//! reads requests, checks them and gives the socket to the other before it submits the burst
+//! it read at once (the firmware runs it right there, on that thread, see
+//! `Firmware::submit_batch`), so receiving the next requests overlaps running these. The
+//! device hands results to the connection's
 //! [`Completer`], which turns them into replies; a writer thread sends what has gathered, many
 //! replies per system call, matched by cookie and possibly out of order. A burst of requests
 //! thus costs few thread wake-ups, not several per request, which on a small machine is most of
@@ -766,39 +768,104 @@ const READ_BUFFER: usize = 256 << 10;
 /// Write payloads from this size on are read past the buffer, and so is the header after them.
 const BIG_PAYLOAD: u32 = 64 << 10;
 
-/// Reads, checks and submits requests until DISC, EOF or a broken stream. Requests found in one
-/// read of the socket are submitted together, so the device tends to find them queued at once.
-fn read_loop<R: Read>(
+/// Threads per connection that take turns reading requests: while one runs the burst it read
+/// (the firmware's work, on that thread), the next reads the following requests from the
+/// socket. With one, a 1 MiB write's receive (a kernel copy) and its FTL work (staging, CRC,
+/// the NAND program) took turns on one core; nbdkit overlaps them the same way, with a pool of
+/// threads taking turns at the socket.
+const READERS: usize = 2;
+
+/// The read half of the socket and where the readers are in its stream, held by the reader
+/// whose turn it is.
+struct Intake<R> {
+    reader: BufReader<R>,
+    /// The last request was a write with a payload of at least BIG_PAYLOAD.
+    after_payload: bool,
+    /// A reader met DISC, EOF or a broken stream: the others stop at their next turn.
+    ended: bool,
+}
+
+/// Reads, checks and submits requests until DISC, EOF or a broken stream, on [`READERS`]
+/// threads taking turns. Returns once every reader has submitted what it read.
+fn read_loop<R: Read + Send>(
     reader: R,
     export: Export,
     neg: &Negotiated,
     conn: &Conn,
     queue: &dyn Queue,
 ) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let intake = Mutex::new(Intake {
+        reader: BufReader::with_capacity(READ_BUFFER, reader),
+        after_payload: false,
+        ended: false,
+    });
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..READERS)
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name("nbd-reader".into())
+                    .spawn_scoped(scope, || take_turns(&intake, export, neg, conn, queue))
+            })
+            .collect();
+        let mut result = take_turns(&intake, export, neg, conn, queue);
+        for other in others {
+            let other = match other {
+                // No second reader: this one has read to the end alone.
+                Err(e) => Err(e),
+                // A panic in a reader is a bug worth seeing.
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            };
+            result = result.and(other);
+        }
+        result
+    })
+}
+
+/// One reader's turns: take the socket, read the requests found in one read of it (a burst,
+/// submitted together so the device finds them queued at once), give the socket to the next
+/// reader and run the burst. Ends at DISC, EOF or a broken stream met by any reader.
+fn take_turns<R: Read>(
+    intake: &Mutex<Intake<R>>,
+    export: Export,
+    neg: &Negotiated,
+    conn: &Conn,
+    queue: &dyn Queue,
+) -> io::Result<()> {
     let mut burst: Vec<(u64, device::Request)> = Vec::new();
-    // The last request was a write with a payload of at least BIG_PAYLOAD.
-    let mut after_payload = false;
-    let result = loop {
-        if reader.buffer().len() < Request::<&[u8]>::LEN {
-            // Nothing more already received: hand over what we have before we may block.
-            submit(queue, &mut burst);
+    loop {
+        let mut turn = intake.lock().unwrap_or_else(|p| p.into_inner());
+        if turn.ended {
+            return Ok(());
         }
-        match next_request(
-            &mut reader,
-            export,
-            neg,
-            conn,
-            &mut after_payload,
-            &mut || submit(queue, &mut burst),
-        ) {
-            Ok(Some(job)) => burst.push(job),
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+        let end = loop {
+            let Intake {
+                reader,
+                after_payload,
+                ..
+            } = &mut *turn;
+            match next_request(reader, export, neg, conn, after_payload, &mut || {
+                submit(queue, &mut burst)
+            }) {
+                Ok(Some(job)) => burst.push(job),
+                Ok(None) => break Some(Ok(())),
+                Err(e) => break Some(Err(e)),
+            }
+            if reader.buffer().len() < Request::<&[u8]>::LEN {
+                // Nothing more already received: hand over what we have before we may block.
+                break None;
+            }
+        };
+        if end.is_some() {
+            turn.ended = true;
         }
-    };
-    submit(queue, &mut burst);
-    result
+        drop(turn);
+        submit(queue, &mut burst);
+        if let Some(result) = end {
+            return result;
+        }
+    }
 }
 
 fn submit(queue: &dyn Queue, burst: &mut Vec<(u64, device::Request)>) {

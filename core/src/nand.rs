@@ -193,6 +193,21 @@ pub trait Nand {
         self.read(page, data, spare)
     }
 
+    /// Reads the slots of a page whose bits are set in `slots` (bit `n` for slot `n`), each into
+    /// its place in `data` (a whole page buffer), and the whole spare area; the other slots'
+    /// bytes are unspecified afterwards. One page read, as [`Nand::read_slot`] is: a part
+    /// senses the page whole and transfers the columns asked for. The default reads the page.
+    fn read_slots(
+        &mut self,
+        page: PageId,
+        slots: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), Self::Error> {
+        let _ = slots;
+        self.read(page, data, spare)
+    }
+
     /// [`Nand::read_slot`] with the slot's bytes delivered straight into `dst`: the same one
     /// page read in every respect (counted, timed, torn, flipped), minus the trip through a page
     /// buffer, which a host read would otherwise copy out of again. `page_buf` is a whole page

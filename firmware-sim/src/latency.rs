@@ -334,6 +334,20 @@ impl<N: Nand> Nand for Timed<N> {
         self.inner.read_slot(page, slot, data, spare)
     }
 
+    fn read_slots(
+        &mut self,
+        page: PageId,
+        slots: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), N::Error> {
+        // Timed as the whole-page read it replaces, as `read_slot` is.
+        if let Some(m) = &mut self.model {
+            m.read(page, (data.len() + spare.len()) as u64);
+        }
+        self.inner.read_slots(page, slots, data, spare)
+    }
+
     fn read_slot_into(
         &mut self,
         page: PageId,

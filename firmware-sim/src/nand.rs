@@ -429,14 +429,20 @@ impl SimNand {
 
     /// One flip anywhere in the page, data or spare, in proportion to their sizes, as the read
     /// of a whole page would draw it; it lands only if it falls in the bytes transferred
-    /// (`slot` of the data, or the spare), so a slot read draws the same faults as a page read.
-    fn flip_on_read(&mut self, data: &mut [u8], spare: &mut [u8], slot: std::ops::Range<usize>) {
+    /// (data bytes `transferred` says were, or the spare), so a slot read draws the same faults
+    /// as a page read.
+    fn flip_on_read(
+        &mut self,
+        data: &mut [u8],
+        spare: &mut [u8],
+        transferred: impl Fn(usize) -> bool,
+    ) {
         if self.faults.bit_flip_per_read > 0.0 && self.rng.chance(self.faults.bit_flip_per_read) {
             let bits = (data.len() + spare.len()) as u64 * 8;
             let bit = self.rng.next_u64() % bits;
             let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
             match byte.checked_sub(data.len()) {
-                None if slot.contains(&byte) => data[byte] ^= mask,
+                None if transferred(byte) => data[byte] ^= mask,
                 None => {}
                 Some(i) => spare[i] ^= mask,
             }
@@ -490,7 +496,7 @@ impl Nand for SimNand {
         }
         self.counters.reads += 1;
         self.load(page, data, spare)?;
-        self.flip_on_read(data, spare, 0..data.len());
+        self.flip_on_read(data, spare, |_| true);
         Ok(())
     }
 
@@ -518,7 +524,46 @@ impl Nand for SimNand {
             // Image pages are read whole: the file's cost is the syscall, not the copy.
             Store::Image(_) | Store::Overlay(..) => self.load(page, data, spare)?,
         }
-        self.flip_on_read(data, spare, range);
+        self.flip_on_read(data, spare, |byte| range.contains(&byte));
+        Ok(())
+    }
+
+    fn read_slots(
+        &mut self,
+        page: PageId,
+        slots: u32,
+        data: &mut [u8],
+        spare: &mut [u8],
+    ) -> Result<(), SimError> {
+        let spp = self.geometry.slots_per_page();
+        if slots >= 1 << spp {
+            return Err(SimError::Contract(format!(
+                "slot mask {slots:#x} of page {} names a slot out of range ({spp} slots)",
+                page.0
+            )));
+        }
+        if !matches!(self.store, Store::Ram(_)) {
+            // Image pages are read whole anyway (see `read_slot`).
+            return self.read(page, data, spare);
+        }
+        self.start_slot_read(page, 0, data.len(), spare.len())?;
+        let page_bytes = data.len();
+        if let Store::Ram(pages) = &self.store {
+            match &pages[page.0 as usize] {
+                Some(bytes) => {
+                    for n in (0..spp).filter(|n| slots & (1 << n) != 0) {
+                        let range = n as usize * SLOT_BYTES..(n as usize + 1) * SLOT_BYTES;
+                        data[range.clone()].copy_from_slice(&bytes[range]);
+                    }
+                    spare.copy_from_slice(&bytes[page_bytes..]);
+                }
+                None => {
+                    data.fill(0xFF);
+                    spare.fill(0xFF);
+                }
+            }
+        }
+        self.flip_on_read(data, spare, |byte| slots & (1 << (byte / SLOT_BYTES)) != 0);
         Ok(())
     }
 

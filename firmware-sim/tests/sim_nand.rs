@@ -333,3 +333,63 @@ fn read_only_image_never_changes_the_file() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A read of some slots is the page read it replaces for those slots: the same bytes, counts
+/// and faults (the same seed flips the same bits where they were transferred), and a mask
+/// naming a slot the page does not have is refused.
+#[test]
+fn reads_of_some_slots_match_page_reads_in_those_slots() {
+    let geo = profile::TLC.geometry(4);
+    let (pb, sb) = (geo.page_bytes as usize, geo.spare_bytes as usize);
+    let data: Vec<u8> = (0..pb).map(|i| (i / 4096 * 0x40 + i % 59) as u8).collect();
+    let spare: Vec<u8> = (0..sb).map(|i| i as u8 ^ 0x5A).collect();
+    let faults = FaultConfig {
+        seed: 13,
+        bit_flip_per_read: 1.0,
+        ..Default::default()
+    };
+    let mut whole = SimNand::with_faults(geo, faults);
+    let mut masked = SimNand::with_faults(geo, faults);
+    for sim in [&mut whole, &mut masked] {
+        sim.program(PageId(0), &data, &spare).unwrap();
+    }
+    let mut landed = 0;
+    for round in 0..400u32 {
+        let slots = 1 + round % 15;
+        let (mut d1, mut s1) = (vec![0u8; pb], vec![0u8; sb]);
+        let (mut d2, mut s2) = (vec![0xA5u8; pb], vec![0u8; sb]);
+        whole.read(PageId(0), &mut d1, &mut s1).unwrap();
+        masked
+            .read_slots(PageId(0), slots, &mut d2, &mut s2)
+            .unwrap();
+        assert_eq!(s1, s2, "round {round}");
+        for slot in 0..4 {
+            let r = slot * 4096..(slot + 1) * 4096;
+            if slots & (1 << slot) != 0 {
+                assert_eq!(d1[r.clone()], d2[r.clone()], "round {round} slot {slot}");
+                landed += usize::from(d1[r] != data[slot * 4096..(slot + 1) * 4096]);
+            } else {
+                // Not transferred: the buffer keeps what it held.
+                assert!(
+                    d2[r].iter().all(|&b| b == 0xA5),
+                    "round {round} slot {slot}"
+                );
+            }
+        }
+    }
+    assert!(landed > 40, "{landed} flips landed in transferred slots");
+    assert_eq!(whole.counters(), masked.counters());
+    assert_eq!(masked.counters().reads, 400);
+
+    let mut sim = SimNand::new_ram(geo);
+    let (mut d, mut s) = (vec![0u8; pb], vec![0u8; sb]);
+    sim.read_slots(PageId(1), 0b1001, &mut d, &mut s).unwrap();
+    assert!(d.iter().chain(&s).all(|&b| b == 0xFF), "erased");
+    let e = sim
+        .read_slots(PageId(1), 0b1_0000, &mut d, &mut s)
+        .unwrap_err();
+    assert_eq!(e.kind(), FaultKind::ContractViolation);
+    sim.power_cut_after(0);
+    let e = sim.read_slots(PageId(1), 1, &mut d, &mut s).unwrap_err();
+    assert_eq!(e.kind(), FaultKind::PowerLoss);
+}

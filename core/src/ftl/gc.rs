@@ -267,34 +267,30 @@ impl<N: Nand> Ftl<'_, N> {
             }
             pages -= 1;
             // Read until every valid slot's record and data check, or give up after a few
-            // reads (then the damage is on flash, not in the read).
-            // A page with one valid slot, not a packed one (whose record may start in the slot
-            // before it), is read by that slot alone: same NAND read, a quarter of the copying.
-            let mut only = None;
-            for slot in 0..spp {
-                if self.valid[first + slot as usize] {
-                    only = match only {
-                        None => Some(slot),
-                        Some(_) => Some(spp),
-                    };
-                }
-            }
-            let mut only = only.filter(|&s| s < spp && self.pack_ref(Ppa(first as u32 + s)) == 0);
+            // reads (then the damage is on flash, not in the read). Only the valid slots are
+            // transferred (same NAND read, less copying: a victim is mostly invalid), unless one
+            // is packed: a packed record may start in the slot before it.
+            let valid_slots = (0..spp)
+                .filter(|&slot| self.valid[first + slot as usize])
+                .fold(0u32, |m, slot| m | 1 << slot);
+            let packed = (0..spp).any(|slot| {
+                valid_slots & (1 << slot) != 0 && self.pack_ref(Ppa(first as u32 + slot)) != 0
+            });
+            let mut slots = if packed { (1 << spp) - 1 } else { valid_slots };
             let mut sound = [false; MAX_SLOTS_PER_PAGE as usize];
             for _ in 0..READ_ATTEMPTS {
-                match only {
-                    Some(slot) => self.nand_read_slot(page, slot, GCBUF, Cause::Gc)?,
-                    None => self.nand_read(page, GCBUF, Cause::Gc)?,
-                }
-                if let Some(slot) = only {
-                    let sp = self.spare_offset(GCBUF) + slot as usize * SPARE;
-                    if matches!(SpareRecord::parse(&self.bufs[sp..sp + SPARE]),
-                        Ok(r) if r.kind == SlotKind::Packed)
-                    {
-                        // Packed after all (only damage gets here): read the whole page.
-                        only = None;
-                        continue;
-                    }
+                self.nand_read_slots(page, slots, GCBUF, Cause::Gc)?;
+                if slots != (1 << spp) - 1
+                    && (0..spp).any(|slot| {
+                        let sp = self.spare_offset(GCBUF) + slot as usize * SPARE;
+                        valid_slots & (1 << slot) != 0
+                            && matches!(SpareRecord::parse(&self.bufs[sp..sp + SPARE]),
+                                Ok(r) if r.kind == SlotKind::Packed)
+                    })
+                {
+                    // Packed after all (only damage gets here): read the whole page.
+                    slots = (1 << spp) - 1;
+                    continue;
                 }
                 let mut all = true;
                 for slot in 0..spp {

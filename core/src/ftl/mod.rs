@@ -1629,6 +1629,26 @@ impl<'a, N: Nand> Ftl<'a, N> {
         Ok(())
     }
 
+    /// Reads the slots of `page` whose bits are set in `slots` (and the whole spare area) into
+    /// `buf`: one NAND page read, like [`Ftl::nand_read`], that copies only those slots. The
+    /// other slots of `buf` are stale afterwards.
+    fn nand_read_slots(
+        &mut self,
+        page: u32,
+        slots: u32,
+        buf: usize,
+        cause: Cause,
+    ) -> R<(), N::Error> {
+        let start = buf * self.stride;
+        let (data, spare) =
+            self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
+        self.nand
+            .read_slots(PageId(page), slots, data, spare)
+            .map_err(Error::Nand)?;
+        self.stats.reads[cause as usize] += 1;
+        Ok(())
+    }
+
     fn nand_read_spare(&mut self, page: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
         let start = buf * self.stride + self.geo.page_bytes as usize;
         let spare = &mut self.bufs[start..start + self.geo.spare_bytes as usize];

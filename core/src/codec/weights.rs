@@ -24,7 +24,9 @@
 //!   leave that byte zero and can put their high bytes on a few "exponents". Each such false
 //!   positive cost a whole ZipNN coding of the block for a record too large to keep.
 //!
-//! The test costs 3 × 64 × 2 byte reads and a 256-entry histogram; the FTL then codes the
+//! A first pass over the 64 sampled elements' bytes rules out, exactly, the candidates the
+//! full count would refuse on most blocks that are not weights (see `coarse`); a candidate
+//! left costs 64 × 2 byte reads and a 256-entry histogram. The FTL then codes the
 //! block and stores it coded only if the record is small enough to pay for itself (its
 //! caller's rule), so a false positive costs CPU, never space or correctness.
 //!
@@ -105,21 +107,67 @@ pub fn top4(block: &[u8; BLOCK], dtype: Dtype) -> u32 {
     if hist[0] as usize > SAMPLES / 2 || low_zero > SAMPLES / 2 {
         return 0;
     }
+    top4_of(&hist)
+}
+
+/// The dtype `block` looks like, if it looks like float weights (see the module docs).
+pub fn detect(block: &[u8; BLOCK]) -> Option<Dtype> {
+    let Coarse { bf16_fp16, fp32 } = coarse(block);
+    [
+        (Dtype::Bf16, bf16_fp16),
+        (Dtype::Fp32, fp32),
+        (Dtype::Fp16, bf16_fp16),
+    ]
+    .into_iter()
+    .find(|&(d, possible)| possible && accepts(block, d))
+    .map(|(d, _)| d)
+}
+
+/// Which candidates [`coarse`] leaves possible.
+struct Coarse {
+    bf16_fp16: bool,
+    fp32: bool,
+}
+
+/// One cheap pass over the samples all three candidates read that rules out candidates
+/// [`accepts`] would refuse, so most blocks that are not weights cost one pass, not three.
+///
+/// Every candidate samples the same 64 elements' lowest byte (`block[64 i]`), so more than half
+/// of them zero rules all three out. Its top exponent bits are one byte: `block[64 i + 1]` bits
+/// 2..6 are FP16's whole exponent and BF16's top five exponent bits, `block[64 i + 3]` bits
+/// 2..6 are FP32's top five. Merging exponent values into coarser classes can only raise the
+/// share of the four most frequent, so a byte whose classes' top four hold fewer than
+/// [`MIN_TOP4`] samples rules its candidates out, exactly as the full count would.
+fn coarse(block: &[u8; BLOCK]) -> Coarse {
+    let (mut h1, mut h3) = ([0u8; 32], [0u8; 32]);
+    let mut low_zero = 0usize;
+    for sample in block.chunks_exact(BLOCK / SAMPLES) {
+        low_zero += usize::from(sample[0] == 0);
+        h1[usize::from((sample[1] >> 2) & 0x1F)] += 1;
+        h3[usize::from((sample[3] >> 2) & 0x1F)] += 1;
+    }
+    if low_zero > SAMPLES / 2 {
+        return Coarse {
+            bf16_fp16: false,
+            fp32: false,
+        };
+    }
+    Coarse {
+        bf16_fp16: top4_of(&h1) >= MIN_TOP4,
+        fp32: top4_of(&h3) >= MIN_TOP4,
+    }
+}
+
+/// The sum of the four largest counts.
+fn top4_of(hist: &[u8]) -> u32 {
     let mut top = [0u8; 4];
-    for &c in hist.iter() {
+    for &c in hist {
         if c > top[3] {
             top[3] = c;
             top.sort_unstable_by(|a, b| b.cmp(a));
         }
     }
-    top.iter().map(|&c| c as u32).sum()
-}
-
-/// The dtype `block` looks like, if it looks like float weights (see the module docs).
-pub fn detect(block: &[u8; BLOCK]) -> Option<Dtype> {
-    [Dtype::Bf16, Dtype::Fp32, Dtype::Fp16]
-        .into_iter()
-        .find(|&d| accepts(block, d))
+    top.iter().map(|&c| u32::from(c)).sum()
 }
 
 /// Distinct candidate exponents that rule a dtype out: besides the four most frequent values,
@@ -257,6 +305,61 @@ mod tests {
         for seed in 0..200 {
             let block = pattern(seed);
             assert_eq!(detect(&block), detect_exact(&block));
+        }
+    }
+
+    /// Sets the exponent field of every element of `block` read as `dtype` (the sampled ones
+    /// among them) to what `exp(sample)` gives for the sample it belongs to, keeping its low
+    /// byte nonzero.
+    fn with_exponents(block: &mut [u8; BLOCK], dtype: Dtype, exp: impl Fn(u32) -> u8) {
+        let width = if dtype == Dtype::Fp32 { 4 } else { 2 };
+        for (i, el) in block.chunks_exact_mut(width).enumerate() {
+            let e = exp((i * width / (BLOCK / SAMPLES)) as u32);
+            el[0] |= 1;
+            match dtype {
+                Dtype::Bf16 => {
+                    el[1] = (el[1] & 0x80) | (e >> 1);
+                    el[0] = (el[0] & 0x7F) | ((e & 1) << 7);
+                }
+                Dtype::Fp32 => {
+                    el[3] = (el[3] & 0x80) | (e >> 1);
+                    el[2] = (el[2] & 0x7F) | ((e & 1) << 7);
+                }
+                _ => el[1] = (el[1] & 0x83) | ((e & 0x1F) << 2),
+            }
+        }
+    }
+
+    #[test]
+    fn the_coarse_pass_decides_as_the_full_count_does_for_every_dtype() {
+        // As above for each candidate's own exponent field, with the values spread so that
+        // some share a coarse class (bits 3..7 of an 8-bit exponent) and some do not: the
+        // coarse pass that rules candidates out first must never change an answer.
+        for dtype in [Dtype::Bf16, Dtype::Fp32, Dtype::Fp16] {
+            let mut accepted = 0;
+            for values in (1..=40u32).step_by(3) {
+                for spread in [1u8, 3, 8, 11] {
+                    for top_share in 0..=SAMPLES as u32 {
+                        let mut block = pattern(values * 1000 + top_share + u32::from(spread));
+                        with_exponents(&mut block, dtype, |s| {
+                            let e = if s < top_share { s % 4 } else { 4 + s % values };
+                            let e = (e as u8).wrapping_mul(spread).wrapping_add(100);
+                            if dtype == Dtype::Fp16 {
+                                e % 31
+                            } else {
+                                e
+                            }
+                        });
+                        let got = detect(&block);
+                        assert_eq!(got, detect_exact(&block), "{dtype:?} {values} {top_share}");
+                        accepted += usize::from(got == Some(dtype));
+                    }
+                }
+            }
+            assert!(
+                accepted > 20,
+                "{dtype:?}: {accepted} accepted as themselves"
+            );
         }
     }
 

@@ -6,7 +6,8 @@
 //! - A host write whose block [`weights::detect`] takes for BF16, FP16 or FP32 weights is coded
 //!   ([`weights::encode_block`]); the record is kept only if it and its directory entry take at
 //!   most [`CODED_LIMIT`] bytes (15/16 of a block), else the block goes the plain way (delta or
-//!   whole slot). Other data costs the detector's 192 byte reads and nothing else.
+//!   whole slot). Other data costs the detector's sampling (mostly one pass of 192 byte reads)
+//!   and nothing else.
 //! - Records are appended to a *packed slot* open in the hot log's buffer (GC moves them into
 //!   one in the cold log's). A record that does not fit the slot's free space starts there as
 //!   the slot's *spill* and ends at the start of the next slot of the same erase block, even

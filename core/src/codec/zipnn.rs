@@ -1334,8 +1334,11 @@ fn encode_huffman<const SIZE: usize, const SPLIT: u32>(
         }
     }
     let codes = &scratch.wide_code;
-    // The sign sits just above the value after the shift, so the mask drops it.
-    let code_of = |e: &[u8]| codes[usize::from(top::<SIZE>(e) >> SPLIT) & (values - 1)];
+    // The sign sits just above the value after the shift, so the mask drops it. A literal per
+    // split, not `values - 1`: the closures reach the coder by reference, and a captured
+    // mask would be loaded again for every four symbols.
+    let mask = if SPLIT == 4 { WIDE_VALUES - 1 } else { 255 };
+    let code_of = move |e: &[u8]| codes[usize::from(top::<SIZE>(e) >> SPLIT) & mask];
     // Fixed-size pieces: no index checks while coding.
     let quads = |i: usize, j: usize| {
         body[i * SIZE..j * SIZE]

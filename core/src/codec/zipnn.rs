@@ -2273,6 +2273,44 @@ mod tests {
         assert!(back == want, "constant raw bits");
     }
 
+    /// The vectorised FP16 split gives each element's value and raw byte as the per-element
+    /// definition does, and says the raw bytes are constant exactly when they are: at lengths
+    /// around its 16-element pieces, with one element differing in a piece or in the tail.
+    #[test]
+    fn split_byte2_matches_the_per_element_split() {
+        let mut rng = Rng(0x5b17);
+        let mut body = [0u8; 2 * 100];
+        for e in body.chunks_exact_mut(2) {
+            e.copy_from_slice(&(rng.next() as u16).to_le_bytes());
+        }
+        let (mut vals, mut raw) = ([0u8; 100], [0u8; 100]);
+        for n in [0, 1, 15, 16, 17, 31, 32, 33, 47, 100] {
+            let body = &body[..2 * n];
+            let constant = split_byte2(body, &mut vals, &mut raw);
+            for (k, e) in body.chunks_exact(2).enumerate() {
+                let t = u16::from_le_bytes([e[0], e[1]]);
+                assert_eq!(vals[k], (t >> 7) as u8, "{n} {k}");
+                assert_eq!(raw[k], (t & 0x7f) as u8 | (t >> 8) as u8 & 0x80, "{n} {k}");
+            }
+            // (No element is not called constant; callers never split an empty chunk.)
+            assert_eq!(constant, n == 1, "{n}");
+        }
+        // Equal raw bits (sign set, low bits 0x35) under varying values, then one element off
+        // in its sign or one low bit, in a whole piece (element 20) or the tail (element 40).
+        let mut same = [0u8; 2 * 42];
+        for e in same.chunks_exact_mut(2) {
+            let t = 0x8035 | (rng.next() as u16) & 0x7f80;
+            e.copy_from_slice(&t.to_le_bytes());
+        }
+        assert!(split_byte2(&same, &mut vals, &mut raw));
+        for (at, flip) in [(20, 0x8000u16), (20, 0x0001), (40, 0x8000), (40, 0x0040)] {
+            let mut odd = same;
+            let t = u16::from_le_bytes([odd[2 * at], odd[2 * at + 1]]) ^ flip;
+            odd[2 * at..2 * at + 2].copy_from_slice(&t.to_le_bytes());
+            assert!(!split_byte2(&odd, &mut vals, &mut raw), "{at} {flip:#x}");
+        }
+    }
+
     /// Big FP16 chunks whose values' probabilities are close to powers of two (`weights`:
     /// geometric exponents), where Huffman loses little, are Huffman coded and decode on the
     /// in-place path: lanes of equal and unequal length, odd tails, containers and constant

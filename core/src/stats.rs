@@ -97,6 +97,9 @@ pub struct Stats {
     pub delta_inline_bytes: u64,
     /// Host writes written whole because the delta exceeded the threshold.
     pub deltas_too_large: u64,
+    /// Host writes written whole without a delta attempt: their group's recent updates were
+    /// all too large (see `ftl::delta`, skipping attempts).
+    pub deltas_skipped: u64,
     /// Host writes written whole because the benefit model refused to evict for them.
     pub deltas_refused: u64,
     /// Inline entries evicted (any reason).

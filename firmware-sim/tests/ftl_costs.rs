@@ -203,11 +203,13 @@ fn pinned_costs_delta_on() {
         ftl.write(Lba(lba), &content_small(lba, 7)).unwrap();
     }
     // Version 7 rewrites the whole body: each write reads its base, finds the delta over the
-    // threshold and writes the block whole into the hot log; a slot is programmed when the
-    // next one needs room, so 7 of the 8 are (8 reads, 7 programs). The old deltas die with
-    // them.
+    // threshold and writes the block whole into the hot log (8 refusals in a row are not yet a
+    // streak to skip: see `a_group_of_large_updates_skips_most_attempts_until_one_is_small`);
+    // a slot is programmed when the next one needs room, so 7 of the 8 are (8 reads, 7
+    // programs). The old deltas die with them.
     assert_eq!(delta(&ftl, &mut c), [8, 0, 7, 0], "8 full rewrites");
     assert_eq!(ftl.stats().deltas_too_large, 8);
+    assert_eq!(ftl.stats().deltas_skipped, 0);
     ftl.flush().unwrap();
     // The last buffered slot only: replaying the 8 rewrites makes their logged deltas stale
     // (their base CRC no longer matches), so node 0 need not be written.
@@ -232,6 +234,58 @@ fn pinned_costs_delta_on() {
     // left cached: one page read per host read.
     assert_eq!(delta(&ftl, &mut c), [32, 0, 0, 0], "reads after remount");
     assert_eq!(ftl.stats().delta_reads, 8);
+}
+
+/// A group whose updates are whole new contents stops paying a base read for each: after 13
+/// refused attempts in a row it tries one write in four, and the first small delta ends the
+/// streak, after which every update is tried again.
+#[test]
+fn a_group_of_large_updates_skips_most_attempts_until_one_is_small() {
+    let logical = 1024;
+    let geo: Geometry = small_geometry(1, 32, logical);
+    let cfg = config(logical, 4);
+    let mut mem = OwnedFtlMemory::new(&geo, &cfg);
+    let mut ftl = Ftl::format(SimNand::new_ram(geo), cfg, mem.lend()).unwrap();
+    set_delta(&mut ftl, true);
+    for lba in 0..32 {
+        ftl.write(Lba(lba), &content(lba, 1)).unwrap();
+    }
+    ftl.flush().unwrap();
+    let before = *ftl.stats();
+
+    for lba in 0..31 {
+        ftl.write(Lba(lba), &content(lba, 2)).unwrap();
+    }
+    // Writes 1-13 are tried and refused (the streak); 14-16 skipped; then one in four is
+    // tried: 17, 21, 25 and 29. 17 tried, 14 skipped, one base read per try.
+    let st = *ftl.stats();
+    assert_eq!(st.deltas_too_large - before.deltas_too_large, 17);
+    assert_eq!(st.deltas_skipped - before.deltas_skipped, 14);
+    assert_eq!(
+        st.reads[nandbox_core::Cause::Delta as usize]
+            - before.reads[nandbox_core::Cause::Delta as usize],
+        17
+    );
+
+    for lba in 0..16 {
+        let mut small = content(lba, 2);
+        small[100..110].fill(lba as u8);
+        ftl.write(Lba(lba), &small).unwrap();
+    }
+    // Writes 30 and 31 were skipped, and so is the next (32, the first small update); 33 is
+    // tried, inlined, and ends the streak: the other fourteen small updates are tried and
+    // inlined too.
+    let now = *ftl.stats();
+    assert_eq!(now.deltas_skipped - st.deltas_skipped, 1);
+    assert_eq!(now.deltas_inlined - st.deltas_inlined, 15);
+    assert_eq!(now.deltas_too_large, st.deltas_too_large);
+    let mut buf = [0u8; BLOCK];
+    for lba in 0..16 {
+        ftl.read(Lba(lba), &mut buf).unwrap();
+        let mut want = content(lba, 2);
+        want[100..110].fill(lba as u8);
+        assert!(buf == want, "LBA {lba}");
+    }
 }
 
 /// A flush that must write a node (a trim changed it; nothing replays a trim) puts it in the

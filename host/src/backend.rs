@@ -319,6 +319,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "inlined": st.deltas_inlined,
         "inlined_bytes": st.delta_inline_bytes,
         "too_large": st.deltas_too_large,
+        "skipped": st.deltas_skipped,
         "refused": st.deltas_refused,
         "evicted": st.deltas_evicted,
         "replaced": st.deltas_replaced,

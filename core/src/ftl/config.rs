@@ -176,6 +176,9 @@ pub struct CacheSlot {
     pub(crate) heat: Heat,
     /// The open delta log holds a delta of this node: the log goes to flash before the node.
     pub(crate) in_dlog: bool,
+    /// The group's delta attempts since one last succeeded, skipped ones included (see
+    /// `Ftl::write_delta`), wrapping within `MISS_STREAK..MISS_STREAK + MISS_PROBE`.
+    pub(crate) delta_misses: u8,
 }
 
 impl CacheSlot {

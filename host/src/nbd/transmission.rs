@@ -3,9 +3,9 @@
 //! Three threads per connection, around a queue pair into the device (an NVMe submission and
 //! completion queue, in effect). Two readers take turns at the socket: the one whose turn it is
 //! reads requests, checks them and submits the burst it read at once (the firmware runs it
-//! right there, on that thread, see `Firmware::submit_batch`); a burst with writes it runs
-//! after giving the socket to the other, so receiving the next payloads overlaps running
-//! these. The device hands results to the connection's
+//! right there, on that thread, see `Firmware::submit_batch`); a burst with a large write it
+//! runs after giving the socket to the other, so receiving the next payload overlaps running
+//! this one. The device hands results to the connection's
 //! [`Completer`], which turns them into replies; a writer thread sends what has gathered, many
 //! replies per system call, matched by cookie and possibly out of order. A burst of requests
 //! thus costs few thread wake-ups, not several per request, which on a small machine is most of
@@ -769,12 +769,11 @@ const READ_BUFFER: usize = 256 << 10;
 const BIG_PAYLOAD: u32 = 64 << 10;
 
 /// Threads per connection that take turns reading requests: while one runs the burst of
-/// writes it read (the firmware's work, on that thread), the next reads the following requests
-/// from the socket. With one, a write's receive (a kernel copy) and its FTL work (staging, CRC,
-/// the NAND program, GC) took turns on one core; nbdkit overlaps them the same way, with a pool
-/// of threads taking turns at the socket. A/B on the 2-core machine, medians of alternating
-/// runs: 4k random writes QD32 at GC's steady state 24,800 -> 64,700 IOPS, 1 MiB sequential
-/// writes QD8 2,730 -> 3,220 MiB/s.
+/// large writes it read (the firmware's work, on that thread), the next reads the following
+/// requests from the socket. With one, a 1 MiB write's receive (a kernel copy) and its FTL work
+/// (staging, CRC, the NAND program) took turns on one core; nbdkit overlaps them the same way,
+/// with a pool of threads taking turns at the socket. `bench/nbd.sh`, 1 MiB sequential writes
+/// QD8: 0.53x nbdkit's throughput with one reader, 0.65x with two.
 const READERS: usize = 2;
 
 /// The read half of the socket and where the readers are in its stream, held by the reader
@@ -838,47 +837,54 @@ fn take_turns<R: Read>(
     let mut burst: Vec<(u64, device::Request)> = Vec::new();
     loop {
         let mut turn = intake.lock().unwrap_or_else(|p| p.into_inner());
-        if turn.ended {
-            return Ok(());
-        }
-        let end = loop {
-            let Intake {
-                reader,
-                after_payload,
-                ..
-            } = &mut *turn;
-            match next_request(reader, export, neg, conn, after_payload, &mut || {
-                submit(queue, &mut burst)
-            }) {
-                Ok(Some(job)) => burst.push(job),
-                Ok(None) => break Some(Ok(())),
-                Err(e) => break Some(Err(e)),
+        // The turn lasts until a burst with a large write: that one runs after the socket is
+        // given to the next reader, because the next payload's receive is the cost worth
+        // overlapping. Other bursts run within the turn, as with one reader:
+        // - reads: their replies go out from this thread, and two readers sending 1 MiB
+        //   replies at once sent them through the writer thread instead (sequential reads fell
+        //   from 2,700 to 2,250 MiB/s);
+        // - small writes: handing over after each burst woke the other reader for every burst,
+        //   and the overlap did not pay for that (4 KiB random writes QD32 on a freshly filled
+        //   device fell from 70,000 to 63,000 IOPS).
+        loop {
+            if turn.ended {
+                return Ok(());
             }
-            if reader.buffer().len() < Request::<&[u8]>::LEN {
-                // Nothing more already received: hand over what we have before we may block.
-                break None;
+            let end = loop {
+                let Intake {
+                    reader,
+                    after_payload,
+                    ..
+                } = &mut *turn;
+                match next_request(reader, export, neg, conn, after_payload, &mut || {
+                    submit(queue, &mut burst)
+                }) {
+                    Ok(Some(job)) => burst.push(job),
+                    Ok(None) => break Some(Ok(())),
+                    Err(e) => break Some(Err(e)),
+                }
+                if reader.buffer().len() < Request::<&[u8]>::LEN {
+                    // Nothing more already received: hand over what we have before we may block.
+                    break None;
+                }
+            };
+            if end.is_some() {
+                turn.ended = true;
             }
-        };
-        if end.is_some() {
-            turn.ended = true;
-        }
-        // A burst with writes gives the socket to the next reader before it runs: their
-        // payloads' receive is the cost worth overlapping. One of reads only is run first: its
-        // replies go out from this thread, and two readers sending large replies at once sent
-        // them through the writer thread instead (1 MiB sequential reads fell from 2,700 to
-        // 2,250 MiB/s).
-        if burst
-            .iter()
-            .any(|(_, req)| matches!(req, device::Request::Write { .. }))
-        {
-            drop(turn);
+            let hand_over = end.is_some()
+                || burst.iter().any(|(_, req)| {
+                    matches!(req, device::Request::Write { data, .. }
+                        if data.len() >= BIG_PAYLOAD as usize)
+                });
+            if hand_over {
+                drop(turn);
+                submit(queue, &mut burst);
+                match end {
+                    Some(result) => return result,
+                    None => break,
+                }
+            }
             submit(queue, &mut burst);
-        } else {
-            submit(queue, &mut burst);
-            drop(turn);
-        }
-        if let Some(result) = end {
-            return result;
         }
     }
 }

@@ -773,7 +773,8 @@ const BIG_PAYLOAD: u32 = 64 << 10;
 /// requests from the socket. With one, a 1 MiB write's receive (a kernel copy) and its FTL work
 /// (staging, CRC, the NAND program) took turns on one core; nbdkit overlaps them the same way,
 /// with a pool of threads taking turns at the socket. `bench/nbd.sh`, 1 MiB sequential writes
-/// QD8: 0.53x nbdkit's throughput with one reader, 0.65x with two.
+/// QD8, the same machine minutes apart: 0.58x nbdkit's throughput with one reader, 0.76x with
+/// two.
 const READERS: usize = 2;
 
 /// The read half of the socket and where the readers are in its stream, held by the reader
@@ -824,9 +825,10 @@ fn read_loop<R: Read + Send>(
     })
 }
 
-/// One reader's turns: take the socket, read the requests found in one read of it (a burst,
-/// submitted together so the device finds them queued at once), give the socket to the next
-/// reader and run the burst. Ends at DISC, EOF or a broken stream met by any reader.
+/// One reader's turns: take the socket and read the requests found in one read of it (a burst,
+/// submitted together so the device finds them queued at once), burst after burst, until one
+/// holds a large write; give the socket to the next reader and run that one. Ends at DISC, EOF
+/// or a broken stream met by any reader.
 fn take_turns<R: Read>(
     intake: &Mutex<Intake<R>>,
     export: Export,

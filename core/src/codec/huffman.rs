@@ -365,6 +365,29 @@ fn build_table(
     Ok(k.div_ceil(2))
 }
 
+/// Where each of a block's `bounds.len() - 1` streams starts: the first at `first`, each next
+/// after the length its predecessor's little-endian u32 in `lens` gives, the last ending at
+/// `block_len`. A length that runs past the block is corruption.
+pub(super) fn stream_bounds(
+    lens: &[u8],
+    first: usize,
+    block_len: usize,
+    bounds: &mut [usize],
+) -> Result<(), CodecError> {
+    let streams = bounds.len() - 1;
+    bounds[0] = first;
+    for s in 0..streams - 1 {
+        let l = lens.get(4 * s..4 * s + 4).ok_or(CodecError::Corrupted)?;
+        let l = u32::from_le_bytes([l[0], l[1], l[2], l[3]]);
+        bounds[s + 1] = bounds[s]
+            .checked_add(l as usize)
+            .filter(|&e| e <= block_len)
+            .ok_or(CodecError::Corrupted)?;
+    }
+    bounds[streams] = block_len;
+    Ok(())
+}
+
 /// Eight bytes at `at` as a little-endian word, zeros past the end of `s`.
 #[inline(always)]
 pub(super) fn load_padded(s: &[u8], at: usize) -> u64 {
@@ -411,20 +434,7 @@ pub fn decode(
         .ok_or(CodecError::Corrupted)?;
     at += STREAM_TABLE_LEN;
     let mut bounds = [0usize; STREAMS + 1];
-    bounds[0] = at;
-    for s in 0..STREAMS - 1 {
-        let l = u32::from_le_bytes([
-            lens[4 * s],
-            lens[4 * s + 1],
-            lens[4 * s + 2],
-            lens[4 * s + 3],
-        ]);
-        bounds[s + 1] = bounds[s]
-            .checked_add(l as usize)
-            .filter(|&e| e <= block.len())
-            .ok_or(CodecError::Corrupted)?;
-    }
-    bounds[STREAMS] = block.len();
+    stream_bounds(lens, at, block.len(), &mut bounds)?;
     let q = n.div_ceil(STREAMS);
     let table = &t.table;
     let mut lanes: [Lane; STREAMS] = core::array::from_fn(|s| Lane {

@@ -45,7 +45,7 @@
 // Indexing fixed tables by symbol reads clearer than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
-use super::huffman::load_padded;
+use super::huffman::{load_padded, stream_bounds};
 use super::CodecError;
 
 /// log2 of the number of states: the rANS table's precision, so one frequency table serves both.
@@ -358,16 +358,13 @@ pub fn decode(block: &[u8], n: usize, table: &[u32; L], out: &mut [u8]) -> Resul
         .ok_or(CodecError::BufferTooSmall(2 * n))?;
     let head = block.get(..HEADER_LEN).ok_or(CodecError::Corrupted)?;
     let u16_at = |i: usize| u16::from_le_bytes([head[i], head[i + 1]]);
-    let mut bounds = [HEADER_LEN; LANES + 1];
-    for s in 0..LANES - 1 {
-        let t = 2 * STATES * LANES + 4 * s;
-        let l = u32::from_le_bytes([head[t], head[t + 1], head[t + 2], head[t + 3]]);
-        bounds[s + 1] = bounds[s]
-            .checked_add(l as usize)
-            .filter(|&e| e <= block.len())
-            .ok_or(CodecError::Corrupted)?;
-    }
-    bounds[LANES] = block.len();
+    let mut bounds = [0usize; LANES + 1];
+    stream_bounds(
+        &head[2 * STATES * LANES..],
+        HEADER_LEN,
+        block.len(),
+        &mut bounds,
+    )?;
     let q = n.div_ceil(LANES);
     let mut lanes: [Lane; LANES] = core::array::from_fn(|s| {
         let (x0, x1) = (u16_at(2 * STATES * s), u16_at(2 * STATES * s + 2));

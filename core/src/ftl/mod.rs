@@ -1599,14 +1599,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
     // ----- checked reads ----------------------------------------------------------------------
 
     fn nand_read(&mut self, page: u32, buf: usize, cause: Cause) -> R<(), N::Error> {
-        let start = buf * self.stride;
-        let (data, spare) =
-            self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
-        self.nand
-            .read(PageId(page), data, spare)
-            .map_err(Error::Nand)?;
-        self.stats.reads[cause as usize] += 1;
-        Ok(())
+        self.read_into(buf, cause, |nand, data, spare| {
+            nand.read(PageId(page), data, spare)
+        })
     }
 
     /// Reads slot `slot` of `page` (and the whole spare area) into `buf`: one NAND page read,
@@ -1619,14 +1614,9 @@ impl<'a, N: Nand> Ftl<'a, N> {
         buf: usize,
         cause: Cause,
     ) -> R<(), N::Error> {
-        let start = buf * self.stride;
-        let (data, spare) =
-            self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
-        self.nand
-            .read_slot(PageId(page), slot, data, spare)
-            .map_err(Error::Nand)?;
-        self.stats.reads[cause as usize] += 1;
-        Ok(())
+        self.read_into(buf, cause, |nand, data, spare| {
+            nand.read_slot(PageId(page), slot, data, spare)
+        })
     }
 
     /// Reads the slots of `page` whose bits are set in `slots` (and the whole spare area) into
@@ -1639,12 +1629,23 @@ impl<'a, N: Nand> Ftl<'a, N> {
         buf: usize,
         cause: Cause,
     ) -> R<(), N::Error> {
+        self.read_into(buf, cause, |nand, data, spare| {
+            nand.read_slots(PageId(page), slots, data, spare)
+        })
+    }
+
+    /// Runs one page read into page buffer `buf` (its data and spare parts) and counts it
+    /// under `cause`.
+    fn read_into(
+        &mut self,
+        buf: usize,
+        cause: Cause,
+        read: impl FnOnce(&mut N, &mut [u8], &mut [u8]) -> Result<(), N::Error>,
+    ) -> R<(), N::Error> {
         let start = buf * self.stride;
         let (data, spare) =
             self.bufs[start..start + self.stride].split_at_mut(self.geo.page_bytes as usize);
-        self.nand
-            .read_slots(PageId(page), slots, data, spare)
-            .map_err(Error::Nand)?;
+        read(&mut self.nand, data, spare).map_err(Error::Nand)?;
         self.stats.reads[cause as usize] += 1;
         Ok(())
     }

@@ -5,6 +5,7 @@ mod check;
 mod control;
 mod device;
 mod nbd;
+mod outpath;
 mod qstore_cli;
 mod replay;
 mod safetensors;

@@ -425,6 +425,11 @@ struct Stored {
 /// names and ranks), the high-precision section into a side file appended at the end, and the
 /// header and directory are written last.
 fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result<PackSummary> {
+    // The rename at the end would replace an input with the packed file.
+    crate::outpath::ensure_not_input(model, out)?;
+    if let Some(i) = int8 {
+        crate::outpath::ensure_not_input(i, out)?;
+    }
     let mut input = File::open(model).with_context(|| format!("opening {}", model.display()))?;
     let header = safetensors::read_header(&mut input)
         .with_context(|| format!("parsing {}", model.display()))?;
@@ -432,6 +437,9 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
     let workers = Workers::new(threads);
     let tmp = out.with_extension("qst.partial");
     let hp_tmp = out.with_extension("qst.hp.partial");
+    for t in [&tmp, &hp_tmp] {
+        crate::outpath::ensure_not_input(model, t)?;
+    }
     let result = pack_to(
         &mut input,
         &header,
@@ -960,7 +968,10 @@ fn extract(
     out: &Path,
     threads: usize,
 ) -> Result<(u64, u64, u64)> {
+    // The rename at the end would replace the .qst with the extracted model.
+    crate::outpath::ensure_not_input(input, out)?;
     let tmp = out.with_extension("partial");
+    crate::outpath::ensure_not_input(input, &tmp)?;
     match extract_to(input, precision, &tmp, threads) {
         Ok(r) => {
             std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;

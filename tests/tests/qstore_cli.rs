@@ -722,3 +722,47 @@ fn re_signed_directories_with_impossible_shapes_are_refused_not_allocated() {
         }
     }
 }
+
+/// An output that names an input (same path, or a symlink to it) is refused and the input stays
+/// as it was: the rename that finishes `pack` and `extract` would otherwise replace it.
+#[test]
+fn an_output_naming_an_input_is_refused_and_the_input_kept() {
+    let dir = scratch("same");
+    let model = dir.join("m.safetensors");
+    std::fs::copy(fixtures().join("minilm-l0l5-bf16.safetensors"), &model).expect("fixture");
+    let original = std::fs::read(&model).unwrap();
+    let fail = |args: &[&str]| {
+        let out = nandbox(args);
+        assert!(!out.status.success(), "nandbox {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("input"), "{err}");
+    };
+    fail(&["qstore", "pack", s(&model), s(&model)]);
+    assert!(
+        std::fs::read(&model).unwrap() == original,
+        "pack replaced its model"
+    );
+
+    let qst = dir.join("m.qst");
+    ok(&["qstore", "pack", s(&model), s(&qst)]);
+    let packed = std::fs::read(&qst).unwrap();
+    let link = dir.join("link.qst");
+    std::os::unix::fs::symlink(&qst, &link).unwrap();
+    for out in [&qst, &link] {
+        for precision in ["high", "int8"] {
+            fail(&[
+                "qstore",
+                "extract",
+                s(&qst),
+                "--precision",
+                precision,
+                "-o",
+                s(out),
+            ]);
+            assert!(
+                std::fs::read(&qst).unwrap() == packed,
+                "extract replaced its .qst"
+            );
+        }
+    }
+}

@@ -299,3 +299,57 @@ fn mutated_containers_never_decode_to_wrong_data() {
     }
     assert!(errors >= 145, "only {errors} of 150 mutations detected");
 }
+
+/// A failed run must not delete a file it never opened, and an output that names the input
+/// (the same path, or a symlink to it) is refused before anything is truncated.
+#[test]
+fn failures_and_same_file_outputs_never_destroy_the_users_files() {
+    let dir = scratch("keep");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, keep, garbage) = (dir.join("in"), dir.join("keep"), dir.join("garbage"));
+    let mut rng = Rng(5);
+    let data: Vec<u8> = (0..70_000).map(|_| rng.next() as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    std::fs::write(&garbage, b"not a container and not weights").unwrap();
+
+    // The input is missing, not weights, or not a container: `keep` was never opened.
+    let (missing, garbage, keep_s) = (s(&dir.join("missing")), s(&garbage), s(&keep));
+    for args in [
+        ["zipnn", "compress", &missing, &keep_s],
+        ["zipnn", "compress", &garbage, &keep_s],
+        ["zipnn", "decompress", &garbage, &keep_s],
+    ] {
+        std::fs::write(&keep, b"precious").unwrap();
+        run_fail(&args);
+        assert_eq!(
+            std::fs::read(&keep).ok().as_deref(),
+            Some(&b"precious"[..]),
+            "nandbox {args:?} destroyed an output it never wrote"
+        );
+    }
+
+    // Output = input, by path and through a symlink, for both directions.
+    let z = dir.join("c.nbzn");
+    ok(&["zipnn", "compress", &s(&input), &s(&z), "--dtype", "bf16"]);
+    let container = std::fs::read(&z).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for (cmd, file, out, before) in [
+        ("compress", &input, &input, &data),
+        ("compress", &input, &link, &data),
+        ("decompress", &z, &z, &container),
+    ] {
+        let mut args = vec!["zipnn", cmd];
+        let (f, o) = (s(file), s(out));
+        args.extend([f.as_str(), o.as_str()]);
+        if cmd == "compress" {
+            args.extend(["--dtype", "bf16"]);
+        }
+        let err = run_fail(&args);
+        assert!(err.contains("input"), "{err}");
+        assert!(
+            std::fs::read(file).ok().as_ref() == Some(before),
+            "nandbox {args:?} changed its input"
+        );
+    }
+}

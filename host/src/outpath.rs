@@ -1,0 +1,52 @@
+//! Guards for the file tools (`zipnn`, `qstore`) that read one file and write another: the
+//! output must not be one of the inputs.
+//!
+//! The tools create (truncate) or rename over their output, so an output path that names the
+//! input (the same path, a hard link or a symlink to it) would destroy the input before it is
+//! read, or replace it with the result. Files are compared by device and inode, not by path
+//! spelling.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+/// Fails when `output` exists and is the same file as `input`.
+pub fn ensure_not_input(input: &Path, output: &Path) -> Result<()> {
+    // A missing input is reported by the tool when it opens it; a missing output is the
+    // common case and cannot be the input.
+    let (Ok(i), Ok(o)) = (std::fs::metadata(input), std::fs::metadata(output)) else {
+        return Ok(());
+    };
+    if i.dev() == o.dev() && i.ino() == o.ino() {
+        bail!(
+            "{} is the input file {}: writing it would destroy the input; choose another output",
+            output.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_file_by_path_or_link_is_refused_others_pass() {
+        let dir = std::env::temp_dir().join(format!("nandbox-outpath-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a");
+        let b = dir.join("b");
+        std::fs::write(&a, b"x").unwrap();
+        assert!(ensure_not_input(&a, &a).is_err());
+        assert!(ensure_not_input(&a, &dir.join(".").join("a")).is_err());
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(ensure_not_input(&a, &b).is_err());
+        std::fs::remove_file(&b).unwrap();
+        assert!(ensure_not_input(&a, &b).is_ok());
+        std::fs::write(&b, b"y").unwrap();
+        assert!(ensure_not_input(&a, &b).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -66,6 +66,8 @@ pub enum ImageError {
     },
     /// A block's state record is corrupt.
     BlockState(u32),
+    /// Another process (a running `nandbox serve`) has the image open for writing.
+    Locked,
 }
 
 impl fmt::Display for ImageError {
@@ -88,6 +90,9 @@ impl fmt::Display for ImageError {
             Self::BlockState(b) => write!(
                 f,
                 "image block-state record of block {b} is corrupt (CRC mismatch)"
+            ),
+            Self::Locked => f.write_str(
+                "image is in use by another process (another `nandbox serve` has it open)",
             ),
         }
     }
@@ -127,6 +132,19 @@ fn pages_offset(g: &Geometry) -> u64 {
     header::LEN as u64 + states.div_ceil(4096) * 4096
 }
 
+/// Takes the image's writer lock (`flock`, exclusive, without waiting): two devices writing one
+/// image would each program pages the other believes erased and corrupt it. The lock goes with
+/// the file descriptor, so it is released when the device closes or its process dies (even by
+/// `kill -9`), and a stale lock never blocks a restart.
+fn lock_for_writing(file: &File) -> Result<(), ImageError> {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(ImageError::Locked),
+        Err(e) => Err(ImageError::Io(e.into())),
+    }
+}
+
 fn total_len(g: &Geometry) -> u64 {
     pages_offset(g) + g.total_pages() as u64 * (g.page_bytes + g.spare_bytes) as u64
 }
@@ -139,6 +157,10 @@ impl ImageFile {
             .write(true)
             .create_new(true)
             .open(path)?;
+        lock_for_writing(&file).map_err(|e| match e {
+            ImageError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::WouldBlock, other.to_string()),
+        })?;
         let mut head = vec![0u8; header::LEN];
         head[header::MAGIC].copy_from_slice(MAGIC);
         head[header::VERSION].copy_from_slice(&VERSION.to_le_bytes());
@@ -160,7 +182,9 @@ impl ImageFile {
     /// Opens an existing image for reading and writing, checking its header, length and block
     /// states.
     pub fn open(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
-        Self::open_with(OpenOptions::new().read(true).write(true).open(path)?)
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        lock_for_writing(&file)?;
+        Self::open_with(file)
     }
 
     /// Opens an existing image for reading only (writes to it fail).

@@ -70,12 +70,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     size: u64,
     /// Keep the NAND in this sparse image file (created if missing, reopened if present; a
-    /// reopened image keeps its own size, geometry and node-cache size over --size and --profile).
+    /// reopened image keeps its own size, geometry, profile and node-cache size over --size).
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
-    /// NAND geometry profile.
-    #[arg(long, value_enum, default_value_t = Profile::Tlc)]
-    profile: Profile,
+    /// NAND geometry profile [default: tlc; a reopened image runs with the profile of its own
+    /// geometry, and naming another one is an error].
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
     /// NAND latency model.
     #[arg(long, value_enum, default_value_t = Latency::Off)]
     latency: Latency,
@@ -206,12 +207,30 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let (Some(given), Some(image)) = (args.profile, &args.image) {
+        let given = format!("{given:?}").to_lowercase();
+        match crate::backend::image_profile(image) {
+            Some(p) if p.name != given => bail!(
+                "--profile {given}: image {} was made with profile {} ({} B pages x {} per \
+                 block); omit --profile to reopen it",
+                image.display(),
+                p.name,
+                p.page_bytes,
+                p.pages_per_block
+            ),
+            _ => {}
+        }
+    }
     let options = DeviceOptions {
         image: args.image.clone(),
         read_only: args.read_only,
         dies: args.dies,
         trace: args.trace.clone(),
-        ..args.firmware.options(args.size, args.profile, args.latency)
+        ..args.firmware.options(
+            args.size,
+            args.profile.unwrap_or(Profile::Tlc),
+            args.latency,
+        )
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 
@@ -264,8 +283,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.unix.clone(),
     )?;
 
-    let mut line =
-        format!("nandbox: serving {} bytes ({:?}", args.size, args.profile).to_lowercase();
+    // What the device runs, not what was asked: a reopened image keeps its own size and
+    // geometry over --size and --profile.
+    let stats = device.stats_json();
+    let profile = stats["device"]["profile"].as_str().unwrap_or("?");
+    let mut line = format!("nandbox: serving {} bytes ({profile}", device.size());
     line.push_str(if args.read_only { ", read-only)" } else { ")" });
     if let Some(l) = &tcp {
         line.push_str(&format!(" on nbd://{}/{}", l.local_addr()?, args.export));

@@ -1,0 +1,77 @@
+//! `nandbox serve` used the way a new user would, with the mistakes a new user makes: a second
+//! server on an image already in use, an image reopened with other flags. Each case must end in
+//! a clear error naming the problem, or in a device that reports what it really is, never in a
+//! silently wrong device or a corrupted image.
+
+use std::process::Command;
+use std::time::Duration;
+
+use nandbox_tests::{http_get, nandbox_bin, run, Server};
+
+/// `nandbox serve` with `args` that is expected to exit by itself (refusing to start); returns
+/// its exit status success and its stderr. A server that starts instead is killed at the time
+/// limit and fails the test.
+fn serve_expecting_exit(args: &[&str]) -> (bool, String) {
+    let port = nandbox_tests::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = run(
+        Command::new(nandbox_bin())
+            .args(["serve", "--listen", &listen, "--control", "none"])
+            .args(args),
+        Duration::from_secs(30),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_server_on_an_image_in_use_is_refused() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap();
+    let args = ["--size", "16MiB", "--image", image_s];
+    let mut first = Server::start(&args);
+    // Two devices writing one image would each program pages the other thinks erased.
+    let (ok, err) = serve_expecting_exit(&args);
+    assert!(!ok, "a second server on {image_s} started");
+    assert!(err.contains("in use"), "{err}");
+    // The lock dies with its holder, even by kill -9: a restart is never blocked by it.
+    first.kill9();
+    first.restart(&args);
+}
+
+#[test]
+fn a_reopened_image_reports_its_own_size_and_profile_and_refuses_another_profile() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap();
+    let mut server = Server::start(&["--size", "16MiB", "--profile", "slc", "--image", image_s]);
+    let status = server.signal_and_wait("TERM", Duration::from_secs(60));
+    assert!(status.success(), "{}", server.log_text());
+
+    // Reopened with the defaults' flags: the image's 16 MiB and slc, not 1 GiB and tlc.
+    server.restart(&["--size", "1GiB", "--image", image_s]);
+    let log = server.log_text();
+    assert!(
+        log.contains("serving 16777216 bytes (slc)"),
+        "the startup line must describe the image's device: {log}"
+    );
+    let (_, body) = http_get(&server.control, "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(stats["device"]["logical_bytes"], 16 << 20, "{body}");
+    assert_eq!(stats["device"]["profile"], "slc", "{body}");
+    assert_eq!(stats["device"]["pe_cycles"], 100_000, "{body}");
+    assert_eq!(stats["device"]["page_bytes"], 4096, "{body}");
+    server.kill9();
+
+    // Naming another profile for it is a mistake, not a device with tlc timings and endurance
+    // on slc geometry.
+    let (ok, err) = serve_expecting_exit(&["--profile", "tlc", "--image", image_s]);
+    assert!(!ok, "--profile tlc on an slc image started");
+    assert!(
+        err.contains("--profile tlc") && err.contains("slc"),
+        "{err}"
+    );
+}

@@ -254,6 +254,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if !meta.file_type().is_socket() {
                     bail!("{} exists and is not a socket", path.display());
                 }
+                // A socket someone still accepts on belongs to a running server: unlinking it
+                // would cut that server off from new clients without a word.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!(
+                        "{} is in use: another server is listening on it",
+                        path.display()
+                    );
+                }
                 std::fs::remove_file(path)?;
             }
             Some(

@@ -75,3 +75,28 @@ fn a_reopened_image_reports_its_own_size_and_profile_and_refuses_another_profile
         "{err}"
     );
 }
+
+#[test]
+fn a_unix_socket_in_use_is_not_taken_over() {
+    let first = Server::start_unix(&["--size", "16MiB"]);
+    let nandbox_tests::Endpoint::Unix(sock) = first.endpoint.clone() else {
+        unreachable!("started on a unix socket")
+    };
+    let (ok, err) = serve_expecting_exit(&["--unix", sock.to_str().unwrap()]);
+    assert!(!ok, "a second server took over {}", sock.display());
+    assert!(err.contains("in use"), "{err}");
+    // The first server still has its socket.
+    std::os::unix::net::UnixStream::connect(&sock)
+        .unwrap_or_else(|e| panic!("the first server lost {}: {e}", sock.display()));
+}
+
+#[test]
+fn a_stale_unix_socket_is_replaced() {
+    let dir = nandbox_tests::scratch_dir();
+    let sock = dir.path().join("stale.sock");
+    // A socket file nobody accepts on, as a killed server leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let server = Server::start(&["--size", "16MiB", "--unix", sock.to_str().unwrap()]);
+    std::os::unix::net::UnixStream::connect(&sock).expect("the new server listens on it");
+    drop(server);
+}

@@ -100,3 +100,37 @@ fn a_stale_unix_socket_is_replaced() {
     std::os::unix::net::UnixStream::connect(&sock).expect("the new server listens on it");
     drop(server);
 }
+
+#[test]
+fn a_size_beyond_the_profile_fails_at_once_naming_the_largest_that_fits() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("big.img");
+    let image_s = image.to_str().unwrap();
+    // 1 TiB of slc: its mapping would not fit one checkpoint pack in a 64-page block.
+    let (ok, err) =
+        serve_expecting_exit(&["--profile", "slc", "--size", "1TiB", "--image", image_s]);
+    assert!(!ok, "a 1 TiB slc device started");
+    assert!(
+        err.contains("too large for the slc profile") && !err.contains("needs 0 good blocks"),
+        "{err}"
+    );
+    assert!(!image.exists(), "a refused size left an image behind");
+    let largest: u64 = err
+        .split("the largest slc device is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no largest size in: {err}"));
+    // The limit it names is the real one: one block more fails, the limit itself serves.
+    let over = (largest + 4096).to_string();
+    let (ok, err) = serve_expecting_exit(&["--profile", "slc", "--size", &over]);
+    assert!(!ok && err.contains("too large"), "{err}");
+    let server = Server::start(&["--profile", "slc", "--size", &largest.to_string()]);
+    assert!(
+        server
+            .log_text()
+            .contains(&format!("serving {largest} bytes (slc)")),
+        "{}",
+        server.log_text()
+    );
+}

@@ -134,3 +134,23 @@ fn a_size_beyond_the_profile_fails_at_once_naming_the_largest_that_fits() {
         server.log_text()
     );
 }
+
+#[test]
+fn an_unwritable_stats_out_is_refused_before_serving() {
+    let dir = nandbox_tests::scratch_dir();
+    // Found only at shutdown, this would lose the final stats of the whole run.
+    for bad in [
+        dir.path().join("missing/stats.json"),
+        dir.path().to_path_buf(),
+    ] {
+        let (ok, err) =
+            serve_expecting_exit(&["--size", "16MiB", "--stats-out", bad.to_str().unwrap()]);
+        assert!(!ok, "serve started with --stats-out {}", bad.display());
+        assert!(err.contains("--stats-out"), "{err}");
+    }
+    // A writable path is not left behind by the check.
+    let fine = dir.path().join("stats.json");
+    let server = Server::start(&["--size", "16MiB", "--stats-out", fine.to_str().unwrap()]);
+    assert!(!fine.exists(), "the check left {} behind", fine.display());
+    drop(server);
+}

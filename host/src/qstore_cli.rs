@@ -44,6 +44,7 @@ use nandbox_core::codec::qstore::{
 use nandbox_core::codec::zipnn;
 
 use crate::safetensors::{self, Dtype};
+use crate::stdout::outln;
 
 /// The QStore file tool's commands.
 #[derive(Subcommand)]
@@ -108,7 +109,7 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
             let t = Instant::now();
             let s = pack(&model, &out, int8.as_deref(), threads_or_default(threads))?;
             let secs = t.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "packed {} -> {}: {} -> {} bytes (INT8 section {}, high-precision section {}), {:.1} MB/s",
                 model.display(),
                 out.display(),
@@ -117,7 +118,7 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
                 s.int8_len,
                 s.hp_len,
                 s.input_len as f64 / secs / 1e6
-            );
+            )?;
             Ok(())
         }
         QstoreCommand::Extract {
@@ -132,16 +133,16 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
                 extract(&input, precision, &out, threads_or_default(threads))?;
             let secs = t.elapsed().as_secs_f64();
             if report_bytes_read {
-                println!(
+                outln!(
                     "bytes read: {read} of {total} ({:.2}%)",
                     100.0 * read as f64 / total as f64
-                );
+                )?;
             }
-            println!(
+            outln!(
                 "extracted {written} bytes in {:.3} s ({:.1} MB/s of output)",
                 secs,
                 written as f64 / secs / 1e6
-            );
+            )?;
             Ok(())
         }
         QstoreCommand::Info { input } => info(&input),
@@ -1153,35 +1154,41 @@ fn info(input: &Path) -> Result<()> {
     let h = &o.header;
     let total = o.src.len;
     let pct = |n: u64| 100.0 * n as f64 / total as f64;
-    println!(
+    outln!(
         "{}: {total} bytes, format version 1, {} tensors",
         input.display(),
         h.tensors
-    );
-    println!(
+    )?;
+    outln!(
         "  header + directory      {:>12} bytes ({:.2}%)",
         HEADER_LEN as u64 + h.dir_len,
         pct(HEADER_LEN as u64 + h.dir_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  INT8 section            {:>12} bytes ({:.2}%)",
         h.int8_len,
         pct(h.int8_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  high-precision section  {:>12} bytes ({:.2}%)",
         h.hp_len,
         pct(h.hp_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  an INT8 load reads      {:>12} bytes ({:.2}%)",
         h.hp_start(),
         pct(h.hp_start())
-    );
-    println!(
+    )?;
+    outln!(
         "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
-        "tensor", "dtype", "shape", "storage", "bytes", "INT8 bytes", "HP bytes"
-    );
+        "tensor",
+        "dtype",
+        "shape",
+        "storage",
+        "bytes",
+        "INT8 bytes",
+        "HP bytes"
+    )?;
     for e in &o.entries {
         let storage = match e.storage {
             Storage::Raw => "raw",
@@ -1189,7 +1196,7 @@ fn info(input: &Path) -> Result<()> {
             Storage::Qstore => "qstore",
             Storage::QstoreFallback => "qstore+zipnn",
         };
-        println!(
+        outln!(
             "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
             e.name,
             e.dtype.name(),
@@ -1198,7 +1205,7 @@ fn info(input: &Path) -> Result<()> {
             e.bytes()?,
             e.int8_len,
             e.hp_len
-        );
+        )?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use nandbox_sim::trace::{Record, TraceReader};
 
 use crate::device::{DeviceOptions, ZeroFlags};
 use crate::serve::{parse_size, FirmwareArgs, Latency, Profile};
+use crate::stdout::outln;
 
 /// Options of `nandbox replay`.
 #[derive(Args, Debug)]
@@ -122,9 +123,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let stats = device.stats_json();
     device.shutdown().context("stopping the device")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
     } else {
-        print!("{}", crate::stats_view::render(&stats, None));
+        crate::stdout::text(&crate::stats_view::render(&stats, None))?;
     }
     Ok(())
 }

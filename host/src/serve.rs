@@ -406,7 +406,7 @@ fn install_signal_handler(
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
     if args.json {
-        print!("{}", control::get(&args.control, "/stats")?);
+        crate::stdout::text(&control::get(&args.control, "/stats")?)?;
         return Ok(());
     }
     crate::stats_view::run(&args.control, args.watch, args.count)

@@ -766,3 +766,29 @@ fn an_output_naming_an_input_is_refused_and_the_input_kept() {
         }
     }
 }
+
+/// `nandbox qstore info x.qst | head -1`: once the reader is gone the output just ends, without
+/// a panic (what `println!` does on a closed pipe).
+#[test]
+fn a_closed_stdout_ends_the_report_quietly() {
+    let dir = scratch("pipe");
+    let qst = dir.join("m.qst");
+    ok(&[
+        "qstore",
+        "pack",
+        s(&fixtures().join("minilm-l0l5-bf16.safetensors")),
+        s(&qst),
+    ]);
+    let mut child = std::process::Command::new(nandbox_tests::nandbox_bin())
+        .args(["qstore", "info", s(&qst)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nandbox");
+    // Close the read end before the report is written: every write then fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for nandbox");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{}: {err}", out.status);
+}

@@ -373,12 +373,18 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     })?;
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Whatever listens there may not be a control endpoint: name it in every failure, as a
+    // bare 'Resource temporarily unavailable' (a read timeout) tells the user nothing.
+    let no_answer = || format!("control endpoint at {addr} did not answer GET {path}");
     write!(
         conn,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .with_context(no_answer)?;
     let mut raw = Vec::new();
-    conn.take(64 << 20).read_to_end(&mut raw)?;
+    conn.take(64 << 20)
+        .read_to_end(&mut raw)
+        .with_context(no_answer)?;
     let text = String::from_utf8(raw).context("control endpoint sent non-UTF-8")?;
     let (head, body) = text
         .split_once("\r\n\r\n")

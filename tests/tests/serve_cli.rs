@@ -1,7 +1,8 @@
-//! `nandbox serve` used the way a new user would, with the mistakes a new user makes: a second
-//! server on an image already in use, an image reopened with other flags. Each case must end in
-//! a clear error naming the problem, or in a device that reports what it really is, never in a
-//! silently wrong device or a corrupted image.
+//! `nandbox serve` and `nandbox stats` used the way a new user would, with the mistakes a new
+//! user makes: a second server on an image or socket already in use, an image reopened with
+//! other flags, an impossible size, an unwritable stats file, `stats` pointed at the wrong
+//! port. Each case must end in a clear error naming the problem, or in a device that reports
+//! what it really is, never in a panic, a silently wrong device or a corrupted image.
 
 use std::process::Command;
 use std::time::Duration;
@@ -153,4 +154,26 @@ fn an_unwritable_stats_out_is_refused_before_serving() {
     let server = Server::start(&["--size", "16MiB", "--stats-out", fine.to_str().unwrap()]);
     assert!(!fine.exists(), "the check left {} behind", fine.display());
     drop(server);
+}
+
+#[test]
+fn stats_with_a_bad_watch_interval_or_a_silent_port_fails_with_a_clear_error() {
+    // Something listening that is not a control endpoint: it accepts (the kernel's backlog)
+    // and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = nandbox_tests::nandbox_cli(&["stats", "--control", &addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("control endpoint") && err.contains(&addr),
+        "{err}"
+    );
+
+    for watch in ["1e30", "0", "nan"] {
+        let out = nandbox_tests::nandbox_cli(&["stats", "--control", &addr, "--watch", watch]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--watch {watch}");
+        assert!(err.contains("--watch"), "--watch {watch}: {err}");
+    }
 }

@@ -254,3 +254,21 @@ fn wear_report_and_svg_agree_with_stats_live_and_offline() {
         offline["histogram"].as_array().unwrap().len(),
     );
 }
+
+/// The README's `nandbox wear --svg wear.svg` names no source: like `nandbox stats`, it asks the
+/// control endpoint `nandbox serve` starts on by default, rather than failing on a missing flag.
+#[test]
+fn wear_without_a_source_asks_the_default_control_endpoint() {
+    let dir = nandbox_tests::scratch_dir();
+    let svg = dir.path().join("wear.svg");
+    let out = nandbox_tests::nandbox_cli(&["wear", "--svg", svg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Whether a device runs on this machine's default port is not ours to know: either the
+    // report came from it, or the error names the address it tried.
+    assert!(
+        out.status.success() || err.contains("127.0.0.1:10810"),
+        "{}: {err}",
+        out.status
+    );
+    assert!(!err.contains("required"), "{err}");
+}

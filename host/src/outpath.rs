@@ -1,5 +1,5 @@
-//! Guards for the file tools (`zipnn`, `qstore`) that read one file and write another: the
-//! output must not be one of the inputs.
+//! Guards for commands that read one file and write another (`zipnn`, `qstore`, and `serve` /
+//! `replay` with their image, trace and stats files): the output must not be one of the inputs.
 //!
 //! The tools create (truncate) or rename over their output, so an output path that names the
 //! input (the same path, a hard link or a symlink to it) would destroy the input before it is
@@ -20,7 +20,8 @@ pub fn ensure_not_input(input: &Path, output: &Path) -> Result<()> {
     };
     if i.dev() == o.dev() && i.ino() == o.ino() {
         bail!(
-            "{} is the input file {}: writing it would destroy the input; choose another output",
+            "{} is the same file as {}: writing it would destroy the input; choose another \
+             output path",
             output.display(),
             input.display()
         );

@@ -61,6 +61,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if matches!(args.latency, Latency::Real) {
         bail!("--latency real makes no sense for a replay (use virtual)");
     }
+    for (_, path) in &args.snapshot {
+        crate::outpath::ensure_not_input(&args.trace, path)?;
+    }
     let mut trace = TraceReader::open(&args.trace)
         .with_context(|| format!("opening trace {}", args.trace.display()))?;
     let size = args.size.unwrap_or(trace.logical_bytes());

@@ -221,6 +221,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    // A trace or stats file written over the image (a slip of tab completion) would destroy
+    // the device it records; the stats written over the trace would end it.
+    if let Some(image) = &args.image {
+        for out in [&args.trace, &args.stats_out].into_iter().flatten() {
+            crate::outpath::ensure_not_input(image, out)?;
+        }
+    }
+    if let (Some(trace), Some(stats)) = (&args.trace, &args.stats_out) {
+        crate::outpath::ensure_not_input(trace, stats)?;
+    }
     if let Some(path) = &args.stats_out {
         check_writable(path).with_context(|| format!("--stats-out {}", path.display()))?;
     }

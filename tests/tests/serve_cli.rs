@@ -177,3 +177,39 @@ fn stats_with_a_bad_watch_interval_or_a_silent_port_fails_with_a_clear_error() {
         assert!(err.contains("--watch"), "--watch {watch}: {err}");
     }
 }
+
+#[test]
+fn a_trace_or_stats_file_naming_the_image_or_trace_is_refused() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap();
+    let mut server = Server::start(&["--size", "16MiB", "--image", image_s]);
+    let status = server.signal_and_wait("TERM", Duration::from_secs(60));
+    assert!(status.success(), "{}", server.log_text());
+    let before = nandbox_tests::sha256_file(&image);
+    // The same file by another spelling, as a slip of tab completion would give.
+    let other_spelling = format!("{}/./dev.img", dir.path().display());
+    for flag in ["--trace", "--stats-out"] {
+        let (ok, err) = serve_expecting_exit(&["--image", image_s, flag, &other_spelling]);
+        assert!(!ok, "serve started with {flag} over its image");
+        assert!(err.contains("same file"), "{err}");
+        assert_eq!(
+            nandbox_tests::sha256_file(&image),
+            before,
+            "{flag} over the image changed it"
+        );
+    }
+    // A replay snapshot over the trace it reads.
+    let trace = dir.path().join("t.trace");
+    let trace_s = trace.to_str().unwrap();
+    let mut server = Server::start(&["--size", "16MiB", "--trace", trace_s]);
+    server.signal_and_wait("TERM", Duration::from_secs(60));
+    let before = nandbox_tests::sha256_file(&trace);
+    let out =
+        nandbox_tests::nandbox_cli(&["replay", trace_s, "--snapshot", &format!("0={trace_s}")]);
+    assert!(
+        !out.status.success(),
+        "replay wrote a snapshot over its trace"
+    );
+    assert_eq!(nandbox_tests::sha256_file(&trace), before);
+}

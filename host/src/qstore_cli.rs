@@ -61,7 +61,7 @@ pub enum QstoreCommand {
         #[arg(long)]
         int8: Option<PathBuf>,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::zipnn_cli::parse_threads)]
         threads: Option<usize>,
     },
     /// Write the model at one precision as safetensors.
@@ -79,7 +79,7 @@ pub enum QstoreCommand {
         #[arg(long)]
         report_bytes_read: bool,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::zipnn_cli::parse_threads)]
         threads: Option<usize>,
     },
     /// List tensors, their storage and the section sizes.
@@ -150,8 +150,11 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
 }
 
 fn threads_or_default(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
+    t.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().min(crate::zipnn_cli::MAX_THREADS))
+    })
+    .max(1)
 }
 
 // ---------------------------------------------------------------------------------------------

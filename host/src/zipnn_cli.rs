@@ -57,7 +57,7 @@ pub struct CompressArgs {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Worker threads (chunks are coded in parallel).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = parse_threads)]
     threads: usize,
 }
 
@@ -69,12 +69,26 @@ pub struct DecompressArgs {
     /// File to write.
     output: PathBuf,
     /// Worker threads (chunks are decoded in parallel).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = parse_threads)]
     threads: usize,
 }
 
+/// Most worker threads a tool takes: each holds a few chunks of scratch memory (about 0.6 MiB
+/// for qstore), so a slip such as `--threads 100000` would exhaust RAM instead of running.
+pub const MAX_THREADS: usize = 256;
+
+/// Parses `--threads`: 1 to [`MAX_THREADS`]; 0 is an error rather than silently 1.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a thread count from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
 }
 
 /// Runs one command.

@@ -353,3 +353,27 @@ fn failures_and_same_file_outputs_never_destroy_the_users_files() {
         );
     }
 }
+
+/// `--threads 0` is not silently 1, and an absurd count is refused before it allocates
+/// scratch memory per thread (100,000 threads of qstore would want about 60 GB).
+#[test]
+fn thread_counts_out_of_range_are_refused() {
+    let dir = scratch("threads");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, out) = (dir.join("in"), dir.join("out"));
+    std::fs::write(&input, vec![0x3fu8; 8192]).unwrap();
+    for threads in ["0", "100000"] {
+        for args in [
+            vec!["zipnn", "compress", "--dtype", "bf16"],
+            vec!["zipnn", "decompress"],
+            vec!["qstore", "pack"],
+        ] {
+            let (i, o) = (s(&input), s(&out));
+            let mut args = args.clone();
+            args.extend([i.as_str(), o.as_str(), "--threads", threads]);
+            let err = run_fail(&args);
+            assert!(err.contains("--threads"), "{args:?}: {err}");
+            assert!(!out.exists(), "{args:?} wrote its output");
+        }
+    }
+}

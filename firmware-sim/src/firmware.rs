@@ -41,6 +41,9 @@ pub struct FirmwareConfig {
     pub logical_bytes: u64,
     /// Persist to this image file (reopened when it exists, created otherwise).
     pub image: Option<PathBuf>,
+    /// Never write a reopened image: the mount's checkpoint, background work and shutdown go to
+    /// a RAM overlay, lost at exit (a read-only export of an image someone wants kept as is).
+    pub image_read_only: bool,
     /// What modelled NAND time is used for.
     pub latency: LatencyMode,
     /// Node pages kept in RAM (used at format; an image keeps the count it was formatted with).
@@ -76,6 +79,7 @@ impl FirmwareConfig {
             profile,
             logical_bytes,
             image: None,
+            image_read_only: false,
             latency: LatencyMode::Off,
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
             compact_cache_slots: DEFAULT_COMPACT_CACHE_SLOTS as u32,
@@ -327,8 +331,12 @@ type Dev = Timed<SimNand>;
 fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> {
     if let Some(path) = config.image.as_deref().filter(|path| path.exists()) {
         // A reopened image keeps its own geometry and size, whatever the config asks.
-        let sim = SimNand::open_image(path)
-            .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
+        let sim = if config.image_read_only {
+            SimNand::open_image_read_only(path)
+        } else {
+            SimNand::open_image(path)
+        }
+        .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
         return Ok((sim, true));
     }
     // Beyond u32 the size fails the check below like any other too large one.

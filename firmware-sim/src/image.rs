@@ -92,7 +92,8 @@ impl fmt::Display for ImageError {
                 "image block-state record of block {b} is corrupt (CRC mismatch)"
             ),
             Self::Locked => f.write_str(
-                "image is in use by another process (another `nandbox serve` has it open)",
+                "image is in use by another process (a `nandbox serve` has it open; stop it \
+                 first)",
             ),
         }
     }
@@ -137,8 +138,11 @@ fn pages_offset(g: &Geometry) -> u64 {
 /// the file descriptor, so it is released when the device closes or its process dies (even by
 /// `kill -9`), and a stale lock never blocks a restart.
 fn lock_for_writing(file: &File) -> Result<(), ImageError> {
-    use rustix::fs::{flock, FlockOperation};
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+    lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+}
+
+fn lock(file: &File, how: rustix::fs::FlockOperation) -> Result<(), ImageError> {
+    match rustix::fs::flock(file, how) {
         Ok(()) => Ok(()),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(ImageError::Locked),
         Err(e) => Err(ImageError::Io(e.into())),
@@ -187,9 +191,12 @@ impl ImageFile {
         Self::open_with(file)
     }
 
-    /// Opens an existing image for reading only (writes to it fail).
+    /// Opens an existing image for reading only (writes to it fail). It takes the lock shared:
+    /// readers coexist, but not with a writer changing the pages under them.
     pub fn open_read_only(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
-        Self::open_with(OpenOptions::new().read(true).open(path)?)
+        let file = OpenOptions::new().read(true).open(path)?;
+        lock(&file, rustix::fs::FlockOperation::NonBlockingLockShared)?;
+        Self::open_with(file)
     }
 
     fn open_with(file: File) -> Result<(ImageFile, BlockStates), ImageError> {

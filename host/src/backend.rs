@@ -62,6 +62,7 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     }
     let mut config = FirmwareConfig::new(profile, opts.size);
     config.image = opts.image.clone();
+    config.image_read_only = opts.read_only;
     config.latency = latency;
     config.delta = opts.delta;
     config.plp = opts.plp;

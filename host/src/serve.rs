@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Loopback address of the HTTP control endpoint (GET /stats, GET /metrics), or `none`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
     control: String,
-    /// Refuse writes; clients see a read-only export.
+    /// Refuse writes; clients see a read-only export. A reopened --image is not written either:
+    /// the device's own bookkeeping (the mount's checkpoint, background work) stays in RAM.
     #[arg(long)]
     read_only: bool,
     /// Dies the latency model runs in parallel [default: the profile's, 32 for tlc]. Fewer

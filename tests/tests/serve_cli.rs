@@ -213,3 +213,40 @@ fn a_trace_or_stats_file_naming_the_image_or_trace_is_refused() {
     );
     assert_eq!(nandbox_tests::sha256_file(&trace), before);
 }
+
+#[test]
+fn a_read_only_export_leaves_its_image_unchanged_and_offline_tools_wait_for_the_writer() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap();
+    let mut writer = Server::start(&["--size", "16MiB", "--image", image_s]);
+    // An offline check of an image a device is writing would read pages changing under it.
+    for tool in [["check", "--image", image_s], ["wear", "--image", image_s]] {
+        let out = nandbox_tests::nandbox_cli(&tool);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tool:?} ran on an image in use");
+        assert!(err.contains("in use"), "{tool:?}: {err}");
+    }
+    let status = writer.signal_and_wait("TERM", Duration::from_secs(60));
+    assert!(status.success(), "{}", writer.log_text());
+    let before = nandbox_tests::sha256_file(&image);
+
+    // Served read-only (its mount writes a checkpoint, into RAM), then stopped cleanly.
+    let mut reader = Server::start(&["--read-only", "--image", image_s]);
+    // Readers share the image; a writer may not change it under them.
+    let (ok, err) = serve_expecting_exit(&["--image", image_s]);
+    assert!(!ok && err.contains("in use"), "{err}");
+    let out = nandbox_tests::nandbox_cli(&["check", "--image", image_s]);
+    assert!(
+        out.status.success(),
+        "check beside a read-only export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = reader.signal_and_wait("TERM", Duration::from_secs(60));
+    assert!(status.success(), "{}", reader.log_text());
+    assert_eq!(
+        nandbox_tests::sha256_file(&image),
+        before,
+        "serve --read-only changed its image"
+    );
+}

@@ -49,6 +49,8 @@ const VERSION: u32 = 1;
 pub enum ImageError {
     /// Reading or writing the file failed.
     Io(std::io::Error),
+    /// The file is empty (as `touch` or `mktemp` leave it): no image, and none is made in it.
+    Empty,
     /// The file does not start with the nandbox image magic.
     BadMagic,
     /// The file is of a format version this build does not know.
@@ -74,6 +76,10 @@ impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(e) => write!(f, "image I/O error: {e}"),
+            Self::Empty => f.write_str(
+                "the file is empty, not a nandbox image (a new image is created only where no \
+                 file exists: remove it, or name a new path)",
+            ),
             Self::BadMagic => f.write_str("not a nandbox image (bad magic in header)"),
             Self::UnsupportedVersion(v) => write!(
                 f,
@@ -202,6 +208,9 @@ impl ImageFile {
     fn open_with(file: File) -> Result<(ImageFile, BlockStates), ImageError> {
         let actual = file.metadata()?.len();
         let mut head = vec![0u8; header::LEN];
+        if actual == 0 {
+            return Err(ImageError::Empty);
+        }
         if actual < header::CRC.end as u64 {
             return Err(ImageError::Truncated {
                 expected: header::LEN as u64,

@@ -250,3 +250,18 @@ fn a_read_only_export_leaves_its_image_unchanged_and_offline_tools_wait_for_the_
         "serve --read-only changed its image"
     );
 }
+
+#[test]
+fn an_empty_image_file_is_named_as_empty_and_left_alone() {
+    let dir = nandbox_tests::scratch_dir();
+    // What `mktemp` or `touch` leaves: not an image, and not one truncated from a geometry.
+    let image = dir.path().join("empty.img");
+    std::fs::write(&image, b"").unwrap();
+    let (ok, err) = serve_expecting_exit(&["--size", "16MiB", "--image", image.to_str().unwrap()]);
+    assert!(!ok, "serve started on an empty file");
+    assert!(
+        err.contains("empty") && !err.contains("geometry needs"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 0);
+}

@@ -1,5 +1,6 @@
 //! Guards for commands that read one file and write another (`zipnn`, `qstore`, and `serve` /
-//! `replay` with their image, trace and stats files): the output must not be one of the inputs.
+//! `replay` with their image, trace and stats files): the output must not be one of the inputs,
+//! and an output written only at the end of a run must be known writable at its start.
 //!
 //! The tools create (truncate) or rename over their output, so an output path that names the
 //! input (the same path, a hard link or a symlink to it) would destroy the input before it is
@@ -27,6 +28,21 @@ pub fn ensure_not_input(input: &Path, output: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Fails unless `path` can be written. For files written only at the end of a long run (serve's
+/// final stats, a replay's late snapshots): learning then that the directory is missing loses
+/// the run. Leaves an existing file as it is and removes the probe it created.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    use std::fs::OpenOptions;
+    match OpenOptions::new().append(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            OpenOptions::new().write(true).create_new(true).open(path)?;
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ fn parse_snapshot(s: &str) -> Result<(u64, PathBuf), String> {
     let n = n
         .parse()
         .map_err(|_| format!("`{n}` is not a record count"))?;
+    if file.is_empty() {
+        return Err(format!("`{s}` names no FILE"));
+    }
     Ok((n, PathBuf::from(file)))
 }
 
@@ -63,6 +66,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     for (_, path) in &args.snapshot {
         crate::outpath::ensure_not_input(&args.trace, path)?;
+        crate::outpath::check_writable(path)
+            .with_context(|| format!("--snapshot file {}", path.display()))?;
     }
     let mut trace = TraceReader::open(&args.trace)
         .with_context(|| format!("opening trace {}", args.trace.display()))?;

@@ -233,7 +233,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::outpath::ensure_not_input(trace, stats)?;
     }
     if let Some(path) = &args.stats_out {
-        check_writable(path).with_context(|| format!("--stats-out {}", path.display()))?;
+        crate::outpath::check_writable(path)
+            .with_context(|| format!("--stats-out {}", path.display()))?;
     }
     let options = DeviceOptions {
         image: args.image.clone(),
@@ -347,21 +348,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Accept loops return only once stopping; the signal thread exits the process.
     loop {
         std::thread::park();
-    }
-}
-
-/// Fails unless `path` can be written: the final stats are written only at shutdown, after a
-/// run that may have taken hours, which is too late to learn that the directory is missing.
-/// Leaves an existing file as it is and removes the probe it created.
-fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
-    use std::fs::OpenOptions;
-    match OpenOptions::new().append(true).open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            OpenOptions::new().write(true).create_new(true).open(path)?;
-            std::fs::remove_file(path)
-        }
-        Err(e) => Err(e),
     }
 }
 

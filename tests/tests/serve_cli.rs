@@ -265,3 +265,40 @@ fn an_empty_image_file_is_named_as_empty_and_left_alone() {
     );
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 0);
 }
+
+#[test]
+fn replay_snapshot_files_are_checked_before_the_replay_runs() {
+    let dir = nandbox_tests::scratch_dir();
+    let trace = dir.path().join("t.trace");
+    let trace_s = trace.to_str().unwrap();
+    let mut server = Server::start(&["--size", "16MiB", "--trace", trace_s]);
+    server.signal_and_wait("TERM", Duration::from_secs(60));
+    let missing = dir.path().join("missing/at1.json");
+    let late = dir.path().join("late.json");
+    // The unwritable snapshot comes after a good one: nothing may be written before refusing.
+    let args = [
+        "replay".to_string(),
+        trace_s.to_string(),
+        "--snapshot".into(),
+        format!("0={}", late.display()),
+        "--snapshot".into(),
+        format!("1={}", missing.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = nandbox_tests::nandbox_cli(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--snapshot") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(
+        !late.exists(),
+        "a snapshot was written before the bad one was refused"
+    );
+
+    let out = nandbox_tests::nandbox_cli(&["replay", trace_s, "--snapshot", "3="]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no FILE"), "{err}");
+}

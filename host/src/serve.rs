@@ -93,7 +93,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     dies: Option<u32>,
     /// Export name (clients asking for the empty name get this export too).
-    #[arg(long, value_name = "NAME", default_value = "")]
+    #[arg(long, value_name = "NAME", default_value = "", value_parser = parse_export_name)]
     export: String,
     /// At clean shutdown (SIGINT/SIGTERM), write the final stats JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -176,6 +176,18 @@ pub struct StatsArgs {
     /// With --watch, stop after N tables.
     #[arg(long, value_name = "N", requires = "watch")]
     count: Option<u64>,
+}
+
+/// Parses `--export`: the NBD protocol caps names at 4096 bytes, and clients refuse a longer
+/// one in the export list (`nbdinfo --list` fails) even though the server would offer it.
+fn parse_export_name(s: &str) -> Result<String, String> {
+    if s.len() > 4096 {
+        return Err(format!(
+            "an export name is at most 4096 bytes (NBD), this one has {}",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses a size such as `4096`, `512MiB`, `1GiB`, `2G` (suffixes are binary).

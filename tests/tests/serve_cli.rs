@@ -302,3 +302,11 @@ fn replay_snapshot_files_are_checked_before_the_replay_runs() {
     assert!(!out.status.success());
     assert!(err.contains("no FILE"), "{err}");
 }
+
+#[test]
+fn an_export_name_longer_than_nbd_allows_is_refused() {
+    let long = "a".repeat(4097);
+    let (ok, err) = serve_expecting_exit(&["--size", "16MiB", "--export", &long]);
+    assert!(!ok, "served an export name clients cannot list");
+    assert!(err.contains("--export") && err.contains("4096"), "{err}");
+}

@@ -86,6 +86,10 @@ const DEFAULT_CONTROL: &str = "127.0.0.1:10810";
 
 /// Runs `nandbox wear`.
 pub fn run(args: WearArgs) -> anyhow::Result<()> {
+    // The picture written over the image it reports on would destroy the device.
+    if let (Some(image), Some(svg)) = (&args.image, &args.svg) {
+        crate::outpath::ensure_not_input(image, svg)?;
+    }
     let input = match (&args.control, &args.image) {
         (None, Some(path)) => from_image(path, args.profile.as_deref())?,
         // As `nandbox stats`, the control address defaults to what `nandbox serve` starts with.

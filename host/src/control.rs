@@ -385,10 +385,17 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     conn.take(64 << 20)
         .read_to_end(&mut raw)
         .with_context(no_answer)?;
-    let text = String::from_utf8(raw).context("control endpoint sent non-UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
+    // A common slip is the NBD port (10809) for the control port (10810): say so.
+    if raw.starts_with(b"NBDMAGIC") {
+        bail!(
+            "{addr} is an NBD port, not the control endpoint (that is `nandbox serve --control`, \
+             127.0.0.1:10810 by default)"
+        );
+    }
+    let not_http =
+        || format!("{addr} did not answer GET {path} with HTTP: not a control endpoint?");
+    let text = String::from_utf8(raw).ok().with_context(not_http)?;
+    let (head, body) = text.split_once("\r\n\r\n").with_context(not_http)?;
     let status = head.lines().next().unwrap_or("");
     if status.split(' ').nth(1) != Some("200") {
         bail!("control endpoint answered `{status}`");

@@ -310,3 +310,18 @@ fn an_export_name_longer_than_nbd_allows_is_refused() {
     assert!(!ok, "served an export name clients cannot list");
     assert!(err.contains("--export") && err.contains("4096"), "{err}");
 }
+
+#[test]
+fn stats_pointed_at_the_nbd_port_says_so() {
+    let server = Server::start(&["--size", "16MiB"]);
+    let nbd = format!("127.0.0.1:{}", server.port());
+    for tool in ["stats", "wear"] {
+        let out = nandbox_tests::nandbox_cli(&[tool, "--control", &nbd]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tool} read stats from an NBD port");
+        assert!(
+            err.contains("NBD port") && err.contains(&nbd),
+            "{tool}: {err}"
+        );
+    }
+}

@@ -377,3 +377,38 @@ fn thread_counts_out_of_range_are_refused() {
         }
     }
 }
+
+/// A failed run removes a half-written output only when it is a regular file it created: a
+/// pipe or device given as the output (`/dev/stdout`, a FIFO; `/dev/null` for a root user) is
+/// not the tool's to unlink.
+#[test]
+fn a_failed_run_never_unlinks_a_pipe_given_as_output() {
+    let dir = scratch("fifo");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, z, fifo) = (dir.join("in"), dir.join("c.nbzn"), dir.join("fifo"));
+    let mut rng = Rng(9);
+    let data: Vec<u8> = (0..600_000).map(|_| rng.next() as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    ok(&["zipnn", "compress", &s(&input), &s(&z), "--dtype", "bf16"]);
+    // Cut inside the second chunk: the header is good, so the output is opened and written.
+    let container = std::fs::read(&z).unwrap();
+    std::fs::write(&z, &container[..container.len() - 1000]).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).map(|v| v.len()))
+    };
+    let err = run_fail(&["zipnn", "decompress", &s(&z), &s(&fifo)]);
+    assert!(err.contains("truncated"), "{err}");
+    reader.join().unwrap().expect("read the fifo");
+    let kind = std::fs::symlink_metadata(&fifo).map(|m| m.file_type());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        kind.is_ok_and(|k| k.is_fifo()),
+        "the failed run unlinked the fifo it was given"
+    );
+}

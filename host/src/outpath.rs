@@ -8,9 +8,9 @@
 //! spelling.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Fails when `output` exists and is the same file as `input`.
 pub fn ensure_not_input(input: &Path, output: &Path) -> Result<()> {
@@ -42,6 +42,64 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
             std::fs::remove_file(path)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// An output written to a temporary file first and moved into place only when complete, so a
+/// failed run leaves no half-written file under the output's name.
+pub struct Staged {
+    /// Where to write.
+    pub tmp: PathBuf,
+    /// The file the output ends up in: the output path with symlinks resolved, so the result
+    /// goes where the link points instead of replacing the link.
+    target: PathBuf,
+    /// The target is a device, pipe or socket (`/dev/null`, `/dev/stdout`, a FIFO): it is
+    /// written through, never renamed over, and the temporary lives in the temp directory.
+    special: bool,
+}
+
+/// Stages `out`: the temporary is `out` with `extension` next to it, or in the temp directory
+/// when `out` is not a regular file.
+pub fn stage(out: &Path, extension: &str) -> Result<Staged> {
+    let target = match std::fs::canonicalize(out) {
+        Ok(resolved) => resolved,
+        Err(_) => out.to_path_buf(),
+    };
+    let special = match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => bail!("{} is a directory", out.display()),
+        Ok(m) => !m.is_file(),
+        Err(_) => false,
+    };
+    let tmp = if special {
+        std::env::temp_dir().join(format!("nandbox-{}.{extension}", std::process::id()))
+    } else {
+        target.with_extension(extension)
+    };
+    Ok(Staged {
+        tmp,
+        target,
+        special,
+    })
+}
+
+impl Staged {
+    /// Moves the finished temporary into place: a rename over a regular file, a copy into a
+    /// special one (renaming over `/dev/null` would replace the device with a regular file).
+    pub fn finish(&self) -> Result<()> {
+        if self.special {
+            let mut from = std::fs::File::open(&self.tmp)?;
+            let mut to = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.target)
+                .with_context(|| format!("opening {}", self.target.display()))?;
+            std::io::copy(&mut from, &mut to)
+                .with_context(|| format!("writing {}", self.target.display()))?;
+            let _ = std::fs::remove_file(&self.tmp);
+        } else {
+            std::fs::rename(&self.tmp, &self.target)
+                .with_context(|| format!("renaming to {}", self.target.display()))?;
+        }
+        Ok(())
     }
 }
 

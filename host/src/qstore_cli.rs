@@ -439,8 +439,9 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
         .with_context(|| format!("parsing {}", model.display()))?;
     let given_file = int8.map(read_given).transpose()?;
     let workers = Workers::new(threads);
-    let tmp = out.with_extension("qst.partial");
-    let hp_tmp = out.with_extension("qst.hp.partial");
+    let staged = crate::outpath::stage(out, "qst.partial")?;
+    let tmp = staged.tmp.clone();
+    let hp_tmp = tmp.with_extension("hp.partial");
     for t in [&tmp, &hp_tmp] {
         crate::outpath::ensure_not_input(model, t)?;
     }
@@ -453,7 +454,7 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
         &hp_tmp,
     )
     .and_then(|s| {
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+        staged.finish()?;
         Ok(s)
     });
     let _ = std::fs::remove_file(&hp_tmp);
@@ -974,11 +975,15 @@ fn extract(
 ) -> Result<(u64, u64, u64)> {
     // The rename at the end would replace the .qst with the extracted model.
     crate::outpath::ensure_not_input(input, out)?;
-    let tmp = out.with_extension("partial");
+    let staged = crate::outpath::stage(out, "partial")?;
+    let tmp = staged.tmp.clone();
     crate::outpath::ensure_not_input(input, &tmp)?;
     match extract_to(input, precision, &tmp, threads) {
         Ok(r) => {
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+            if let Err(e) = staged.finish() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             Ok(r)
         }
         Err(e) => {

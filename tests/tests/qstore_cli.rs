@@ -792,3 +792,71 @@ fn a_closed_stdout_ends_the_report_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "{}: {err}", out.status);
 }
+
+/// `-o /dev/null` (to time an extraction), a FIFO or a symlink is written through: the rename
+/// that finishes a regular output must not replace the device, pipe or link with a file (for a
+/// root user, `-o /dev/null` replaced /dev/null itself).
+#[test]
+fn special_and_symlinked_outputs_are_written_through_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch("special");
+    let model = fixtures().join("minilm-l0l5-bf16.safetensors");
+    let original = std::fs::read(&model).expect("fixture");
+    let qst = dir.join("m.qst");
+    ok(&["qstore", "pack", s(&model), s(&qst)]);
+
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    // The reader blocks until a writer opens the fifo: its result comes through a channel with
+    // a time limit, so a tool that never opens it fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(std::fs::read(fifo)));
+    }
+    ok(&[
+        "qstore",
+        "extract",
+        s(&qst),
+        "--precision",
+        "high",
+        "-o",
+        s(&fifo),
+    ]);
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the fifo was replaced by a {kind:?}");
+    let through = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("nothing was written into the fifo")
+        .expect("read the fifo");
+    assert!(through == original, "the fifo's reader got other bytes");
+
+    let target = dir.join("target.safetensors");
+    let link = dir.join("link.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(&[
+        "qstore",
+        "extract",
+        s(&qst),
+        "--precision",
+        "high",
+        "-o",
+        s(&link),
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the symlink was replaced"
+    );
+    assert!(
+        std::fs::read(&target).unwrap() == original,
+        "the link's target was not written"
+    );
+}

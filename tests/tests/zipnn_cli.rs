@@ -398,13 +398,18 @@ fn a_failed_run_never_unlinks_a_pipe_given_as_output() {
         .status()
         .expect("run mkfifo");
     assert!(made.success());
-    let reader = {
+    // The reader blocks until a writer opens the fifo: its result comes through a channel with
+    // a time limit, so a run that never opens it fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
         let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).map(|v| v.len()))
-    };
+        std::thread::spawn(move || tx.send(std::fs::read(fifo).map(|v| v.len())));
+    }
     let err = run_fail(&["zipnn", "decompress", &s(&z), &s(&fifo)]);
     assert!(err.contains("truncated"), "{err}");
-    reader.join().unwrap().expect("read the fifo");
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run never opened the fifo")
+        .expect("read the fifo");
     let kind = std::fs::symlink_metadata(&fifo).map(|m| m.file_type());
     use std::os::unix::fs::FileTypeExt;
     assert!(

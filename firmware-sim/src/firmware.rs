@@ -41,6 +41,9 @@ pub struct FirmwareConfig {
     pub logical_bytes: u64,
     /// Persist to this image file (reopened when it exists, created otherwise).
     pub image: Option<PathBuf>,
+    /// Never write a reopened image: the mount's checkpoint, background work and shutdown go to
+    /// a RAM overlay, lost at exit (a read-only export of an image someone wants kept as is).
+    pub image_read_only: bool,
     /// What modelled NAND time is used for.
     pub latency: LatencyMode,
     /// Node pages kept in RAM (used at format; an image keeps the count it was formatted with).
@@ -76,6 +79,7 @@ impl FirmwareConfig {
             profile,
             logical_bytes,
             image: None,
+            image_read_only: false,
             latency: LatencyMode::Off,
             node_cache_slots: DEFAULT_NODE_CACHE_SLOTS,
             compact_cache_slots: DEFAULT_COMPACT_CACHE_SLOTS as u32,
@@ -325,8 +329,57 @@ type Dev = Timed<SimNand>;
 
 /// Opens or creates the NAND array the config asks for.
 fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> {
-    let logical_blocks = u32::try_from(config.logical_bytes / BLOCK)
-        .map_err(|_| FirmwareError::Invalid("device too large".into()))?;
+    if let Some(path) = config.image.as_deref().filter(|path| path.exists()) {
+        // A reopened image keeps its own geometry and size, whatever the config asks.
+        let sim = if config.image_read_only {
+            SimNand::open_image_read_only(path)
+        } else {
+            SimNand::open_image(path)
+        }
+        .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
+        return Ok((sim, true));
+    }
+    // Beyond u32 the size fails the check below like any other too large one.
+    let logical_blocks = u32::try_from(config.logical_bytes / BLOCK).unwrap_or(u32::MAX);
+    let p = config.profile;
+    // Checked before a byte of RAM or an image file is committed to the device: an impossible
+    // size must fail at once with the reason and the limit, not after allocating its memory
+    // (gigabytes) and leaving an unformatted image behind.
+    if let Err(why) = new_device_fits(config, logical_blocks) {
+        let most = largest_fitting(config) as u64 * BLOCK;
+        if most == 0 {
+            return Err(FirmwareError::Invalid(why));
+        }
+        return Err(FirmwareError::Invalid(format!(
+            "size {} is too large for the {} profile ({why}); the largest {} device is {} \
+             bytes ({} GiB)",
+            config.logical_bytes,
+            p.name,
+            p.name,
+            most,
+            most >> 30
+        )));
+    }
+    let blocks = blocks_for_capacity(
+        p.page_bytes,
+        p.pages_per_block,
+        logical_blocks,
+        config.op_percent,
+    );
+    let geometry = p.geometry(blocks);
+    match &config.image {
+        None => Ok((SimNand::new_ram(geometry), false)),
+        Some(path) => {
+            let sim = SimNand::create_image(path, geometry)
+                .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
+            Ok((sim, false))
+        }
+    }
+}
+
+/// Whether a new device of `logical_blocks` blocks can be formatted with `config`'s profile and
+/// settings: its geometry is addressable and the FTL accepts the configuration.
+fn new_device_fits(config: &FirmwareConfig, logical_blocks: u32) -> Result<(), String> {
     let p = config.profile;
     let blocks = blocks_for_capacity(
         p.page_bytes,
@@ -335,22 +388,29 @@ fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> 
         config.op_percent,
     );
     let geometry = p.geometry(blocks);
-    geometry
-        .validate()
-        .map_err(|e| FirmwareError::Invalid(e.to_string()))?;
-    match &config.image {
-        None => Ok((SimNand::new_ram(geometry), false)),
-        Some(path) if path.exists() => {
-            let sim = SimNand::open_image(path)
-                .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
-            Ok((sim, true))
-        }
-        Some(path) => {
-            let sim = SimNand::create_image(path, geometry)
-                .map_err(|e| FirmwareError::Io(format!("{}: {e}", path.display())))?;
-            Ok((sim, false))
+    geometry.validate().map_err(|e| e.to_string())?;
+    let spb = geometry.slots_per_page() * geometry.pages_per_block;
+    FtlConfig {
+        logical_blocks,
+        node_cache_slots: config.node_cache_slots.min(spb),
+    }
+    .check(&geometry)
+    .map_err(|e| e.to_string())
+}
+
+/// The most 4 KiB blocks a new device with `config`'s profile and settings can export (0 when
+/// none fits): a bisection, as the limits grow with the size.
+fn largest_fitting(config: &FirmwareConfig) -> u32 {
+    let (mut lo, mut hi) = (0u32, u32::MAX);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if new_device_fits(config, mid).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
         }
     }
+    lo
 }
 
 impl Firmware {

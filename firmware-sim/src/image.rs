@@ -49,6 +49,8 @@ const VERSION: u32 = 1;
 pub enum ImageError {
     /// Reading or writing the file failed.
     Io(std::io::Error),
+    /// The file is empty (as `touch` or `mktemp` leave it): no image, and none is made in it.
+    Empty,
     /// The file does not start with the nandbox image magic.
     BadMagic,
     /// The file is of a format version this build does not know.
@@ -66,12 +68,18 @@ pub enum ImageError {
     },
     /// A block's state record is corrupt.
     BlockState(u32),
+    /// Another process (a running `nandbox serve`) has the image open for writing.
+    Locked,
 }
 
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(e) => write!(f, "image I/O error: {e}"),
+            Self::Empty => f.write_str(
+                "the file is empty, not a nandbox image (a new image is created only where no \
+                 file exists: remove it, or name a new path)",
+            ),
             Self::BadMagic => f.write_str("not a nandbox image (bad magic in header)"),
             Self::UnsupportedVersion(v) => write!(
                 f,
@@ -88,6 +96,10 @@ impl fmt::Display for ImageError {
             Self::BlockState(b) => write!(
                 f,
                 "image block-state record of block {b} is corrupt (CRC mismatch)"
+            ),
+            Self::Locked => f.write_str(
+                "image is in use by another process (a `nandbox serve` has it open; stop it \
+                 first)",
             ),
         }
     }
@@ -127,6 +139,22 @@ fn pages_offset(g: &Geometry) -> u64 {
     header::LEN as u64 + states.div_ceil(4096) * 4096
 }
 
+/// Takes the image's writer lock (`flock`, exclusive, without waiting): two devices writing one
+/// image would each program pages the other believes erased and corrupt it. The lock goes with
+/// the file descriptor, so it is released when the device closes or its process dies (even by
+/// `kill -9`), and a stale lock never blocks a restart.
+fn lock_for_writing(file: &File) -> Result<(), ImageError> {
+    lock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+}
+
+fn lock(file: &File, how: rustix::fs::FlockOperation) -> Result<(), ImageError> {
+    match rustix::fs::flock(file, how) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(ImageError::Locked),
+        Err(e) => Err(ImageError::Io(e.into())),
+    }
+}
+
 fn total_len(g: &Geometry) -> u64 {
     pages_offset(g) + g.total_pages() as u64 * (g.page_bytes + g.spare_bytes) as u64
 }
@@ -139,6 +167,10 @@ impl ImageFile {
             .write(true)
             .create_new(true)
             .open(path)?;
+        lock_for_writing(&file).map_err(|e| match e {
+            ImageError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::WouldBlock, other.to_string()),
+        })?;
         let mut head = vec![0u8; header::LEN];
         head[header::MAGIC].copy_from_slice(MAGIC);
         head[header::VERSION].copy_from_slice(&VERSION.to_le_bytes());
@@ -160,17 +192,25 @@ impl ImageFile {
     /// Opens an existing image for reading and writing, checking its header, length and block
     /// states.
     pub fn open(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
-        Self::open_with(OpenOptions::new().read(true).write(true).open(path)?)
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        lock_for_writing(&file)?;
+        Self::open_with(file)
     }
 
-    /// Opens an existing image for reading only (writes to it fail).
+    /// Opens an existing image for reading only (writes to it fail). It takes the lock shared:
+    /// readers coexist, but not with a writer changing the pages under them.
     pub fn open_read_only(path: &Path) -> Result<(ImageFile, BlockStates), ImageError> {
-        Self::open_with(OpenOptions::new().read(true).open(path)?)
+        let file = OpenOptions::new().read(true).open(path)?;
+        lock(&file, rustix::fs::FlockOperation::NonBlockingLockShared)?;
+        Self::open_with(file)
     }
 
     fn open_with(file: File) -> Result<(ImageFile, BlockStates), ImageError> {
         let actual = file.metadata()?.len();
         let mut head = vec![0u8; header::LEN];
+        if actual == 0 {
+            return Err(ImageError::Empty);
+        }
         if actual < header::CRC.end as u64 {
             return Err(ImageError::Truncated {
                 expected: header::LEN as u64,

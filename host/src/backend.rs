@@ -17,10 +17,31 @@ use crate::device::{
 /// NBD_STATE_HOLE | NBD_STATE_ZERO: an unmapped block reads as zeroes.
 const HOLE_ZERO: u32 = 1 | 2;
 
+/// The profile whose geometry an existing image has, or `None` when `path` is not a readable
+/// image (opening it for the device then reports why) or no profile has its geometry.
+///
+/// The image header records the geometry, not the profile's name; a reopened image keeps its
+/// geometry whatever `--profile` says, so its timings and rated endurance must come from the
+/// profile of that geometry, not from `--profile`.
+pub fn image_profile(path: &std::path::Path) -> Option<Profile> {
+    use nandbox_core::nand::Nand;
+    let g = nandbox_sim::nand::SimNand::open_image_read_only(path)
+        .ok()?
+        .geometry();
+    nandbox_sim::profile::ALL
+        .iter()
+        .copied()
+        .find(|p| p.page_bytes == g.page_bytes && p.pages_per_block == g.pages_per_block)
+}
+
 /// Starts the firmware the options describe.
 pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
-    let profile = Profile::by_name(&opts.profile)
+    let named = Profile::by_name(&opts.profile)
         .ok_or_else(|| anyhow!("unknown profile {:?} (tlc, femu or slc)", opts.profile))?;
+    let profile = match opts.image.as_deref().filter(|p| p.exists()) {
+        Some(path) => image_profile(path).unwrap_or(named),
+        None => named,
+    };
     let latency = LatencyMode::by_name(&opts.latency).ok_or_else(|| {
         anyhow!(
             "unknown latency mode {:?} (off, virtual or real)",
@@ -41,6 +62,7 @@ pub fn open(opts: &DeviceOptions) -> anyhow::Result<Arc<dyn BlockDevice>> {
     }
     let mut config = FirmwareConfig::new(profile, opts.size);
     config.image = opts.image.clone();
+    config.image_read_only = opts.read_only;
     config.latency = latency;
     config.delta = opts.delta;
     config.plp = opts.plp;

@@ -11,6 +11,8 @@ use nandbox_core::ftl::Ftl;
 use nandbox_core::nand::Nand;
 use nandbox_sim::{OwnedFtlMemory, SimNand};
 
+use crate::stdout::outln;
+
 /// Options of `nandbox check`.
 #[derive(Args)]
 pub struct CheckArgs {
@@ -71,21 +73,21 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
         map.insert("first_problem".into(), first.clone().into());
-        println!("{}", serde_json::Value::Object(map));
+        outln!("{}", serde_json::Value::Object(map))?;
     } else {
-        println!(
+        outln!(
             "{}: {} logical blocks, {} blocks of {} pages of {} bytes",
             path.display(),
             config.logical_blocks,
             geometry.blocks,
             geometry.pages_per_block,
             geometry.page_bytes
-        );
+        )?;
         for (name, value) in fields {
-            println!("  {name:<24} {value}");
+            outln!("  {name:<24} {value}")?;
         }
         if let Some(first) = &first {
-            println!("  first problem: {first}");
+            outln!("  first problem: {first}")?;
         }
     }
     if report.problems() > 0 {

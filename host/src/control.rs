@@ -373,16 +373,29 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     })?;
     conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Whatever listens there may not be a control endpoint: name it in every failure, as a
+    // bare 'Resource temporarily unavailable' (a read timeout) tells the user nothing.
+    let no_answer = || format!("control endpoint at {addr} did not answer GET {path}");
     write!(
         conn,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .with_context(no_answer)?;
     let mut raw = Vec::new();
-    conn.take(64 << 20).read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).context("control endpoint sent non-UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
+    conn.take(64 << 20)
+        .read_to_end(&mut raw)
+        .with_context(no_answer)?;
+    // A common slip is the NBD port (10809) for the control port (10810): say so.
+    if raw.starts_with(b"NBDMAGIC") {
+        bail!(
+            "{addr} is an NBD port, not the control endpoint (that is `nandbox serve --control`, \
+             127.0.0.1:10810 by default)"
+        );
+    }
+    let not_http =
+        || format!("{addr} did not answer GET {path} with HTTP: not a control endpoint?");
+    let text = String::from_utf8(raw).ok().with_context(not_http)?;
+    let (head, body) = text.split_once("\r\n\r\n").with_context(not_http)?;
     let status = head.lines().next().unwrap_or("");
     if status.split(' ').nth(1) != Some("200") {
         bail!("control endpoint answered `{status}`");

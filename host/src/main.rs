@@ -5,11 +5,13 @@ mod check;
 mod control;
 mod device;
 mod nbd;
+mod outpath;
 mod qstore_cli;
 mod replay;
 mod safetensors;
 mod serve;
 mod stats_view;
+mod stdout;
 mod wear;
 mod zipnn_cli;
 
@@ -56,6 +58,8 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our stdout went away (`| head`): the output simply ends.
+        Err(e) if stdout::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nandbox: {e:#}");
             std::process::ExitCode::FAILURE

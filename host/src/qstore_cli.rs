@@ -44,6 +44,7 @@ use nandbox_core::codec::qstore::{
 use nandbox_core::codec::zipnn;
 
 use crate::safetensors::{self, Dtype};
+use crate::stdout::outln;
 
 /// The QStore file tool's commands.
 #[derive(Subcommand)]
@@ -60,7 +61,7 @@ pub enum QstoreCommand {
         #[arg(long)]
         int8: Option<PathBuf>,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::zipnn_cli::parse_threads)]
         threads: Option<usize>,
     },
     /// Write the model at one precision as safetensors.
@@ -78,7 +79,7 @@ pub enum QstoreCommand {
         #[arg(long)]
         report_bytes_read: bool,
         /// Worker threads (default: all cores).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::zipnn_cli::parse_threads)]
         threads: Option<usize>,
     },
     /// List tensors, their storage and the section sizes.
@@ -108,7 +109,7 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
             let t = Instant::now();
             let s = pack(&model, &out, int8.as_deref(), threads_or_default(threads))?;
             let secs = t.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "packed {} -> {}: {} -> {} bytes (INT8 section {}, high-precision section {}), {:.1} MB/s",
                 model.display(),
                 out.display(),
@@ -117,7 +118,7 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
                 s.int8_len,
                 s.hp_len,
                 s.input_len as f64 / secs / 1e6
-            );
+            )?;
             Ok(())
         }
         QstoreCommand::Extract {
@@ -132,16 +133,16 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
                 extract(&input, precision, &out, threads_or_default(threads))?;
             let secs = t.elapsed().as_secs_f64();
             if report_bytes_read {
-                println!(
+                outln!(
                     "bytes read: {read} of {total} ({:.2}%)",
                     100.0 * read as f64 / total as f64
-                );
+                )?;
             }
-            println!(
+            outln!(
                 "extracted {written} bytes in {:.3} s ({:.1} MB/s of output)",
                 secs,
                 written as f64 / secs / 1e6
-            );
+            )?;
             Ok(())
         }
         QstoreCommand::Info { input } => info(&input),
@@ -149,8 +150,11 @@ pub fn run(cmd: QstoreCommand) -> Result<()> {
 }
 
 fn threads_or_default(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
+    t.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get().min(crate::zipnn_cli::MAX_THREADS))
+    })
+    .max(1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,13 +429,22 @@ struct Stored {
 /// names and ranks), the high-precision section into a side file appended at the end, and the
 /// header and directory are written last.
 fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result<PackSummary> {
+    // The rename at the end would replace an input with the packed file.
+    crate::outpath::ensure_not_input(model, out)?;
+    if let Some(i) = int8 {
+        crate::outpath::ensure_not_input(i, out)?;
+    }
     let mut input = File::open(model).with_context(|| format!("opening {}", model.display()))?;
     let header = safetensors::read_header(&mut input)
         .with_context(|| format!("parsing {}", model.display()))?;
     let given_file = int8.map(read_given).transpose()?;
     let workers = Workers::new(threads);
-    let tmp = out.with_extension("qst.partial");
-    let hp_tmp = out.with_extension("qst.hp.partial");
+    let staged = crate::outpath::stage(out, "qst.partial")?;
+    let tmp = staged.tmp.clone();
+    let hp_tmp = tmp.with_extension("hp.partial");
+    for t in [&tmp, &hp_tmp] {
+        crate::outpath::ensure_not_input(model, t)?;
+    }
     let result = pack_to(
         &mut input,
         &header,
@@ -441,7 +454,7 @@ fn pack(model: &Path, out: &Path, int8: Option<&Path>, threads: usize) -> Result
         &hp_tmp,
     )
     .and_then(|s| {
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+        staged.finish()?;
         Ok(s)
     });
     let _ = std::fs::remove_file(&hp_tmp);
@@ -960,10 +973,17 @@ fn extract(
     out: &Path,
     threads: usize,
 ) -> Result<(u64, u64, u64)> {
-    let tmp = out.with_extension("partial");
+    // The rename at the end would replace the .qst with the extracted model.
+    crate::outpath::ensure_not_input(input, out)?;
+    let staged = crate::outpath::stage(out, "partial")?;
+    let tmp = staged.tmp.clone();
+    crate::outpath::ensure_not_input(input, &tmp)?;
     match extract_to(input, precision, &tmp, threads) {
         Ok(r) => {
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+            if let Err(e) = staged.finish() {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             Ok(r)
         }
         Err(e) => {
@@ -1142,35 +1162,41 @@ fn info(input: &Path) -> Result<()> {
     let h = &o.header;
     let total = o.src.len;
     let pct = |n: u64| 100.0 * n as f64 / total as f64;
-    println!(
+    outln!(
         "{}: {total} bytes, format version 1, {} tensors",
         input.display(),
         h.tensors
-    );
-    println!(
+    )?;
+    outln!(
         "  header + directory      {:>12} bytes ({:.2}%)",
         HEADER_LEN as u64 + h.dir_len,
         pct(HEADER_LEN as u64 + h.dir_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  INT8 section            {:>12} bytes ({:.2}%)",
         h.int8_len,
         pct(h.int8_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  high-precision section  {:>12} bytes ({:.2}%)",
         h.hp_len,
         pct(h.hp_len)
-    );
-    println!(
+    )?;
+    outln!(
         "  an INT8 load reads      {:>12} bytes ({:.2}%)",
         h.hp_start(),
         pct(h.hp_start())
-    );
-    println!(
+    )?;
+    outln!(
         "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
-        "tensor", "dtype", "shape", "storage", "bytes", "INT8 bytes", "HP bytes"
-    );
+        "tensor",
+        "dtype",
+        "shape",
+        "storage",
+        "bytes",
+        "INT8 bytes",
+        "HP bytes"
+    )?;
     for e in &o.entries {
         let storage = match e.storage {
             Storage::Raw => "raw",
@@ -1178,7 +1204,7 @@ fn info(input: &Path) -> Result<()> {
             Storage::Qstore => "qstore",
             Storage::QstoreFallback => "qstore+zipnn",
         };
-        println!(
+        outln!(
             "{:<56} {:>5} {:>14} {:>13} {:>12} {:>12} {:>12}",
             e.name,
             e.dtype.name(),
@@ -1187,7 +1213,7 @@ fn info(input: &Path) -> Result<()> {
             e.bytes()?,
             e.int8_len,
             e.hp_len
-        );
+        )?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use nandbox_sim::trace::{Record, TraceReader};
 
 use crate::device::{DeviceOptions, ZeroFlags};
 use crate::serve::{parse_size, FirmwareArgs, Latency, Profile};
+use crate::stdout::outln;
 
 /// Options of `nandbox replay`.
 #[derive(Args, Debug)]
@@ -48,6 +49,9 @@ fn parse_snapshot(s: &str) -> Result<(u64, PathBuf), String> {
     let n = n
         .parse()
         .map_err(|_| format!("`{n}` is not a record count"))?;
+    if file.is_empty() {
+        return Err(format!("`{s}` names no FILE"));
+    }
     Ok((n, PathBuf::from(file)))
 }
 
@@ -59,6 +63,11 @@ fn write_json(path: &std::path::Path, v: &serde_json::Value) -> anyhow::Result<(
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if matches!(args.latency, Latency::Real) {
         bail!("--latency real makes no sense for a replay (use virtual)");
+    }
+    for (_, path) in &args.snapshot {
+        crate::outpath::ensure_not_input(&args.trace, path)?;
+        crate::outpath::check_writable(path)
+            .with_context(|| format!("--snapshot file {}", path.display()))?;
     }
     let mut trace = TraceReader::open(&args.trace)
         .with_context(|| format!("opening trace {}", args.trace.display()))?;
@@ -122,9 +131,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let stats = device.stats_json();
     device.shutdown().context("stopping the device")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
     } else {
-        print!("{}", crate::stats_view::render(&stats, None));
+        crate::stdout::text(&crate::stats_view::render(&stats, None))?;
     }
     Ok(())
 }

@@ -70,19 +70,21 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     size: u64,
     /// Keep the NAND in this sparse image file (created if missing, reopened if present; a
-    /// reopened image keeps its own size, geometry and node-cache size over --size and --profile).
+    /// reopened image keeps its own size, geometry, profile and node-cache size over --size).
     #[arg(long, value_name = "PATH")]
     image: Option<PathBuf>,
-    /// NAND geometry profile.
-    #[arg(long, value_enum, default_value_t = Profile::Tlc)]
-    profile: Profile,
+    /// NAND geometry profile [default: tlc; a reopened image runs with the profile of its own
+    /// geometry, and naming another one is an error].
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
     /// NAND latency model.
     #[arg(long, value_enum, default_value_t = Latency::Off)]
     latency: Latency,
     /// Loopback address of the HTTP control endpoint (GET /stats, GET /metrics), or `none`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10810")]
     control: String,
-    /// Refuse writes; clients see a read-only export.
+    /// Refuse writes; clients see a read-only export. A reopened --image is not written either:
+    /// the device's own bookkeeping (the mount's checkpoint, background work) stays in RAM.
     #[arg(long)]
     read_only: bool,
     /// Dies the latency model runs in parallel [default: the profile's, 32 for tlc]. Fewer
@@ -91,7 +93,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     dies: Option<u32>,
     /// Export name (clients asking for the empty name get this export too).
-    #[arg(long, value_name = "NAME", default_value = "")]
+    #[arg(long, value_name = "NAME", default_value = "", value_parser = parse_export_name)]
     export: String,
     /// At clean shutdown (SIGINT/SIGTERM), write the final stats JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -176,6 +178,18 @@ pub struct StatsArgs {
     count: Option<u64>,
 }
 
+/// Parses `--export`: the NBD protocol caps names at 4096 bytes, and clients refuse a longer
+/// one in the export list (`nbdinfo --list` fails) even though the server would offer it.
+fn parse_export_name(s: &str) -> Result<String, String> {
+    if s.len() > 4096 {
+        return Err(format!(
+            "an export name is at most 4096 bytes (NBD), this one has {}",
+            s.len()
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// Parses a size such as `4096`, `512MiB`, `1GiB`, `2G` (suffixes are binary).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -206,12 +220,44 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let (Some(given), Some(image)) = (args.profile, &args.image) {
+        let given = format!("{given:?}").to_lowercase();
+        match crate::backend::image_profile(image) {
+            Some(p) if p.name != given => bail!(
+                "--profile {given}: image {} was made with profile {} ({} B pages x {} per \
+                 block); omit --profile to reopen it",
+                image.display(),
+                p.name,
+                p.page_bytes,
+                p.pages_per_block
+            ),
+            _ => {}
+        }
+    }
+    // A trace or stats file written over the image (a slip of tab completion) would destroy
+    // the device it records; the stats written over the trace would end it.
+    if let Some(image) = &args.image {
+        for out in [&args.trace, &args.stats_out].into_iter().flatten() {
+            crate::outpath::ensure_not_input(image, out)?;
+        }
+    }
+    if let (Some(trace), Some(stats)) = (&args.trace, &args.stats_out) {
+        crate::outpath::ensure_not_input(trace, stats)?;
+    }
+    if let Some(path) = &args.stats_out {
+        crate::outpath::check_writable(path)
+            .with_context(|| format!("--stats-out {}", path.display()))?;
+    }
     let options = DeviceOptions {
         image: args.image.clone(),
         read_only: args.read_only,
         dies: args.dies,
         trace: args.trace.clone(),
-        ..args.firmware.options(args.size, args.profile, args.latency)
+        ..args.firmware.options(
+            args.size,
+            args.profile.unwrap_or(Profile::Tlc),
+            args.latency,
+        )
     };
     let device = crate::backend::open(&options).context("opening the device")?;
 
@@ -234,6 +280,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 use std::os::unix::fs::FileTypeExt;
                 if !meta.file_type().is_socket() {
                     bail!("{} exists and is not a socket", path.display());
+                }
+                // A socket someone still accepts on belongs to a running server: unlinking it
+                // would cut that server off from new clients without a word.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!(
+                        "{} is in use: another server is listening on it",
+                        path.display()
+                    );
                 }
                 std::fs::remove_file(path)?;
             }
@@ -264,8 +318,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.unix.clone(),
     )?;
 
-    let mut line =
-        format!("nandbox: serving {} bytes ({:?}", args.size, args.profile).to_lowercase();
+    // What the device runs, not what was asked: a reopened image keeps its own size and
+    // geometry over --size and --profile.
+    let stats = device.stats_json();
+    let profile = stats["device"]["profile"].as_str().unwrap_or("?");
+    let mut line = format!("nandbox: serving {} bytes ({profile}", device.size());
     line.push_str(if args.read_only { ", read-only)" } else { ")" });
     if let Some(l) = &tcp {
         line.push_str(&format!(" on nbd://{}/{}", l.local_addr()?, args.export));
@@ -358,7 +415,7 @@ fn install_signal_handler(
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
     if args.json {
-        print!("{}", control::get(&args.control, "/stats")?);
+        crate::stdout::text(&control::get(&args.control, "/stats")?)?;
         return Ok(());
     }
     crate::stats_view::run(&args.control, args.watch, args.count)

@@ -282,10 +282,12 @@ pub fn run(addr: &str, watch: Option<f64>, count: Option<u64>) -> anyhow::Result
         emit(&render(&fetch(addr)?, None))?;
         return Ok(());
     };
-    if !(every.is_finite() && every > 0.0) {
-        anyhow::bail!("--watch takes a positive number of seconds");
-    }
-    let interval = Duration::from_secs_f64(every.max(0.1));
+    // Checked before the first fetch, so a bad value fails even with nothing to watch; a huge
+    // value is an error, not a panic in Duration::from_secs_f64.
+    let interval = match Duration::try_from_secs_f64(every.max(0.1)) {
+        Ok(d) if every > 0.0 => d,
+        _ => anyhow::bail!("--watch takes a positive number of seconds, got {every}"),
+    };
     let clear = std::io::stdout().is_terminal();
     let mut prev: Option<(Value, Instant)> = None;
     let mut shown = 0u64;

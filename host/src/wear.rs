@@ -29,13 +29,9 @@ use crate::control;
 /// Options of `nandbox wear`.
 #[derive(Args, Debug)]
 pub struct WearArgs {
-    /// Control endpoint of a running device (`nandbox serve --control`).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        conflicts_with = "image",
-        required_unless_present = "image"
-    )]
+    /// Control endpoint of a running device (`nandbox serve --control`) [default:
+    /// 127.0.0.1:10810, serve's own default, unless --image is given].
+    #[arg(long, value_name = "ADDR", conflicts_with = "image")]
     control: Option<String>,
     /// Image file written by `nandbox serve --image`, read offline and never modified.
     #[arg(long, value_name = "PATH")]
@@ -85,17 +81,24 @@ pub struct WearInput {
     pub uptime_s: Option<f64>,
 }
 
+/// The control endpoint `nandbox serve` listens on by default.
+const DEFAULT_CONTROL: &str = "127.0.0.1:10810";
+
 /// Runs `nandbox wear`.
 pub fn run(args: WearArgs) -> anyhow::Result<()> {
+    // The picture written over the image it reports on would destroy the device.
+    if let (Some(image), Some(svg)) = (&args.image, &args.svg) {
+        crate::outpath::ensure_not_input(image, svg)?;
+    }
     let input = match (&args.control, &args.image) {
-        (Some(addr), _) => {
+        (None, Some(path)) => from_image(path, args.profile.as_deref())?,
+        // As `nandbox stats`, the control address defaults to what `nandbox serve` starts with.
+        (control, _) => {
             if args.profile.is_some() {
                 bail!("--profile is for --image; a running device reports its own profile");
             }
-            from_control(addr)?
+            from_control(control.as_deref().unwrap_or(DEFAULT_CONTROL))?
         }
-        (None, Some(path)) => from_image(path, args.profile.as_deref())?,
-        (None, None) => bail!("give --control ADDR or --image PATH"),
     };
     let report = report(&input);
     if let Some(path) = &args.svg {

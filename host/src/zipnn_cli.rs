@@ -57,7 +57,7 @@ pub struct CompressArgs {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Worker threads (chunks are coded in parallel).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = parse_threads)]
     threads: usize,
 }
 
@@ -69,22 +69,39 @@ pub struct DecompressArgs {
     /// File to write.
     output: PathBuf,
     /// Worker threads (chunks are decoded in parallel).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = parse_threads)]
     threads: usize,
 }
 
+/// Most worker threads a tool takes: each holds a few chunks of scratch memory (about 0.6 MiB
+/// for qstore), so a slip such as `--threads 100000` would exhaust RAM instead of running.
+pub const MAX_THREADS: usize = 256;
+
+/// Parses `--threads`: 1 to [`MAX_THREADS`]; 0 is an error rather than silently 1.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a thread count from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
 }
 
 /// Runs one command.
 pub fn run(cmd: ZipnnCommand) -> Result<()> {
+    let mut created = false;
     let (output, result) = match cmd {
-        ZipnnCommand::Compress(a) => (a.output.clone(), compress(&a)),
-        ZipnnCommand::Decompress(a) => (a.output.clone(), decompress(&a)),
+        ZipnnCommand::Compress(a) => (a.output.clone(), compress(&a, &mut created)),
+        ZipnnCommand::Decompress(a) => (a.output.clone(), decompress(&a, &mut created)),
     };
-    if result.is_err() {
-        // Never leave a half-written output that could be mistaken for a good one.
+    // Never leave a half-written output that could be mistaken for a good one; but a file this
+    // run never opened (the input was missing or bad) is the user's and stays, and a device or
+    // pipe named as the output (/dev/stdout) is not ours to unlink.
+    if result.is_err() && created && std::fs::metadata(&output).is_ok_and(|m| m.is_file()) {
         let _ = std::fs::remove_file(&output);
     }
     result
@@ -117,9 +134,13 @@ fn open(path: &Path) -> Result<(File, u64)> {
 }
 
 /// The output file, unbuffered: records and chunks are written whole (hundreds of KiB), so a
-/// buffer would only add a copy of every byte.
-fn create(path: &Path) -> Result<File> {
-    File::create(path).with_context(|| format!("cannot create {}", path.display()))
+/// buffer would only add a copy of every byte. `created` records that it was truncated, so a
+/// failure from here on removes it.
+fn create(input: &Path, path: &Path, created: &mut bool) -> Result<File> {
+    crate::outpath::ensure_not_input(input, path)?;
+    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    *created = true;
+    Ok(f)
 }
 
 fn progress(total: u64) -> indicatif::ProgressBar {
@@ -275,18 +296,19 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     Ok(got)
 }
 
-fn compress(a: &CompressArgs) -> Result<()> {
+fn compress(a: &CompressArgs, created: &mut bool) -> Result<()> {
     let threads = a.threads.max(1);
     let (mut file, len) = open(&a.input)?;
     let (flags, segments) = plan_segments(a, &mut file, len)?;
     // Unbuffered: chunks are read whole straight into their job buffers.
     let mut input = File::open(&a.input)?;
-    let mut out = create(&a.output)?;
+    let mut out = create(&a.input, &a.output, created)?;
 
     let chunk = zipnn::DEFAULT_CHUNK_SIZE;
     let mut table = vec![0u8; zipnn::HEADER_LEN + segments.len() * zipnn::SEGMENT_ENTRY_LEN];
     ContainerHeader::write(flags, chunk, &segments, &mut table).map_err(|e| anyhow!("{e}"))?;
-    out.write_all(&table)?;
+    out.write_all(&table)
+        .with_context(|| format!("writing {}", a.output.display()))?;
 
     let bar = progress(len);
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new()).collect();
@@ -323,7 +345,8 @@ fn compress(a: &CompressArgs) -> Result<()> {
                 Ok(())
             })?;
             for j in jobs.iter() {
-                out.write_all(&j.output[..j.len])?;
+                out.write_all(&j.output[..j.len])
+                    .with_context(|| format!("writing {}", a.output.display()))?;
                 bar.inc(j.input.len() as u64);
             }
         }
@@ -334,7 +357,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
     Ok(())
 }
 
-fn decompress(a: &DecompressArgs) -> Result<()> {
+fn decompress(a: &DecompressArgs, created: &mut bool) -> Result<()> {
     let threads = a.threads.max(1);
     let (file, container_len) = open(&a.input)?;
     // Unbuffered: two reads a record (its header, then its payload straight into the job).
@@ -370,7 +393,7 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
         .check_table(&table, &mut segments)
         .map_err(|e| anyhow!("{name}: {e}"))?;
 
-    let mut out = create(&a.output)?;
+    let mut out = create(&a.input, &a.output, created)?;
     let bar = progress(header.total_len);
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new()).collect();
     for w in &mut workers {
@@ -423,7 +446,8 @@ fn decompress(a: &DecompressArgs) -> Result<()> {
             })
             .with_context(|| name.to_string())?;
             for j in jobs.iter() {
-                out.write_all(&j.output[..j.len])?;
+                out.write_all(&j.output[..j.len])
+                    .with_context(|| format!("writing {}", a.output.display()))?;
                 bar.inc(j.len as u64);
             }
         }

@@ -722,3 +722,141 @@ fn re_signed_directories_with_impossible_shapes_are_refused_not_allocated() {
         }
     }
 }
+
+/// An output that names an input (same path, or a symlink to it) is refused and the input stays
+/// as it was: the rename that finishes `pack` and `extract` would otherwise replace it.
+#[test]
+fn an_output_naming_an_input_is_refused_and_the_input_kept() {
+    let dir = scratch("same");
+    let model = dir.join("m.safetensors");
+    std::fs::copy(fixtures().join("minilm-l0l5-bf16.safetensors"), &model).expect("fixture");
+    let original = std::fs::read(&model).unwrap();
+    let fail = |args: &[&str]| {
+        let out = nandbox(args);
+        assert!(!out.status.success(), "nandbox {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("input"), "{err}");
+    };
+    fail(&["qstore", "pack", s(&model), s(&model)]);
+    assert!(
+        std::fs::read(&model).unwrap() == original,
+        "pack replaced its model"
+    );
+
+    let qst = dir.join("m.qst");
+    ok(&["qstore", "pack", s(&model), s(&qst)]);
+    let packed = std::fs::read(&qst).unwrap();
+    let link = dir.join("link.qst");
+    std::os::unix::fs::symlink(&qst, &link).unwrap();
+    for out in [&qst, &link] {
+        for precision in ["high", "int8"] {
+            fail(&[
+                "qstore",
+                "extract",
+                s(&qst),
+                "--precision",
+                precision,
+                "-o",
+                s(out),
+            ]);
+            assert!(
+                std::fs::read(&qst).unwrap() == packed,
+                "extract replaced its .qst"
+            );
+        }
+    }
+}
+
+/// `nandbox qstore info x.qst | head -1`: once the reader is gone the output just ends, without
+/// a panic (what `println!` does on a closed pipe).
+#[test]
+fn a_closed_stdout_ends_the_report_quietly() {
+    let dir = scratch("pipe");
+    let qst = dir.join("m.qst");
+    ok(&[
+        "qstore",
+        "pack",
+        s(&fixtures().join("minilm-l0l5-bf16.safetensors")),
+        s(&qst),
+    ]);
+    let mut child = std::process::Command::new(nandbox_tests::nandbox_bin())
+        .args(["qstore", "info", s(&qst)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nandbox");
+    // Close the read end before the report is written: every write then fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for nandbox");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{}: {err}", out.status);
+}
+
+/// `-o /dev/null` (to time an extraction), a FIFO or a symlink is written through: the rename
+/// that finishes a regular output must not replace the device, pipe or link with a file (for a
+/// root user, `-o /dev/null` replaced /dev/null itself).
+#[test]
+fn special_and_symlinked_outputs_are_written_through_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = scratch("special");
+    let model = fixtures().join("minilm-l0l5-bf16.safetensors");
+    let original = std::fs::read(&model).expect("fixture");
+    let qst = dir.join("m.qst");
+    ok(&["qstore", "pack", s(&model), s(&qst)]);
+
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    // The reader blocks until a writer opens the fifo: its result comes through a channel with
+    // a time limit, so a tool that never opens it fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(std::fs::read(fifo)));
+    }
+    ok(&[
+        "qstore",
+        "extract",
+        s(&qst),
+        "--precision",
+        "high",
+        "-o",
+        s(&fifo),
+    ]);
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the fifo was replaced by a {kind:?}");
+    let through = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("nothing was written into the fifo")
+        .expect("read the fifo");
+    assert!(through == original, "the fifo's reader got other bytes");
+
+    let target = dir.join("target.safetensors");
+    let link = dir.join("link.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    ok(&[
+        "qstore",
+        "extract",
+        s(&qst),
+        "--precision",
+        "high",
+        "-o",
+        s(&link),
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the symlink was replaced"
+    );
+    assert!(
+        std::fs::read(&target).unwrap() == original,
+        "the link's target was not written"
+    );
+}

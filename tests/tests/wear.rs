@@ -254,3 +254,39 @@ fn wear_report_and_svg_agree_with_stats_live_and_offline() {
         offline["histogram"].as_array().unwrap().len(),
     );
 }
+
+/// The README's `nandbox wear --svg wear.svg` names no source: like `nandbox stats`, it asks the
+/// control endpoint `nandbox serve` starts on by default, rather than failing on a missing flag.
+#[test]
+fn wear_without_a_source_asks_the_default_control_endpoint() {
+    let dir = nandbox_tests::scratch_dir();
+    let svg = dir.path().join("wear.svg");
+    let out = nandbox_tests::nandbox_cli(&["wear", "--svg", svg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Whether a device runs on this machine's default port is not ours to know: either the
+    // report came from it, or the error names the address it tried.
+    assert!(
+        out.status.success() || err.contains("127.0.0.1:10810"),
+        "{}: {err}",
+        out.status
+    );
+    assert!(!err.contains("required"), "{err}");
+}
+
+/// `wear --image ssd.img --svg ssd.img` (a slip of tab completion) must not write the picture
+/// over the image it reports on.
+#[test]
+fn wear_refuses_to_draw_over_its_image() {
+    let dir = nandbox_tests::scratch_dir();
+    let image = dir.path().join("dev.img");
+    let image_s = image.to_str().unwrap();
+    let mut server = Server::start(&["--size", "16MiB", "--image", image_s]);
+    let status = server.signal_and_wait("TERM", Duration::from_secs(60));
+    assert!(status.success(), "{}", server.log_text());
+    let before = sha256_file(&image);
+    let out = nandbox_tests::nandbox_cli(&["wear", "--image", image_s, "--svg", image_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wear drew over its image");
+    assert!(err.contains("same file"), "{err}");
+    assert_eq!(sha256_file(&image), before, "the image changed");
+}

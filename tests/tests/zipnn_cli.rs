@@ -299,3 +299,121 @@ fn mutated_containers_never_decode_to_wrong_data() {
     }
     assert!(errors >= 145, "only {errors} of 150 mutations detected");
 }
+
+/// A failed run must not delete a file it never opened, and an output that names the input
+/// (the same path, or a symlink to it) is refused before anything is truncated.
+#[test]
+fn failures_and_same_file_outputs_never_destroy_the_users_files() {
+    let dir = scratch("keep");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, keep, garbage) = (dir.join("in"), dir.join("keep"), dir.join("garbage"));
+    let mut rng = Rng(5);
+    let data: Vec<u8> = (0..70_000).map(|_| rng.next() as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    std::fs::write(&garbage, b"not a container and not weights").unwrap();
+
+    // The input is missing, not weights, or not a container: `keep` was never opened.
+    let (missing, garbage, keep_s) = (s(&dir.join("missing")), s(&garbage), s(&keep));
+    for args in [
+        ["zipnn", "compress", &missing, &keep_s],
+        ["zipnn", "compress", &garbage, &keep_s],
+        ["zipnn", "decompress", &garbage, &keep_s],
+    ] {
+        std::fs::write(&keep, b"precious").unwrap();
+        run_fail(&args);
+        assert_eq!(
+            std::fs::read(&keep).ok().as_deref(),
+            Some(&b"precious"[..]),
+            "nandbox {args:?} destroyed an output it never wrote"
+        );
+    }
+
+    // Output = input, by path and through a symlink, for both directions.
+    let z = dir.join("c.nbzn");
+    ok(&["zipnn", "compress", &s(&input), &s(&z), "--dtype", "bf16"]);
+    let container = std::fs::read(&z).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for (cmd, file, out, before) in [
+        ("compress", &input, &input, &data),
+        ("compress", &input, &link, &data),
+        ("decompress", &z, &z, &container),
+    ] {
+        let mut args = vec!["zipnn", cmd];
+        let (f, o) = (s(file), s(out));
+        args.extend([f.as_str(), o.as_str()]);
+        if cmd == "compress" {
+            args.extend(["--dtype", "bf16"]);
+        }
+        let err = run_fail(&args);
+        assert!(err.contains("input"), "{err}");
+        assert!(
+            std::fs::read(file).ok().as_ref() == Some(before),
+            "nandbox {args:?} changed its input"
+        );
+    }
+}
+
+/// `--threads 0` is not silently 1, and an absurd count is refused before it allocates
+/// scratch memory per thread (100,000 threads of qstore would want about 60 GB).
+#[test]
+fn thread_counts_out_of_range_are_refused() {
+    let dir = scratch("threads");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, out) = (dir.join("in"), dir.join("out"));
+    std::fs::write(&input, vec![0x3fu8; 8192]).unwrap();
+    for threads in ["0", "100000"] {
+        for args in [
+            vec!["zipnn", "compress", "--dtype", "bf16"],
+            vec!["zipnn", "decompress"],
+            vec!["qstore", "pack"],
+        ] {
+            let (i, o) = (s(&input), s(&out));
+            let mut args = args.clone();
+            args.extend([i.as_str(), o.as_str(), "--threads", threads]);
+            let err = run_fail(&args);
+            assert!(err.contains("--threads"), "{args:?}: {err}");
+            assert!(!out.exists(), "{args:?} wrote its output");
+        }
+    }
+}
+
+/// A failed run removes a half-written output only when it is a regular file it created: a
+/// pipe or device given as the output (`/dev/stdout`, a FIFO; `/dev/null` for a root user) is
+/// not the tool's to unlink.
+#[test]
+fn a_failed_run_never_unlinks_a_pipe_given_as_output() {
+    let dir = scratch("fifo");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (input, z, fifo) = (dir.join("in"), dir.join("c.nbzn"), dir.join("fifo"));
+    let mut rng = Rng(9);
+    let data: Vec<u8> = (0..600_000).map(|_| rng.next() as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    ok(&["zipnn", "compress", &s(&input), &s(&z), "--dtype", "bf16"]);
+    // Cut inside the second chunk: the header is good, so the output is opened and written.
+    let container = std::fs::read(&z).unwrap();
+    std::fs::write(&z, &container[..container.len() - 1000]).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    // The reader blocks until a writer opens the fifo: its result comes through a channel with
+    // a time limit, so a run that never opens it fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(std::fs::read(fifo).map(|v| v.len())));
+    }
+    let err = run_fail(&["zipnn", "decompress", &s(&z), &s(&fifo)]);
+    assert!(err.contains("truncated"), "{err}");
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run never opened the fifo")
+        .expect("read the fifo");
+    let kind = std::fs::symlink_metadata(&fifo).map(|m| m.file_type());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        kind.is_ok_and(|k| k.is_fifo()),
+        "the failed run unlinked the fifo it was given"
+    );
+}

@@ -97,9 +97,9 @@ impl FtlConfig {
         let pack_pages =
             (1 + payload.div_ceil(SLOT_BYTES as u64)).div_ceil(g.slots_per_page() as u64);
         if pack_pages + 1 > g.pages_per_block as u64 {
-            return Err(ConfigError::TooFewBlocks {
-                needed: 0,
-                available: g.blocks,
+            return Err(ConfigError::MappingTooLarge {
+                pack_pages: pack_pages + 1,
+                pages_per_block: g.pages_per_block,
             });
         }
         let needed = min_blocks(spb, self.logical_blocks);

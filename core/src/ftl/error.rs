@@ -70,6 +70,14 @@ pub enum ConfigError {
     CacheSlots,
     /// More 4 KiB slots per page than the FTL supports.
     PageTooLarge,
+    /// The mapping of this many logical blocks does not fit one checkpoint pack, which must
+    /// fit one erase block: the capacity is too large for the geometry's block size.
+    MappingTooLarge {
+        /// Pages a checkpoint pack and its seal would take.
+        pack_pages: u64,
+        /// Pages in one erase block.
+        pages_per_block: u32,
+    },
     /// The array has too few blocks for this capacity plus reserves.
     TooFewBlocks {
         /// Blocks needed.
@@ -86,6 +94,14 @@ impl fmt::Display for ConfigError {
             Self::NoCapacity => f.write_str("zero logical blocks"),
             Self::CacheSlots => f.write_str("node cache slots out of range"),
             Self::PageTooLarge => f.write_str("page holds more 4 KiB slots than supported"),
+            Self::MappingTooLarge {
+                pack_pages,
+                pages_per_block,
+            } => write!(
+                f,
+                "capacity too large for the geometry: its checkpoint needs {pack_pages} pages, \
+                 an erase block has {pages_per_block}"
+            ),
             Self::TooFewBlocks { needed, available } => {
                 write!(f, "needs {needed} good blocks, array has {available}")
             }

@@ -376,15 +376,15 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     // Whatever listens there may not be a control endpoint: name it in every failure, as a
     // bare 'Resource temporarily unavailable' (a read timeout) tells the user nothing.
     let no_answer = || format!("control endpoint at {addr} did not answer GET {path}");
-    write!(
+    // An NBD server greets first and may drop the connection as soon as it reads the request
+    // (a write then fails with a broken pipe, a read with a reset): what it sent is kept, so
+    // its greeting still names the mistake.
+    let sent = write!(
         conn,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(no_answer)?;
+    );
     let mut raw = Vec::new();
-    conn.take(64 << 20)
-        .read_to_end(&mut raw)
-        .with_context(no_answer)?;
+    let received = read_kept(&mut conn, &mut raw, 64 << 20);
     // A common slip is the NBD port (10809) for the control port (10810): say so.
     if raw.starts_with(b"NBDMAGIC") {
         bail!(
@@ -392,6 +392,8 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
              127.0.0.1:10810 by default)"
         );
     }
+    sent.with_context(no_answer)?;
+    received.with_context(no_answer)?;
     let not_http =
         || format!("{addr} did not answer GET {path} with HTTP: not a control endpoint?");
     let text = String::from_utf8(raw).ok().with_context(not_http)?;
@@ -401,6 +403,21 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("control endpoint answered `{status}`");
     }
     Ok(body.to_string())
+}
+
+/// Reads `conn` to its end (at most `limit` bytes) into `raw`, keeping what arrived before an
+/// error.
+fn read_kept(conn: &mut TcpStream, raw: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    while raw.len() < limit {
+        match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => raw.extend_from_slice(&buf[..n.min(limit - raw.len())]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -430,7 +430,8 @@ fn a_compaction_costs_no_node_write_and_is_replayed_from_its_page() {
 #[test]
 fn a_group_rewritten_in_turn_keeps_its_updates_as_deltas() {
     let logical = 256;
-    let g = small_geometry(1, 16, logical);
+    // With room to spare: on a full device the delta store beyond the inline area has a budget.
+    let g = roomy_geometry(1, 16, logical);
     let cfg = config(logical, 4);
     let mut mem = OwnedFtlMemory::new(&g, &cfg);
     let mut ftl = Ftl::format(SimNand::new_ram(g), cfg, mem.lend()).expect("format");

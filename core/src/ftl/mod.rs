@@ -227,6 +227,10 @@ pub struct Ftl<'a, N: Nand> {
     cp_heads: [u32; 3],
     free_count: u32,
     prefree_count: u32,
+    /// At the last allocation: whether the slots in use exceed what the device holds with
+    /// every LBA mapped and no delta beyond the inline areas, by more than the delta store's
+    /// budget (`delta` module docs, "The delta store on a full device").
+    delta_store_full: bool,
     blocks_since_cp: u32,
     /// Blocks allocated since the last wear-levelling move: moves are rate-limited so a cold
     /// block's data, landing in the least-worn free block, is not moved again at once.
@@ -312,6 +316,7 @@ impl<'a, N: Nand> Ftl<'a, N> {
             cp_page: 0,
             cp_heads: [NONE; 3],
             free_count: 0,
+            delta_store_full: false,
             prefree_count: 0,
             blocks_since_cp: 0,
             blocks_since_wl: 0,
@@ -1321,12 +1326,18 @@ impl<'a, N: Nand> Ftl<'a, N> {
             }
             let mut best = NONE;
             let mut best_ec = u32::MAX;
+            let (mut in_use, mut data_blocks) = (0u64, 0u64);
             for (i, b) in self.blocks.iter().enumerate() {
                 if b.state == st::FREE && b.erase_count < best_ec {
                     best = i as u32;
                     best_ec = b.erase_count;
                 }
+                if matches!(b.state, st::FREE | st::OPEN | st::FULL | st::PREFREE) {
+                    in_use += u64::from(b.valid);
+                    data_blocks += 1;
+                }
             }
+            self.delta_store_full = self.over_delta_budget(in_use, data_blocks);
             if best == NONE {
                 return Err(Error::NoSpace);
             }

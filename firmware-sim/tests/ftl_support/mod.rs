@@ -188,6 +188,16 @@ pub fn small_geometry(slots: u32, pages_per_block: u32, logical: u32) -> Geometr
     }
 }
 
+/// [`small_geometry`] with room to spare: `STREAM_SHORT_FREE` + 8 more blocks, so a device with
+/// every LBA written is far from full and its delta store (compact pages) is not held to the
+/// budget of a full device.
+#[allow(dead_code)] // not every test binary uses it
+pub fn roomy_geometry(slots: u32, pages_per_block: u32, logical: u32) -> Geometry {
+    let mut g = small_geometry(slots, pages_per_block, logical);
+    g.blocks += nandbox_core::ftl::STREAM_SHORT_FREE + 8;
+    g
+}
+
 pub fn config(logical: u32, cache: u32) -> FtlConfig {
     FtlConfig {
         logical_blocks: logical,

@@ -6,7 +6,7 @@
 # and after it; the fill that creates the base blocks is not in it). Reduction = 1 - on/off.
 #
 #   bench/delta.sh                          # every part, tlc profile
-#   PARTS="controlled fio" bench/delta.sh   # a subset: controlled fio sqlite latency
+#   PARTS="controlled fio" bench/delta.sh   # a subset of: controlled fio sqlite latency full
 #   PROFILE=femu bench/delta.sh             # 4 KiB pages: no padding when a flush cuts a page
 #   PLP=on bench/delta.sh                   # power-loss protection: flushes program nothing
 #   PCTS="5 14" PARTS=controlled bench/delta.sh  # some of the controlled update sizes
@@ -39,9 +39,15 @@
 #               score against lru (delta on), at CACHE_SLOTS slots (64 and 8). The delta-on
 #               score run records a trace, replayed with delta off and on (and on without the
 #               compact cache): the same requests, a host that waits for each reply, no noise.
+#   full        python3-libnbd client: a FULL_MIB device with every block written, then
+#               FULL_PASSES passes rewriting every block in place with a contiguous run of
+#               FULL_PCT% of its bytes changed, in address order and in random order, a flush
+#               every 256 writes; NAND/host per pass. A full device is where deltas cost space
+#               GC needs: the delta store beyond the inline areas has a budget there (see the
+#               `delta` module docs in core/src/ftl/delta.rs).
 set -euo pipefail
 
-PARTS=${PARTS:-"controlled fio sqlite latency"}
+PARTS=${PARTS:-"controlled fio sqlite latency full"}
 PROFILE=${PROFILE:-tlc}
 PLP=${PLP:-off}
 COMPRESS=${COMPRESS:-off}
@@ -51,6 +57,9 @@ ROWS=${ROWS:-200000}
 TXNS=${TXNS:-20000}
 CACHE_SLOTS=${CACHE_SLOTS:-"64 8"}   # node-cache sizes for the score/lru comparison (64 first)
 LAT_SELECTS=${LAT_SELECTS:-5000}     # random point SELECTs after the updates (latency part)
+FULL_MIB=${FULL_MIB:-64}             # device size of the full part
+FULL_PASSES=${FULL_PASSES:-4}
+FULL_PCT=${FULL_PCT:-5}
 PY=/usr/bin/python3   # Debian's python3 carries the libnbd bindings (module `nbd`)
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -359,6 +368,55 @@ EOF
     echo
 }
 
+full_part() {
+    cat >"$work/full.py" <<'EOF'
+import nbd, random, sys, urllib.request
+uri, cport, pct, passes, blocks, order, out = sys.argv[1:8]
+pct, passes, blocks, BS = float(pct), int(passes), int(blocks), 4096
+rng = random.Random(7)
+h = nbd.NBD(); h.connect_uri(uri)
+data = [bytearray(rng.randbytes(BS)) for _ in range(blocks)]
+for i in range(0, blocks, 256):
+    h.pwrite(b"".join(data[i:i + 256]), i * BS)
+h.flush()
+def stats(path):
+    open(path, "wb").write(urllib.request.urlopen(f"http://127.0.0.1:{cport}/stats").read())
+stats(f"{out}-0.json")
+n = max(1, int(BS * pct / 100))
+for p in range(passes):
+    seq = list(range(blocks))
+    if order == "random":
+        rng.shuffle(seq)
+    for k, b in enumerate(seq):
+        at = rng.randrange(BS - n + 1)
+        data[b][at:at + n] = bytes(x ^ (1 + rng.randrange(255)) for x in data[b][at:at + n])
+        h.pwrite(bytes(data[b]), b * BS)
+        if (k + 1) % 256 == 0:
+            h.flush()
+    h.flush()
+    stats(f"{out}-{p + 1}.json")
+for b in rng.sample(range(blocks), 256):   # spot check: the device returns what was written
+    assert h.pread(BS, b * BS) == bytes(data[b]), b
+h.shutdown()
+EOF
+    echo "## full device: ${FULL_MIB} MiB, every block written, then $FULL_PASSES passes rewriting every block in place with a run of $FULL_PCT% changed; NAND/host per pass; profile $PROFILE"
+    printf "order\tdelta\tper pass\n"
+    for order in address random; do
+        for d in off on; do
+            serve "full-$order-$d" "${FULL_MIB}MiB" --delta "$d"
+            "$PY" "$work/full.py" "nbd://127.0.0.1:$PORT" "$CPORT" "$FULL_PCT" "$FULL_PASSES" \
+                $((FULL_MIB * 256)) "$order" "$work/full-$order-$d"
+            stop
+            local row=""
+            for i in $(seq 1 "$FULL_PASSES"); do
+                row+="$(figure "$work/full-$order-$d-$((i - 1)).json" "$work/full-$order-$d-$i.json" | cut -f1)  "
+            done
+            printf "%s\t%s\t%s\n" "$order" "$d" "$row"
+        done
+    done
+    echo
+}
+
 echo "# bench/delta.sh  $(date -u +%FT%TZ)  profile=$PROFILE  plp=$PLP  compress=$COMPRESS  nandbox=$NANDBOX"
 echo
 for p in $PARTS; do
@@ -367,6 +425,7 @@ for p in $PARTS; do
         fio) fio_part ;;
         sqlite) sqlite_part ;;
         latency) latency_part ;;
+        full) full_part ;;
         *) echo "bench/delta.sh: unknown part $p" >&2; exit 1 ;;
     esac
 done

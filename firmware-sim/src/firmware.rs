@@ -360,13 +360,7 @@ fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> 
             most >> 30
         )));
     }
-    let blocks = blocks_for_capacity(
-        p.page_bytes,
-        p.pages_per_block,
-        logical_blocks,
-        config.op_percent,
-    );
-    let geometry = p.geometry(blocks);
+    let geometry = new_geometry(config, logical_blocks);
     match &config.image {
         None => Ok((SimNand::new_ram(geometry), false)),
         Some(path) => {
@@ -377,9 +371,9 @@ fn open_nand(config: &FirmwareConfig) -> Result<(SimNand, bool), FirmwareError> 
     }
 }
 
-/// Whether a new device of `logical_blocks` blocks can be formatted with `config`'s profile and
-/// settings: its geometry is addressable and the FTL accepts the configuration.
-fn new_device_fits(config: &FirmwareConfig, logical_blocks: u32) -> Result<(), String> {
+/// The geometry of a new device of `logical_blocks` blocks with `config`'s profile and
+/// over-provisioning.
+fn new_geometry(config: &FirmwareConfig, logical_blocks: u32) -> Geometry {
     let p = config.profile;
     let blocks = blocks_for_capacity(
         p.page_bytes,
@@ -387,7 +381,13 @@ fn new_device_fits(config: &FirmwareConfig, logical_blocks: u32) -> Result<(), S
         logical_blocks,
         config.op_percent,
     );
-    let geometry = p.geometry(blocks);
+    p.geometry(blocks)
+}
+
+/// Whether a new device of `logical_blocks` blocks can be formatted with `config`'s profile and
+/// settings: its geometry is addressable and the FTL accepts the configuration.
+fn new_device_fits(config: &FirmwareConfig, logical_blocks: u32) -> Result<(), String> {
+    let geometry = new_geometry(config, logical_blocks);
     geometry.validate().map_err(|e| e.to_string())?;
     let spb = geometry.slots_per_page() * geometry.pages_per_block;
     FtlConfig {

@@ -342,15 +342,8 @@ impl SimNand {
     }
 
     /// What every slot read starts with: the contract checks, the power-cut step and the count.
-    fn start_slot_read(
-        &mut self,
-        page: PageId,
-        slot: u32,
-        data: usize,
-        spare: usize,
-    ) -> Result<(), SimError> {
-        self.check_page(page)?;
-        self.check_lengths(data, spare)?;
+    /// Refuses a slot number the geometry has no slot for.
+    fn check_slot(&self, page: PageId, slot: u32) -> Result<(), SimError> {
         if slot >= self.geometry.slots_per_page() {
             return Err(SimError::Contract(format!(
                 "slot {slot} of page {} out of range ({} slots)",
@@ -358,6 +351,14 @@ impl SimNand {
                 self.geometry.slots_per_page()
             )));
         }
+        Ok(())
+    }
+
+    /// The checks and the count every page read starts with (whole, by slots or into a slot
+    /// buffer): the page and buffer lengths, the power, one read counted.
+    fn start_read(&mut self, page: PageId, data: usize, spare: usize) -> Result<(), SimError> {
+        self.check_page(page)?;
+        self.check_lengths(data, spare)?;
         if self.power_step()? {
             return Err(SimError::PowerLoss);
         }
@@ -489,12 +490,7 @@ impl Nand for SimNand {
     }
 
     fn read(&mut self, page: PageId, data: &mut [u8], spare: &mut [u8]) -> Result<(), SimError> {
-        self.check_page(page)?;
-        self.check_lengths(data.len(), spare.len())?;
-        if self.power_step()? {
-            return Err(SimError::PowerLoss);
-        }
-        self.counters.reads += 1;
+        self.start_read(page, data.len(), spare.len())?;
         self.load(page, data, spare)?;
         self.flip_on_read(data, spare, |_| true);
         Ok(())
@@ -507,25 +503,8 @@ impl Nand for SimNand {
         data: &mut [u8],
         spare: &mut [u8],
     ) -> Result<(), SimError> {
-        self.start_slot_read(page, slot, data.len(), spare.len())?;
-        let range = slot as usize * SLOT_BYTES..(slot as usize + 1) * SLOT_BYTES;
-        let page_bytes = data.len();
-        match &mut self.store {
-            Store::Ram(pages) => match &pages[page.0 as usize] {
-                Some(bytes) => {
-                    data[range.clone()].copy_from_slice(&bytes[range.clone()]);
-                    spare.copy_from_slice(&bytes[page_bytes..]);
-                }
-                None => {
-                    data[range.clone()].fill(0xFF);
-                    spare.fill(0xFF);
-                }
-            },
-            // Image pages are read whole: the file's cost is the syscall, not the copy.
-            Store::Image(_) | Store::Overlay(..) => self.load(page, data, spare)?,
-        }
-        self.flip_on_read(data, spare, |byte| range.contains(&byte));
-        Ok(())
+        self.check_slot(page, slot)?;
+        self.read_slots(page, 1 << slot, data, spare)
     }
 
     fn read_slots(
@@ -543,10 +522,10 @@ impl Nand for SimNand {
             )));
         }
         if !matches!(self.store, Store::Ram(_)) {
-            // Image pages are read whole anyway (see `read_slot`).
+            // Image pages are read whole: the file's cost is the syscall, not the copy.
             return self.read(page, data, spare);
         }
-        self.start_slot_read(page, 0, data.len(), spare.len())?;
+        self.start_read(page, data.len(), spare.len())?;
         let page_bytes = data.len();
         if let Store::Ram(pages) = &self.store {
             match &pages[page.0 as usize] {
@@ -576,13 +555,14 @@ impl Nand for SimNand {
         spare: &mut [u8],
     ) -> Result<(), SimError> {
         if !matches!(self.store, Store::Ram(_)) {
-            // Image pages are read whole anyway (see `read_slot`).
+            // Image pages are read whole anyway (see `read_slots`).
             self.read_slot(page, slot, page_buf, spare)?;
             let at = slot as usize * SLOT_BYTES;
             dst.copy_from_slice(&page_buf[at..at + SLOT_BYTES]);
             return Ok(());
         }
-        self.start_slot_read(page, slot, page_buf.len(), spare.len())?;
+        self.check_slot(page, slot)?;
+        self.start_read(page, page_buf.len(), spare.len())?;
         let at = slot as usize * SLOT_BYTES;
         let page_bytes = page_buf.len();
         if let Store::Ram(pages) = &self.store {
